@@ -1,0 +1,233 @@
+#include "util/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "util/error.h"
+
+namespace dsv4 {
+
+namespace {
+struct DTypeInfo {
+  DType type;
+  const char* name;
+  size_t size;
+};
+constexpr DTypeInfo kDTypes[] = {
+    {DType::F8_E4M3, "F8_E4M3", 1}, {DType::F8_E8M0, "F8_E8M0", 1}, {DType::I8, "I8", 1},
+    {DType::U8, "U8", 1},           {DType::BF16, "BF16", 2},       {DType::F16, "F16", 2},
+    {DType::F32, "F32", 4},         {DType::F64, "F64", 8},         {DType::I16, "I16", 2},
+    {DType::I32, "I32", 4},         {DType::I64, "I64", 8},         {DType::BOOL, "BOOL", 1},
+};
+}  // namespace
+
+std::string_view dtype_name(DType t) {
+  for (const auto& d : kDTypes)
+    if (d.type == t) return d.name;
+  return "?";
+}
+
+size_t dtype_size(DType t) {
+  for (const auto& d : kDTypes)
+    if (d.type == t) return d.size;
+  return 0;
+}
+
+bool parse_dtype(std::string_view s, DType* out) {
+  for (const auto& d : kDTypes) {
+    if (s == d.name) {
+      *out = d.type;
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string shape_to_string(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string TensorView::shape_str() const { return shape_to_string(shape); }
+
+MappedFile::MappedFile(const std::string& path) : path_(path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) fail(path, ": cannot open: ", std::strerror(errno));
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    int e = errno;
+    ::close(fd);
+    fail(path, ": cannot stat: ", std::strerror(e));
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ > 0) {
+    void* p = ::mmap(nullptr, size_, PROT_READ, MAP_SHARED, fd, 0);
+    if (p == MAP_FAILED) {
+      int e = errno;
+      ::close(fd);
+      fail(path, ": cannot mmap ", size_, " bytes: ", std::strerror(e));
+    }
+    data_ = static_cast<const std::byte*>(p);
+  }
+  ::close(fd);
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
+}
+
+SafetensorsFile::SafetensorsFile(const std::string& path)
+    : map_(std::make_shared<MappedFile>(path)) {
+  const size_t size = map_->size();
+  if (size < 8) fail(path, ": truncated safetensors file (", size, " bytes, no header length)");
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, map_->data(), 8);  // little-endian on every supported host
+  if (header_len > size - 8)
+    fail(path, ": header length ", header_len, " exceeds the file size ", size,
+         " (truncated or not a safetensors file)");
+  const char* hbegin = reinterpret_cast<const char*>(map_->data() + 8);
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(hbegin, hbegin + header_len);
+  } catch (const std::exception& e) {
+    fail(path, ": malformed safetensors header JSON: ", e.what());
+  }
+  if (!header.is_object()) fail(path, ": safetensors header is not a JSON object");
+  const std::byte* data_begin = map_->data() + 8 + header_len;
+  const size_t data_size = size - 8 - header_len;
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    if (it.key() == "__metadata__") {
+      if (!it.value().is_object()) fail(path, ": __metadata__ is not an object");
+      for (auto m = it.value().begin(); m != it.value().end(); ++m)
+        if (m.value().is_string()) metadata_[m.key()] = m.value().get<std::string>();
+      continue;
+    }
+    const auto& v = it.value();
+    const std::string& name = it.key();
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") ||
+        !v.contains("data_offsets"))
+      fail(path, ": tensor ", name, ": header entry needs dtype, shape and data_offsets");
+    TensorView t;
+    t.name = name;
+    t.file = path;
+    if (!v["dtype"].is_string() || !parse_dtype(v["dtype"].get<std::string>(), &t.dtype))
+      fail(path, ": tensor ", name, ": unknown dtype ", v["dtype"].dump());
+    if (!v["shape"].is_array()) fail(path, ": tensor ", name, ": shape is not an array");
+    for (const auto& d : v["shape"]) {
+      if (!d.is_number_unsigned()) fail(path, ": tensor ", name, ": bad shape ", v["shape"].dump());
+      t.shape.push_back(d.get<int64_t>());
+    }
+    const auto& off = v["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
+        !off[1].is_number_unsigned())
+      fail(path, ": tensor ", name, ": bad data_offsets ", off.dump());
+    uint64_t b = off[0].get<uint64_t>(), e = off[1].get<uint64_t>();
+    if (e < b) fail(path, ": tensor ", name, ": data_offsets end < begin");
+    if (e > data_size)
+      fail(path, ": tensor ", name, ": data range [", b, ", ", e, ") lies beyond the ", data_size,
+           " data bytes of the file (truncated shard?)");
+    // Overflow-safe: every dim fits the file, so the product is bounded by checking stepwise.
+    uint64_t expect = dtype_size(t.dtype);
+    for (int64_t d : t.shape) {
+      if (d != 0 && expect > (uint64_t(1) << 62) / static_cast<uint64_t>(d))
+        fail(path, ": tensor ", name, ": shape ", t.shape_str(), " is too large");
+      expect *= static_cast<uint64_t>(d);
+    }
+    if (expect != e - b)
+      fail(path, ": tensor ", name, ": ", dtype_name(t.dtype), " ", t.shape_str(), " needs ",
+           expect, " bytes but data_offsets give ", e - b);
+    t.data = data_begin + b;
+    t.nbytes = e - b;
+    ranges.emplace_back(b, e);
+    tensors_.emplace(name, std::move(t));
+  }
+  std::sort(ranges.begin(), ranges.end());
+  for (size_t i = 1; i < ranges.size(); ++i)
+    if (ranges[i].first < ranges[i - 1].second && ranges[i].first != ranges[i].second)
+      fail(path, ": tensor data ranges overlap (corrupt header)");
+}
+
+const TensorView& SafetensorsFile::get(const std::string& name) const {
+  auto it = tensors_.find(name);
+  if (it == tensors_.end()) fail(path(), ": no tensor named ", name);
+  return it->second;
+}
+
+void SafetensorsWriter::add(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                            const void* data, size_t nbytes) {
+  uint64_t expect = dtype_size(dtype);
+  for (int64_t d : shape) expect *= static_cast<uint64_t>(d);
+  if (expect != nbytes)
+    fail("safetensors writer: tensor ", name, " ", shape_to_string(shape), " needs ", expect,
+         " bytes, got ", nbytes);
+  Entry e{name, dtype, std::move(shape), {}};
+  e.bytes.resize(nbytes);
+  if (nbytes) std::memcpy(e.bytes.data(), data, nbytes);
+  data_bytes_ += nbytes;
+  entries_.push_back(std::move(e));
+}
+
+void SafetensorsWriter::add_f32(const std::string& name, std::vector<int64_t> shape,
+                                const float* data) {
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  add(name, DType::F32, std::move(shape), data, n * 4);
+}
+
+void SafetensorsWriter::add_i32(const std::string& name, std::vector<int64_t> shape,
+                                const int32_t* data) {
+  size_t n = 1;
+  for (int64_t d : shape) n *= static_cast<size_t>(d);
+  add(name, DType::I32, std::move(shape), data, n * 4);
+}
+
+void SafetensorsWriter::write(const std::string& path) const {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata_.empty()) {
+    auto& m = header["__metadata__"];
+    for (const auto& [k, v] : metadata_) m[k] = v;
+  }
+  uint64_t offset = 0;
+  for (const auto& e : entries_) {
+    header[e.name] = {{"dtype", std::string(dtype_name(e.dtype))},
+                      {"shape", e.shape},
+                      {"data_offsets", {offset, offset + e.bytes.size()}}};
+    offset += e.bytes.size();
+  }
+  std::string h = header.dump();
+  while ((h.size() + 8) % 8) h.push_back(' ');  // align the data region to 8 bytes
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail(tmp, ": cannot open for writing");
+    uint64_t n = h.size();
+    out.write(reinterpret_cast<const char*>(&n), 8);
+    out.write(h.data(), static_cast<std::streamsize>(h.size()));
+    for (const auto& e : entries_)
+      out.write(reinterpret_cast<const char*>(e.bytes.data()),
+                static_cast<std::streamsize>(e.bytes.size()));
+    out.flush();
+    if (!out) fail(tmp, ": write failed (disk full?)");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0)
+    fail(path, ": cannot rename ", tmp, ": ", std::strerror(errno));
+}
+
+}  // namespace dsv4

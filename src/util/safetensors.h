@@ -1,0 +1,106 @@
+// safetensors files: read by mmap (never copied), and written for traces,
+// logits dumps and synthetic checkpoints.
+//
+// Format: 8-byte little-endian header length N, N bytes of JSON
+// {"name": {"dtype": "...", "shape": [...], "data_offsets": [begin, end]}, "__metadata__": {...}},
+// then the data region; offsets are relative to the data region.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace dsv4 {
+
+enum class DType : uint8_t { F8_E4M3, F8_E8M0, I8, U8, BF16, F16, F32, F64, I16, I32, I64, BOOL };
+
+std::string_view dtype_name(DType t);
+size_t dtype_size(DType t);
+// Parses a safetensors dtype string; returns false when unknown.
+bool parse_dtype(std::string_view s, DType* out);
+
+// A read-only memory map of a whole file.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path);
+  ~MappedFile();
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const std::byte* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  const std::byte* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// A view of one tensor inside a mapped file.
+struct TensorView {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  const std::byte* data = nullptr;
+  size_t nbytes = 0;
+  std::string file;  // for messages
+
+  bool valid() const { return !name.empty(); }
+  int64_t numel() const;
+  int64_t dim(size_t i) const { return shape.at(i); }
+  template <typename T>
+  const T* as() const {
+    return reinterpret_cast<const T*>(data);
+  }
+  std::string shape_str() const;
+};
+
+std::string shape_to_string(const std::vector<int64_t>& shape);
+
+// One safetensors file, validated at open: header JSON well-formed, every
+// dtype known, every shape consistent with its byte range, ranges inside the
+// file and not overlapping.
+class SafetensorsFile {
+ public:
+  explicit SafetensorsFile(const std::string& path);
+  const std::string& path() const { return map_->path(); }
+  const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  bool has(const std::string& name) const { return tensors_.count(name) != 0; }
+  // Throws Error naming the file when absent.
+  const TensorView& get(const std::string& name) const;
+
+ private:
+  std::shared_ptr<MappedFile> map_;
+  std::map<std::string, TensorView> tensors_;
+  std::map<std::string, std::string> metadata_;
+};
+
+// Accumulates tensors and writes a safetensors file (atomically: temp file + rename).
+class SafetensorsWriter {
+ public:
+  void add(const std::string& name, DType dtype, std::vector<int64_t> shape, const void* data,
+           size_t nbytes);
+  void add_f32(const std::string& name, std::vector<int64_t> shape, const float* data);
+  void add_i32(const std::string& name, std::vector<int64_t> shape, const int32_t* data);
+  void set_metadata(const std::string& key, const std::string& value) { metadata_[key] = value; }
+  size_t data_bytes() const { return data_bytes_; }
+  void write(const std::string& path) const;
+
+ private:
+  struct Entry {
+    std::string name;
+    DType dtype;
+    std::vector<int64_t> shape;
+    std::vector<std::byte> bytes;
+  };
+  std::vector<Entry> entries_;
+  std::map<std::string, std::string> metadata_;
+  size_t data_bytes_ = 0;
+};
+
+}  // namespace dsv4

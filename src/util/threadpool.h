@@ -1,0 +1,56 @@
+// The process-wide thread pool. All parallel work in dsv4 goes through it, so
+// the number of compute threads is set in exactly one place.
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace dsv4 {
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int num_threads);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int num_threads() const { return static_cast<int>(workers_.size()) + 1; }
+
+  // Calls fn(begin, end, thread_index) on disjoint ranges covering [0, n);
+  // the calling thread takes part. Ranges are multiples of `grain` (except the
+  // last). Returns when all are done; rethrows the first exception.
+  void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
+                    int64_t grain = 1);
+
+  // The shared pool; sized by set_global_threads() or DSV4_THREADS, else all cores.
+  static ThreadPool& global();
+  static void set_global_threads(int num_threads);
+
+ private:
+  void worker_loop(int index);
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_work_, cv_done_;
+  const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
+  int64_t job_n_ = 0, job_chunk_ = 0;
+  int64_t next_chunk_ = 0, num_chunks_ = 0;
+  int pending_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+  std::exception_ptr error_;
+  std::mutex run_mu_;  // one parallel_for at a time
+};
+
+// Shorthand for ThreadPool::global().parallel_for.
+inline void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
+                         int64_t grain = 1) {
+  ThreadPool::global().parallel_for(n, fn, grain);
+}
+
+}  // namespace dsv4
