@@ -1,0 +1,136 @@
+#include "engine/generation.h"
+
+#include <algorithm>
+#include <exception>
+#include <new>
+
+#include "engine/stop_matcher.h"
+#include "util/error.h"
+
+namespace dsv4::engine {
+
+const char* finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kNone:
+      return "null";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kInsufficientResource:
+      return "insufficient_system_resource";
+    case FinishReason::kError:
+      return "error";
+  }
+  return "unknown";
+}
+
+void generate(const LanguageModel& model, const Detokenizer& detok,
+              const GenerationRequest& request, const std::atomic<bool>& cancelled,
+              const EventSink& emit) {
+  GenerationEvent ev;
+  ev.prompt_tokens = static_cast<int64_t>(request.prompt.size());
+  auto finish = [&](FinishReason reason, std::string error = {}) {
+    ev.done = true;
+    ev.finish = reason;
+    ev.error = std::move(error);
+    ev.time = std::chrono::steady_clock::now();
+    emit(std::move(ev));
+  };
+  if (request.prompt.empty()) return finish(FinishReason::kError, "the prompt has no tokens");
+  if (request.max_tokens < 1) return finish(FinishReason::kError, "max_tokens must be >= 1");
+  const int64_t context = model.context_length();
+  if (static_cast<int64_t>(request.prompt.size()) >= context)
+    return finish(FinishReason::kError,
+                  str_cat("the prompt has ", request.prompt.size(),
+                          " tokens; the model's context length is ", context));
+
+  std::unique_ptr<Sampler> sampler;
+  try {
+    sampler = std::make_unique<Sampler>(request.sampling);
+  } catch (const Error& e) {
+    return finish(FinishReason::kError, e.what());
+  }
+  StopMatcher stops(request.stop);
+  std::unique_ptr<TextStream> text = detok.new_stream();
+  std::unique_ptr<ModelSequence> seq;
+  std::vector<float> logits;
+
+  if (cancelled.load()) return finish(FinishReason::kCancelled);
+  try {
+    seq = model.new_sequence();
+    seq->forward(request.prompt, &logits);
+  } catch (const std::bad_alloc&) {
+    return finish(FinishReason::kInsufficientResource, "out of memory during prefill");
+  } catch (const std::exception& e) {
+    return finish(FinishReason::kInsufficientResource, e.what());
+  }
+
+  // End of output: releases text held by the detokenizer and the stop
+  // matcher; true if that text completed a stop string.
+  auto drain = [&]() {
+    StopMatcher::Result r = stops.push(text->flush());
+    ev.text += r.text;
+    if (r.stopped) {
+      ev.matched_stop = r.matched;
+      return true;
+    }
+    ev.text += stops.flush();
+    return false;
+  };
+
+  int64_t generated = 0;
+  while (true) {
+    if (static_cast<int>(logits.size()) != model.vocab_size())
+      return finish(
+          FinishReason::kInsufficientResource,
+          str_cat("the model returned ", logits.size(), " logits, expected ", model.vocab_size()));
+    if (request.constraint) request.constraint->mask(logits);
+    SampledToken tok;
+    try {
+      tok = sampler->sample(logits);
+    } catch (const Error& e) {
+      // Only reachable when a constraint masked every token.
+      return finish(FinishReason::kInsufficientResource, e.what());
+    }
+    if (request.constraint) request.constraint->accept(tok.token);
+    ++generated;
+    ev.completion_tokens = generated;
+    const int32_t id = tok.token;
+    ev.tokens.push_back(std::move(tok));
+
+    const bool is_stop_token = std::find(request.stop_tokens.begin(), request.stop_tokens.end(),
+                                         id) != request.stop_tokens.end();
+    if (is_stop_token) {
+      ev.stopped_by_token = true;
+      drain();
+      return finish(FinishReason::kStop);
+    }
+    StopMatcher::Result r = stops.push(text->push(id));
+    ev.text += r.text;
+    if (r.stopped) {
+      ev.matched_stop = r.matched;
+      return finish(FinishReason::kStop);
+    }
+    if (generated >= request.max_tokens || seq->position() + 1 >= context)
+      return finish(drain() ? FinishReason::kStop : FinishReason::kLength);
+    ev.time = std::chrono::steady_clock::now();
+    emit(std::move(ev));
+    ev = GenerationEvent{};
+    ev.prompt_tokens = static_cast<int64_t>(request.prompt.size());
+    ev.completion_tokens = generated;
+
+    if (cancelled.load()) return finish(FinishReason::kCancelled);
+    try {
+      seq->forward(std::span<const int32_t>(&id, 1), &logits);
+    } catch (const std::bad_alloc&) {
+      return finish(FinishReason::kInsufficientResource, "out of memory during decoding");
+    } catch (const std::exception& e) {
+      return finish(FinishReason::kInsufficientResource, e.what());
+    }
+  }
+}
+
+}  // namespace dsv4::engine
