@@ -472,10 +472,10 @@ TOOL_CALLS = [weather_call, calculator_call, time_call, convert_call, search_cal
 def gen_tool(rng, thinking, effort=None):
   maker = rng.choice(TOOL_CALLS)
   q, name, args, result, final, why = maker(rng)
-  # Offer the needed tool among 1-3 distractors, in random order, so the model
-  # has to pick it by name.
+  # Offer the needed tool among 0-2 distractors, in random order, so the model
+  # has to pick it by name (more would push the prompts past ~600 tokens).
   others = [t for t in TOOLS if t != name]
-  offered = rng.sample(others, rng.randint(1, 3)) + [name]
+  offered = rng.sample(others, rng.randint(0, 2)) + [name]
   rng.shuffle(offered)
   s = Sample("tool", "text:" + q)
   s.tools = [TOOLS[t] for t in offered]
@@ -498,7 +498,7 @@ def gen_tool_not_needed(rng, thinking, effort=None):
   """Tools are offered but the question needs none: answer directly."""
   s = gen_qa(rng, thinking, effort) if rng.random() < 0.5 else gen_arithmetic(rng, thinking,
                                                                                  effort)
-  offered = rng.sample(list(TOOLS), rng.randint(1, 3))
+  offered = rng.sample(list(TOOLS), rng.randint(1, 2))
   # A calculator would be a fair choice for arithmetic; keep the example unambiguous.
   offered = [t for t in offered if t != "calculator"] or ["get_time"]
   s.tools = [TOOLS[t] for t in offered]
