@@ -1,0 +1,10 @@
+# Demo-model data tooling (tools/demo): quick Python checks, run with Debian's
+# python3. render_cpp / tokenize_cpp compare against the dsv4 binary and report
+# "skipped" until `dsv4 render` / `dsv4 tokenize` exist.
+foreach(check determinism split render_golden tokenizer_golden tokenizer_train render_cpp
+              tokenize_cpp)
+  add_test(NAME demo_${check}
+           COMMAND /usr/bin/python3 ${CMAKE_CURRENT_LIST_DIR}/check_demo.py ${check}
+                   --dsv4 $<TARGET_FILE:dsv4>)
+  set_tests_properties(demo_${check} PROPERTIES LABELS demo TIMEOUT 120 SKIP_RETURN_CODE 77)
+endforeach()
