@@ -20,6 +20,14 @@ namespace {
 
 using json = nlohmann::json;
 
+// unordered_map<std::string, V> that can be searched with a string_view.
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+};
+template <typename V>
+using StringMap = std::unordered_map<std::string, V, StringHash, std::equal_to<>>;
+
 // Pre-tokenizer Split behaviours, as Hugging Face's SplitDelimiterBehavior.
 enum class Behavior { kRemoved, kIsolated, kMergedWithPrevious, kMergedWithNext, kContiguous };
 
@@ -180,8 +188,8 @@ struct TokenizerImpl {
   std::string source;  // file name for error messages
 
   // Vocabulary.
-  std::unordered_map<std::string, int32_t> vocab;  // model vocab
-  std::unordered_map<std::string, int32_t> added_by_content;
+  StringMap<int32_t> vocab;  // model vocab
+  StringMap<int32_t> added_by_content;
   std::vector<std::string> id_to_token;  // "" for holes
   std::vector<std::string> id_to_bytes;  // decoded bytes of each token
   std::vector<uint8_t> id_flags;         // kValid | kSpecial
@@ -581,6 +589,75 @@ struct TokenizerImpl {
 
 namespace {
 
+// model.vocab and model.merges hold ~128k entries each: building them as
+// JSON objects (a std::map) and then copying them would dominate load time,
+// so a parser callback captures them straight into these tables and drops
+// them from the document.
+struct BigTables {
+  StringMap<int32_t> vocab;
+  bool saw_vocab = false;
+  std::vector<std::string> merges;  // "a b", or a + b with split_at for [a, b]
+  std::vector<size_t> split_at;     // only for the [a, b] form
+  std::string bad_merge;
+  size_t bad_merge_rank = 0;
+};
+
+json parse_tokenizer_json(const std::string& text, BigTables& big) {
+  std::vector<std::string> path(8);  // last key seen at each depth
+  std::vector<std::string> pair;     // elements of the current [a, b] merge
+  auto in = [&](const char* key) { return path[1] == "model" && path[2] == key; };
+  auto fail_merge = [&](const json& v) {
+    if (big.bad_merge.empty()) big.bad_merge = v.dump(), big.bad_merge_rank = big.merges.size();
+  };
+  json::parser_callback_t cb = [&](int depth, json::parse_event_t event, json& parsed) -> bool {
+    using E = json::parse_event_t;
+    if (event == E::key) {
+      if (depth < static_cast<int>(path.size())) path[depth] = parsed.get<std::string>();
+      if (depth == 3 && in("vocab")) {
+        big.saw_vocab = true;
+        return false;  // the value arrives next, as a value event at depth 3
+      }
+      return true;
+    }
+    if (depth == 3 && in("vocab") && event == E::value) {
+      if (!parsed.is_number_integer() || parsed.get<int64_t>() < 0 ||
+          parsed.get<int64_t>() >= INT32_MAX)
+        throw Error(str_cat("model.vocab[\"", path[3], "\"] is not a valid id: ", parsed.dump()));
+      big.vocab.emplace(path[3], static_cast<int32_t>(parsed.get<int64_t>()));
+      return true;
+    }
+    if (in("merges")) {
+      if (depth == 3 && event == E::value) {
+        if (parsed.is_string())
+          big.merges.push_back(parsed.get<std::string>());
+        else
+          fail_merge(parsed);
+        return false;
+      }
+      if (depth == 3 && event == E::array_start) {
+        pair.clear();
+        return true;
+      }
+      if (depth == 4 && event == E::value) {
+        if (parsed.is_string()) pair.push_back(parsed.get<std::string>());
+        return false;
+      }
+      if (depth == 3 && event == E::array_end) {
+        if (pair.size() != 2) {
+          fail_merge(json(pair));
+        } else {
+          if (big.split_at.size() != big.merges.size()) fail_merge(json(pair));
+          big.split_at.push_back(pair[0].size());
+          big.merges.push_back(pair[0] + pair[1]);
+        }
+        return false;
+      }
+    }
+    return true;
+  };
+  return json::parse(text, cb);
+}
+
 Behavior parse_behavior(const std::string& b, const std::string& where) {
   if (b == "Isolated") return Behavior::kIsolated;
   if (b == "Removed") return Behavior::kRemoved;
@@ -653,7 +730,7 @@ void parse_decoder(const json& d, const TokenizerImpl& t) {
   fail(t.source, ": decoder type '", type, "' is not supported (supported: ByteLevel)");
 }
 
-void parse_model(const json& m, TokenizerImpl& t) {
+void parse_model(const json& m, BigTables& big, TokenizerImpl& t) {
   const std::string type = m.value("type", "BPE");
   if (type != "BPE") fail(t.source, ": model type '", type, "' is not supported (only BPE)");
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
@@ -665,14 +742,8 @@ void parse_model(const json& m, TokenizerImpl& t) {
   t.byte_fallback = flag(m, "byte_fallback", false);
   t.ignore_merges = flag(m, "ignore_merges", false);
 
-  const json& vocab = m.at("vocab");
-  if (!vocab.is_object()) fail(t.source, ": model.vocab must be an object {token: id}");
-  t.vocab.reserve(vocab.size() * 2);
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
-    const int64_t id = it.value().get<int64_t>();
-    if (id < 0 || id > INT32_MAX - 1) fail(t.source, ": vocab id ", id, " out of range");
-    t.vocab.emplace(it.key(), static_cast<int32_t>(id));
-  }
+  if (!big.saw_vocab) fail(t.source, ": model.vocab is missing or not an object {token: id}");
+  t.vocab = std::move(big.vocab);
   if (m.contains("unk_token") && !m["unk_token"].is_null()) {
     const std::string unk = m["unk_token"].get<std::string>();
     auto it = t.vocab.find(unk);
@@ -680,29 +751,28 @@ void parse_model(const json& m, TokenizerImpl& t) {
     t.unk_id = it->second;
   }
 
-  const json& merges = m.at("merges");
-  t.merges.reserve(merges.size());
-  int32_t rank = 0;
-  std::string a, b;
-  for (const json& merge : merges) {
-    if (merge.is_string()) {
-      const std::string& line = merge.get_ref<const std::string&>();
-      const size_t sp = line.find(' ');
-      if (sp == std::string::npos || line.find(' ', sp + 1) != std::string::npos)
-        fail(t.source, ": merge ", rank, " '", line, "' is not two tokens separated by a space");
-      a.assign(line, 0, sp);
-      b.assign(line, sp + 1);
-    } else if (merge.is_array() && merge.size() == 2) {
-      a = merge[0].get<std::string>();
-      b = merge[1].get<std::string>();
-    } else {
-      fail(t.source, ": merge ", rank, " must be \"a b\" or [\"a\", \"b\"], got ", merge.dump());
-    }
-    auto ia = t.vocab.find(a), ib = t.vocab.find(b), iab = t.vocab.find(a + b);
+  if (!big.bad_merge.empty())
+    fail(t.source, ": merge ", big.bad_merge_rank, " must be \"a b\" or [\"a\", \"b\"], got ",
+         big.bad_merge);
+  const size_t count = big.merges.size();
+  t.merges.reserve(count);
+  std::string joined;
+  for (size_t rank = 0; rank < count; ++rank) {
+    const std::string& line = big.merges[rank];
+    // "a b" (or [a, b], captured as "a" + '\0' + "b" would be ambiguous, so
+    // arrays are stored with their split position).
+    const size_t sp = big.split_at.empty() ? line.find(' ') : big.split_at[rank];
+    if (sp == std::string::npos ||
+        (big.split_at.empty() && line.find(' ', sp + 1) != std::string::npos))
+      fail(t.source, ": merge ", rank, " '", line, "' is not two tokens separated by a space");
+    const std::string_view a = std::string_view(line).substr(0, sp);
+    const std::string_view b = std::string_view(line).substr(sp + (big.split_at.empty() ? 1 : 0));
+    joined.assign(a);
+    joined += b;
+    auto ia = t.vocab.find(a), ib = t.vocab.find(b), iab = t.vocab.find(std::string_view(joined));
     if (ia == t.vocab.end() || ib == t.vocab.end() || iab == t.vocab.end())
       fail(t.source, ": merge ", rank, " (", a, " ", b, ") uses a token missing from the vocab");
-    t.merges.insert(ia->second, ib->second, rank, iab->second);
-    ++rank;
+    t.merges.insert(ia->second, ib->second, static_cast<int32_t>(rank), iab->second);
   }
 }
 
@@ -741,14 +811,17 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::string& dir_or_file)
   TokenizerImpl& t = *tok->impl_;
   t.source = json_path.string();
   json doc;
+  BigTables big;
   try {
-    doc = json::parse(read_file(json_path));
+    doc = parse_tokenizer_json(read_file(json_path), big);
   } catch (const json::exception& e) {
     fail(t.source, ": invalid JSON: ", e.what());
+  } catch (const Error& e) {
+    fail(t.source, ": ", e.what());
   }
 
   try {
-    parse_model(doc.at("model"), t);
+    parse_model(doc.at("model"), big, t);
     parse_normalizer(doc.value("normalizer", json()), t);
     parse_pre_tokenizer(doc.value("pre_tokenizer", json()), t);
     parse_decoder(doc.value("decoder", json()), t);
@@ -804,8 +877,8 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::string& dir_or_file)
 
   // Byte-level symbols and decoded bytes.
   const std::array<char32_t, 256> b2u = byte_to_unicode();
-  std::unordered_map<char32_t, uint8_t> u2b;
-  for (int b = 0; b < 256; ++b) u2b[b2u[b]] = static_cast<uint8_t>(b);
+  std::vector<int> u2b(*std::max_element(b2u.begin(), b2u.end()) + 1, -1);
+  for (int b = 0; b < 256; ++b) u2b[b2u[b]] = b;
   t.byte_to_id.fill(-1);
   if (t.byte_level) {
     for (int b = 0; b < 256; ++b) {
@@ -825,12 +898,11 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::string& dir_or_file)
     for (size_t i = 0; i < s.size();) {
       size_t len;
       const char32_t cp = utf8::decode(reinterpret_cast<const uint8_t*>(s.data()) + i, &len);
-      auto it = u2b.find(cp);
-      if (it == u2b.end()) {
+      if (cp >= u2b.size() || u2b[cp] < 0) {
         all_mapped = false;
         break;
       }
-      bytes += static_cast<char>(it->second);
+      bytes += static_cast<char>(u2b[cp]);
       i += len;
     }
     t.id_to_bytes[id] = all_mapped ? std::move(bytes) : s;
@@ -895,10 +967,9 @@ std::string Tokenizer::token_bytes(int32_t id) const {
 }
 
 std::optional<int32_t> Tokenizer::token_id(std::string_view token) const {
-  const std::string key(token);
-  if (auto it = impl_->added_by_content.find(key); it != impl_->added_by_content.end())
+  if (auto it = impl_->added_by_content.find(token); it != impl_->added_by_content.end())
     return it->second;
-  if (auto it = impl_->vocab.find(key); it != impl_->vocab.end()) return it->second;
+  if (auto it = impl_->vocab.find(token); it != impl_->vocab.end()) return it->second;
   return std::nullopt;
 }
 
