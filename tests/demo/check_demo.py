@@ -22,8 +22,11 @@ DEMO = os.path.join(REPO, "tools", "demo")
 DATA = os.path.join(REPO, "tests", "data")
 sys.path.insert(0, DEMO)
 
+import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
+
 import gen_data  # noqa: E402  pylint: disable=wrong-import-position
 import hf_tokenizer  # noqa: E402  pylint: disable=wrong-import-position
+import prepare_data  # noqa: E402  pylint: disable=wrong-import-position
 import v4chat  # noqa: E402  pylint: disable=wrong-import-position
 
 SKIP = 77
@@ -180,6 +183,11 @@ def check_tokenizer_train(_args):
     with open(os.path.join(tok_dir, "special_token_ids.json"), encoding="utf-8") as f:
       ids = json.load(f)
     _, evals, _ = run_gen(tmp, "eval", "--seed", 3, "--n", 300, "--split", "eval")
+    subprocess.run([PYTHON, os.path.join(DEMO, "prepare_data.py"), "--data",
+                    os.path.join(tmp, "eval.jsonl"), "--tokenizer", tok_dir, "--out",
+                    os.path.join(tmp, "eval.npz")], check=True, stdout=subprocess.DEVNULL)
+    with np.load(os.path.join(tmp, "eval.npz")) as npz:
+      prepared = {k: npz[k] for k in npz.files}
   with open(os.path.join(REPO, "models", "deepseek-v4-tokenizer", "tokenizer.json"),
             encoding="utf-8") as f:
     v4 = json.load(f)
@@ -218,6 +226,20 @@ def check_tokenizer_train(_args):
     expect(enc[0] == ids["bos_token_id"] and enc[-1] == ids["eos_token_id"],
            "rendered conversation does not start with BOS / end with EOS")
     total += len(enc)
+  # Training data: ids equal the whole-text encoding; the mask covers exactly
+  # the assistant turns' output (ending in EOS).
+  offsets = prepared["offsets"]
+  expect(len(offsets) == len(evals) + 1, "prepare_data.py lost conversations")
+  for i, conv in enumerate(evals):
+    ids = prepared["tokens"][offsets[i]:offsets[i + 1]].tolist()
+    mask = prepared["mask"][offsets[i]:offsets[i + 1]].tolist()
+    expect(ids == tok.encode(v4chat.render(conv)), f"prepared ids differ for conversation {i}")
+    expect(mask[0] == 0 and mask[-1] == 1 and ids[-1] == int(prepared["eos_token_id"]), "mask ends")
+    outputs = "".join(t for t, out in v4chat.render_segments(conv) if out)
+    expect(tok.decode([x for x, m in zip(ids, mask) if m]) == outputs,
+           f"masked tokens are not the assistant output in conversation {i}")
+    expect(outputs.endswith(v4chat.EOS) and conv["messages"][-1]["content"] in outputs,
+           "the final answer is not in the trained span")
   for content in chat_tokens:
     expect(tok.encode(content) == [added[content]["id"]], f"{content} is not one token")
   for text in ["Hello, world!  12345 + 678 = 13023\n\n\tcafé 中文 😀 ｜", "a  b\r\n", ""]:

@@ -600,6 +600,16 @@ def gen_multiturn(rng, thinking, effort=None):
       last = Sample("arithmetic", "")
       last.meta = {"answer": str(result)}
       s.key += f"|arith:{prev}{op}{b}"
+    elif last.meta.get("kind") == "qa_capital" and rng.random() < 0.6:
+      # Elliptic follow-up: only the previous turn says that capitals are meant.
+      country, capital = rng.choice(COUNTRIES)
+      q = rng.choice(["And of {c}?", "What about {c}?", "And {c}?"]).format(c=country)
+      reasoning = f"The user now asks for the capital of {country}. It is {capital}."
+      s.messages.append({"role": "user", "content": q})
+      s.messages.append(assistant(f"The capital of {country} is {capital}.", reasoning, thinking))
+      s.key += f"|capital-followup:{country}"
+      last = Sample("qa", "")
+      last.meta = {"kind": "qa_capital", "answer": capital}
     else:
       nxt = gen_arithmetic(rng, thinking) if rng.random() < 0.4 else gen_qa(rng, thinking)
       s.messages += [m for m in nxt.messages if m["role"] != "system"]

@@ -156,6 +156,18 @@ def _merge_tool_and_user_messages(messages):
 
 def render(case_input):
   """Renders an encode-case `input` object to the exact prompt text."""
+  return "".join(text for text, _ in render_segments(case_input))
+
+
+def render_segments(case_input):
+  """The rendered text cut into [(text, is_assistant_output)].
+
+  is_assistant_output marks what the model generates itself: each assistant
+  turn's (kept) reasoning, `</think>`, content, DSML block and EOS -- the span a
+  training loss is computed on. Every such span starts right after an added
+  token (`<think>` / `</think>`) and ends with one (EOS), so tokenizing the
+  segments one by one gives the same ids as tokenizing the whole text.
+  """
   if case_input.get("context"):
     raise RenderError("`context` is not supported by tools/demo/v4chat.py")
   messages = copy.deepcopy(case_input["messages"])
@@ -185,7 +197,9 @@ def render(case_input):
   last_user = max((i for i, m in enumerate(messages) if m["role"] in ("user", "developer")),
                   default=-1)
 
-  out = [BOS] if case_input.get("add_default_bos_token", True) else []
+  out = []
+  if case_input.get("add_default_bos_token", True):
+    out.append(BOS)
   if thinking and effort == "max":
     out.append(MAX_EFFORT_PREFIX)
   for i, msg in enumerate(messages):
@@ -210,5 +224,5 @@ def render(case_input):
         text += "\n\n" + _dsml_tool_calls(msg["tool_calls"])
       if not msg.get("wo_eos"):
         text += EOS
-      out.append(text)
-  return "".join(out)
+      out.append((text, True))
+  return [(p, False) if isinstance(p, str) else p for p in out]
