@@ -1,0 +1,42 @@
+// Linear layers over weights in their stored (quantized) form. Weight rows
+// are decoded on the fly, one row at a time, never into a model-sized copy.
+// This is the scalar reference path; SIMD kernels must match it.
+#pragma once
+
+#include <cstdint>
+
+namespace dsv4::kernels {
+
+enum class WeightFormat {
+  kFP8,   // e4m3 [out, in], E8M0 (or F32) scale per 128×128 block
+  kFP4,   // e2m1 pairs [out, in/2] (low nibble = even element), E8M0 scale per 1×32
+  kBF16,  // [out, in]
+  kF32,   // [out, in]
+};
+
+struct WeightRef {
+  WeightFormat format = WeightFormat::kBF16;
+  int64_t out = 0, in = 0;
+  const void* data = nullptr;
+  const void* scale = nullptr;  // kFP8 / kFP4 only
+  bool scale_is_f32 = false;    // Base checkpoints store FP8 block scales as F32
+};
+
+// Decodes row `row` into out[0..in): the exact real value of every weight
+// (FP8/FP4 code × its power-of-two scale, or the bf16/f32 value).
+void dequant_row(const WeightRef& w, int64_t row, float* out);
+
+// The reference's quantized linear (fp8_gemm / fp4_gemm): each row of x
+// [m, in] is fake-quantized to FP8 in blocks of 128 with power-of-two scales,
+// products are summed in fp32 per K tile (128 for FP8 weights, 32 for FP4)
+// and the tiles accumulated in fp32; y [m, out] is rounded to bf16.
+// (Scales are powers of two, so folding them into the operands is exact.)
+void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y);
+
+// Plain linear (F.linear in the weight's precision, fp32 accumulation) over
+// weight rows [row_begin, row_end): y[i, r - row_begin] = Σ_k x[i, k]·W[r, k],
+// with x rows `ldx` apart and y rows `ldy` apart; rounds y to bf16 if asked.
+void plain_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, int64_t row_begin,
+                  int64_t row_end, float* y, int64_t ldy, bool round_bf16);
+
+}  // namespace dsv4::kernels

@@ -1,0 +1,122 @@
+#include "kernels/numerics.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+
+namespace dsv4::kernels {
+
+void bf16_round_inplace(float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) x[i] = bf16_round(x[i]);
+}
+
+float fp8_e4m3_decode(uint8_t code) {
+  const bool neg = code & 0x80;
+  const int exp = (code >> 3) & 0xf;
+  const int man = code & 0x7;
+  if (exp == 0xf && man == 0x7) return std::numeric_limits<float>::quiet_NaN();
+  float v = exp == 0 ? std::ldexp(static_cast<float>(man), -9)  // subnormal: man/8 · 2^-6
+                     : std::ldexp(1.0f + man / 8.0f, exp - 7);
+  return neg ? -v : v;
+}
+
+const float* fp8_e4m3_table() {
+  static const std::array<float, 256> table = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c < 256; ++c) t[c] = fp8_e4m3_decode(static_cast<uint8_t>(c));
+    return t;
+  }();
+  return table.data();
+}
+
+float fp8_e4m3_round(float x) {
+  if (std::isnan(x)) return x;
+  const float a = std::min(std::fabs(x), 448.0f);
+  if (a == 0) return std::copysign(0.0f, x);
+  int e;
+  std::frexp(a, &e);  // a = m · 2^e, m in [0.5, 1): the leading bit has weight 2^(e-1)
+  // Three mantissa bits below the leading one; below the smallest normal
+  // exponent (-6) the spacing stays 2^-9.
+  const int lead = std::max(e - 1, -6);
+  const float ulp = std::ldexp(1.0f, lead - 3);
+  float q = std::nearbyint(a / ulp) * ulp;  // default rounding mode: ties to even
+  q = std::min(q, 448.0f);
+  return std::copysign(q, x);
+}
+
+uint8_t fp8_e4m3_encode(float x) {
+  if (std::isnan(x)) return 0x7f;
+  const float q = fp8_e4m3_round(x);
+  const uint8_t sign = std::signbit(q) ? 0x80 : 0;
+  const float a = std::fabs(q);
+  if (a == 0) return sign;
+  int e;
+  std::frexp(a, &e);
+  int exp = e - 1 + 7;
+  if (exp <= 0) return sign | static_cast<uint8_t>(std::lround(a / std::ldexp(1.0f, -9)));
+  const int man = static_cast<int>(std::lround((a / std::ldexp(1.0f, e - 1) - 1.0f) * 8));
+  return sign | static_cast<uint8_t>(exp << 3) | static_cast<uint8_t>(man);
+}
+
+float e8m0_decode(uint8_t b) {
+  if (b == 255) return std::numeric_limits<float>::quiet_NaN();
+  return std::ldexp(1.0f, static_cast<int>(b) - 127);
+}
+
+const float* fp4_e2m1_table() {
+  static const float table[16] = {0,     0.5f,  1,  1.5f,  2,  3,  4,  6,
+                                  -0.0f, -0.5f, -1, -1.5f, -2, -3, -4, -6};
+  return table;
+}
+float fp4_e2m1_decode(uint8_t code) {
+  return fp4_e2m1_table()[code & 0xf];
+}
+
+float fp4_e2m1_round(float x) {
+  if (std::isnan(x)) return x;
+  const float a = std::min(std::fabs(x), 6.0f);
+  // Grid spacing: 0.5 below 2, 1 in [2, 4), 2 in [4, 6].
+  const float ulp = a < 2 ? 0.5f : (a < 4 ? 1.0f : 2.0f);
+  float q = std::nearbyint(a / ulp) * ulp;  // ties to even code (even multiple of ulp)
+  q = std::min(q, 6.0f);
+  return std::copysign(q, x);
+}
+
+float pow2_ceil(float s) {
+  uint32_t u = float_bits(s);
+  uint32_t exp = (u >> 23) & 0xffu;
+  if (u & 0x7fffffu) ++exp;
+  return bits_float(exp << 23);
+}
+
+float fp8_block_scale(float amax) {
+  return pow2_ceil(std::max(amax, 1e-4f) / 448.0f);
+}
+float fp4_block_scale(float amax) {
+  return pow2_ceil(std::max(amax, 6.0f * std::ldexp(1.0f, -126)) / 6.0f);
+}
+
+void fp8_fake_quant(float* x, int64_t n, int64_t block) {
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const int64_t b1 = std::min(n, b0 + block);
+    float amax = 0;
+    for (int64_t i = b0; i < b1; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float s = fp8_block_scale(amax);
+    for (int64_t i = b0; i < b1; ++i)
+      x[i] = bf16_round(fp8_e4m3_round(std::clamp(x[i] / s, -448.0f, 448.0f)) * s);
+  }
+}
+
+void fp4_fake_quant(float* x, int64_t n, int64_t block) {
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    const int64_t b1 = std::min(n, b0 + block);
+    float amax = 0;
+    for (int64_t i = b0; i < b1; ++i) amax = std::max(amax, std::fabs(x[i]));
+    const float s = fp4_block_scale(amax);
+    for (int64_t i = b0; i < b1; ++i)
+      x[i] = bf16_round(fp4_e2m1_round(std::clamp(x[i] / s, -6.0f, 6.0f)) * s);
+  }
+}
+
+}  // namespace dsv4::kernels

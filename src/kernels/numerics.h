@@ -1,0 +1,75 @@
+// Scalar number formats of the DeepSeek V4 reference: bf16 rounding, FP8 e4m3
+// and E8M0 scales, FP4 e2m1, and the activation fake-quantisation the
+// reference applies before every quantized GEMM (architecture spec §3.0).
+// These are the slow, exact definitions; faster kernels must agree with them.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace dsv4::kernels {
+
+inline uint32_t float_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float bits_float(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+// Round-to-nearest-even to bfloat16, returned as the (exactly representable) float.
+inline float bf16_round(float f) {
+  uint32_t u = float_bits(f);
+  if ((u & 0x7f800000u) == 0x7f800000u) return f;  // inf / NaN unchanged
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return bits_float(u & 0xffff0000u);
+}
+inline float bf16_to_float(uint16_t b) {
+  return bits_float(static_cast<uint32_t>(b) << 16);
+}
+inline uint16_t float_to_bf16_bits(float f) {
+  return static_cast<uint16_t>(float_bits(bf16_round(f)) >> 16);
+}
+
+// Rounds every element of x[0..n) to bf16 in place.
+void bf16_round_inplace(float* x, int64_t n);
+
+// FP8 e4m3fn: bias 7, no infinities, 0x7f / 0xff are NaN, max finite 448.
+float fp8_e4m3_decode(uint8_t code);
+// Round-to-nearest-even with saturation to ±448 (NaN maps to the NaN code 0x7f).
+uint8_t fp8_e4m3_encode(float x);
+// The value fp8_e4m3_encode would store, as a float (same rounding).
+float fp8_e4m3_round(float x);
+// Table of all 256 decoded codes (NaN for 0x7f / 0xff).
+const float* fp8_e4m3_table();
+
+// E8M0 scale byte: 2^(b - 127); 255 is NaN.
+float e8m0_decode(uint8_t b);
+
+// FP4 e2m1: codes 0..7 = 0, .5, 1, 1.5, 2, 3, 4, 6; bit 3 = sign.
+float fp4_e2m1_decode(uint8_t code);
+const float* fp4_e2m1_table();  // 16 entries
+// Round-to-nearest-even onto the e2m1 grid with saturation to ±6.
+float fp4_e2m1_round(float x);
+
+// 2^ceil(log2(s)) for a positive normal s, computed as the reference does
+// (the float's exponent, plus one when the mantissa is non-zero).
+float pow2_ceil(float s);
+
+// The reference's act_quant scale for one block: amax floored at 1e-4,
+// then pow2_ceil(amax / 448).
+float fp8_block_scale(float amax);
+// fp4_act_quant's scale: amax floored at 6·2^-126, pow2_ceil(amax / 6).
+float fp4_block_scale(float amax);
+
+// act_quant(x, block, "ue8m0", inplace=True) on one row of n values: per
+// block, x ← bf16(fp8(clamp(x/s, ±448)) · s). (Values are exactly
+// representable, so the bf16 rounding is a no-op kept for clarity.)
+void fp8_fake_quant(float* x, int64_t n, int64_t block);
+// fp4_act_quant(x, block, inplace=True): x ← bf16(e2m1(clamp(x/s, ±6)) · s).
+void fp4_fake_quant(float* x, int64_t n, int64_t block);
+
+}  // namespace dsv4::kernels

@@ -1,0 +1,203 @@
+#include "kernels/ops.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+
+#include "kernels/numerics.h"
+#include "util/error.h"
+#include "util/threadpool.h"
+
+namespace dsv4::kernels {
+
+void rms_norm(const float* x, int64_t m, int64_t n, const float* weight, float eps, float* y) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* xi = x + i * n;
+    float* yi = y + i * n;
+    float ss = 0;
+    for (int64_t k = 0; k < n; ++k) ss += xi[k] * xi[k];
+    const float r = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+    for (int64_t k = 0; k < n; ++k) yi[k] = bf16_round(weight[k] * (xi[k] * r));
+  }
+}
+
+void rms_norm_bf16_noweight(float* x, int64_t n, float eps) {
+  float ss = 0;
+  for (int64_t k = 0; k < n; ++k) ss += bf16_round(x[k] * x[k]);
+  const float mean = bf16_round(ss / static_cast<float>(n));
+  const float r = bf16_round(1.0f / std::sqrt(bf16_round(mean + eps)));
+  for (int64_t k = 0; k < n; ++k) x[k] = bf16_round(x[k] * r);
+}
+
+void yarn_correction_range(int64_t dim, double base, int64_t original_seq_len, double beta_fast,
+                           double beta_slow, int64_t* low, int64_t* high) {
+  auto correction_dim = [&](double rotations) {
+    return dim * std::log(original_seq_len / (rotations * 2 * M_PI)) / (2 * std::log(base));
+  };
+  *low = std::max<int64_t>(static_cast<int64_t>(std::floor(correction_dim(beta_fast))), 0);
+  *high = std::min<int64_t>(static_cast<int64_t>(std::ceil(correction_dim(beta_slow))), dim - 1);
+}
+
+RopeTable::RopeTable(int64_t rope_dim, double base, bool yarn, double factor,
+                     int64_t original_seq_len, double beta_fast, double beta_slow)
+    : dim_(rope_dim) {
+  if (rope_dim <= 0 || rope_dim % 2)
+    fail("rope dimension must be positive and even, got ", rope_dim);
+  const int64_t half = rope_dim / 2;
+  freqs_.resize(half);
+  for (int64_t i = 0; i < half; ++i) {
+    const float expo = static_cast<float>(2 * i) / static_cast<float>(rope_dim);
+    freqs_[i] = 1.0f / static_cast<float>(std::pow(base, static_cast<double>(expo)));
+  }
+  if (yarn && original_seq_len > 0) {
+    int64_t low, high;
+    yarn_correction_range(rope_dim, base, original_seq_len, beta_fast, beta_slow, &low, &high);
+    float lo = static_cast<float>(low), hi = static_cast<float>(high);
+    if (lo == hi) hi += 0.001f;
+    for (int64_t i = 0; i < half; ++i) {
+      const float ramp = std::clamp((static_cast<float>(i) - lo) / (hi - lo), 0.0f, 1.0f);
+      const float smooth = 1.0f - ramp;
+      freqs_[i] = freqs_[i] / static_cast<float>(factor) * (1.0f - smooth) + freqs_[i] * smooth;
+    }
+  }
+}
+
+void RopeTable::apply(float* x, int64_t pos, bool inverse) const {
+  const float t = static_cast<float>(pos);
+  for (int64_t i = 0; i < dim_ / 2; ++i) {
+    const float angle = t * freqs_[i];
+    const float c = static_cast<float>(std::cos(static_cast<double>(angle)));
+    float s = static_cast<float>(std::sin(static_cast<double>(angle)));
+    if (inverse) s = -s;
+    const float a = x[2 * i], b = x[2 * i + 1];
+    x[2 * i] = bf16_round(a * c - b * s);
+    x[2 * i + 1] = bf16_round(a * s + b * c);
+  }
+}
+
+void hadamard(float* x, int64_t n, float scale) {
+  if (n <= 0 || (n & (n - 1))) fail("Hadamard transform needs a power-of-two length, got ", n);
+  for (int64_t h = 1; h < n; h *= 2)
+    for (int64_t i = 0; i < n; i += 2 * h)
+      for (int64_t j = i; j < i + h; ++j) {
+        const float a = x[j], b = x[j + h];
+        x[j] = a + b;
+        x[j + h] = a - b;
+      }
+  for (int64_t i = 0; i < n; ++i) x[i] *= scale;
+}
+
+void hc_split_sinkhorn(const float* mix, int64_t hc, const float* scale, const float* base,
+                       int64_t iters, float eps, float* pre, float* post, float* comb) {
+  auto sigmoid = [](float v) { return 1.0f / (1.0f + std::exp(-v)); };
+  for (int64_t j = 0; j < hc; ++j) {
+    pre[j] = sigmoid(mix[j] * scale[0] + base[j]) + eps;
+    post[j] = 2.0f * sigmoid(mix[hc + j] * scale[1] + base[hc + j]);
+  }
+  float* c = comb;
+  for (int64_t k = 0; k < hc * hc; ++k) c[k] = mix[2 * hc + k] * scale[2] + base[2 * hc + k];
+  auto col_normalise = [&] {
+    for (int64_t j = 0; j < hc; ++j) {
+      float sum = 0;
+      for (int64_t i = 0; i < hc; ++i) sum += c[i * hc + j];
+      for (int64_t i = 0; i < hc; ++i) c[i * hc + j] /= sum + eps;
+    }
+  };
+  for (int64_t i = 0; i < hc; ++i) {  // the first row normalisation is a softmax
+    softmax(c + i * hc, hc);
+    for (int64_t j = 0; j < hc; ++j) c[i * hc + j] += eps;
+  }
+  col_normalise();
+  for (int64_t it = 1; it < iters; ++it) {
+    for (int64_t i = 0; i < hc; ++i) {
+      float sum = 0;
+      for (int64_t j = 0; j < hc; ++j) sum += c[i * hc + j];
+      for (int64_t j = 0; j < hc; ++j) c[i * hc + j] /= sum + eps;
+    }
+    col_normalise();
+  }
+}
+
+void softmax(float* x, int64_t n) {
+  if (n <= 0) return;
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) mx = std::max(mx, x[i]);
+  float sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - mx);
+    sum += x[i];
+  }
+  for (int64_t i = 0; i < n; ++i) x[i] /= sum;
+}
+
+std::vector<int32_t> topk(const float* s, int64_t n, int64_t k) {
+  k = std::clamp<int64_t>(k, 0, n);
+  std::vector<int32_t> order(n);
+  std::iota(order.begin(), order.end(), 0);
+  auto better = [s](int32_t a, int32_t b) {
+    const float va = s[a], vb = s[b];
+    const bool na = std::isnan(va), nb = std::isnan(vb);
+    if (na != nb) return nb;  // a wins only if b is NaN
+    if (!na && va != vb) return va > vb;
+    return a < b;
+  };
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), better);
+  order.resize(k);
+  return order;
+}
+
+void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, const float* kv,
+                      const int32_t* idx, int64_t width, const float* sink, float scale,
+                      float* out) {
+  constexpr int64_t kTile = 64;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  parallel_for(m * heads, [&](int64_t t0, int64_t t1, int) {
+    std::vector<float> acc(dim), z(kTile);
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t i = task / heads, h = task % heads;
+      const float* qv = q + (i * heads + h) * dim;
+      const int32_t* row = idx + i * width;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      float run_max = kNegInf, denom = 0;
+      for (int64_t b0 = 0; b0 < width; b0 += kTile) {
+        const int64_t b1 = std::min(width, b0 + kTile);
+        float tile_max = kNegInf;
+        for (int64_t e = b0; e < b1; ++e) {
+          float v = kNegInf;
+          if (row[e] >= 0) {
+            const float* kr = kv + static_cast<int64_t>(row[e]) * dim;
+            float dot = 0;
+            for (int64_t d = 0; d < dim; ++d) dot += qv[d] * kr[d];
+            v = dot * scale;
+          }
+          z[e - b0] = v;
+          tile_max = std::max(tile_max, v);
+        }
+        const float new_max = std::max(run_max, tile_max);
+        if (new_max == kNegInf) continue;  // nothing visible yet
+        const float rescale = run_max == kNegInf ? 0.0f : std::exp(run_max - new_max);
+        denom *= rescale;
+        for (int64_t d = 0; d < dim; ++d) acc[d] *= rescale;
+        for (int64_t e = b0; e < b1; ++e) {
+          if (row[e] < 0) continue;
+          const float p = std::exp(z[e - b0] - new_max);
+          denom += p;
+          const float pb = bf16_round(p);
+          const float* vr = kv + static_cast<int64_t>(row[e]) * dim;
+          for (int64_t d = 0; d < dim; ++d) acc[d] += pb * vr[d];
+        }
+        run_max = new_max;
+      }
+      float* o = out + (i * heads + h) * dim;
+      if (run_max == kNegInf) {  // no visible key: only the sink, output zero
+        std::fill(o, o + dim, 0.0f);
+        continue;
+      }
+      denom += std::exp(sink[h] - run_max);
+      for (int64_t d = 0; d < dim; ++d) o[d] = bf16_round(acc[d] / denom);
+    }
+  });
+}
+
+}  // namespace dsv4::kernels

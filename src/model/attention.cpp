@@ -1,0 +1,117 @@
+#include "model/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/numerics.h"
+#include "model/compressor.h"
+#include "model/indexer.h"
+
+namespace dsv4 {
+
+void attention_forward(const ModelContext& ctx, const AttentionWeights& w, LayerState& state,
+                       int64_t layer, int64_t pos, int64_t n, const float* x, float* out,
+                       ForwardObserver* observer) {
+  const ModelConfig& cfg = ctx.cfg;
+  const int64_t heads = cfg.n_heads, hd = cfg.head_dim, rd = cfg.rope_head_dim;
+  const int64_t nope = hd - rd, window = cfg.window_size, ratio = state.ratio;
+  const kernels::RopeTable& rope = ctx.rope(ratio);
+
+  // Queries: low-rank, normalised, per-head RMS (bf16 arithmetic), rotated.
+  std::vector<float> qr(n * cfg.q_lora_rank);
+  kernels::quant_linear(x, n, weight_ref(w.wq_a), qr.data());
+  const std::vector<float> q_norm = to_f32(w.q_norm);
+  kernels::rms_norm(qr.data(), n, cfg.q_lora_rank, q_norm.data(), ctx.eps(), qr.data());
+  std::vector<float> q(n * heads * hd);
+  kernels::quant_linear(qr.data(), n, weight_ref(w.wq_b), q.data());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t h = 0; h < heads; ++h) {
+      float* qh = q.data() + (i * heads + h) * hd;
+      kernels::rms_norm_bf16_noweight(qh, hd, ctx.eps());
+      rope.apply(qh + nope, pos + i, false);
+    }
+
+  // This chunk's raw KV rows: normalised, rotated, NoPE dims FP8 fake-quantised.
+  std::vector<float> kv(n * hd);
+  kernels::quant_linear(x, n, weight_ref(w.wkv), kv.data());
+  const std::vector<float> kv_norm = to_f32(w.kv_norm);
+  kernels::rms_norm(kv.data(), n, hd, kv_norm.data(), ctx.eps(), kv.data());
+  for (int64_t i = 0; i < n; ++i) {
+    rope.apply(kv.data() + i * hd + nope, pos + i, false);
+    kernels::fp8_fake_quant(kv.data() + i * hd, nope, 64);
+  }
+
+  // Compressed entries completed in this chunk become visible to its later queries.
+  if (w.has_compressor)
+    compressor_forward(ctx, w.compressor, state.compressor, pos, n, x, &state.compressed_kv);
+  IndexerSelection selection;
+  if (w.has_indexer) {
+    selection = indexer_forward(ctx, w.indexer, state, pos, n, x, qr.data());
+    if (observer)
+      observer->on_indexer_topk(layer, pos, n, selection.width, selection.entries.data());
+  }
+
+  // The rows attention may read: the window positions before this chunk still
+  // in the ring, this chunk's rows, then every compressed entry.
+  const int64_t first = std::max<int64_t>(0, pos - (window - 1));
+  const int64_t n_prev = pos - first;
+  const int64_t n_comp = state.num_compressed();
+  const int64_t comp_base = n_prev + n;
+  std::vector<float> rows((comp_base + n_comp) * hd);
+  for (int64_t p = first; p < pos; ++p)
+    std::copy_n(state.window_kv.data() + (p % window) * hd, hd, rows.data() + (p - first) * hd);
+  std::copy(kv.begin(), kv.end(), rows.begin() + n_prev * hd);
+  std::copy(state.compressed_kv.begin(), state.compressed_kv.end(), rows.begin() + comp_base * hd);
+
+  // Index lists in the reference's layout: a window section (oldest → newest,
+  // −1 padded; as wide as the reference's: min(n, window) for a prefill from
+  // position 0, else window), then the compressed section.
+  const int64_t win_width = pos == 0 ? std::min(n, window) : window;
+  int64_t comp_width = 0;
+  if (w.has_indexer)
+    comp_width = selection.width;
+  else if (ratio > 0)
+    comp_width = (pos + n) / ratio;
+  const int64_t width = win_width + comp_width;
+  std::vector<int32_t> idx(n * width, -1);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t t = pos + i;
+    int32_t* row = idx.data() + i * width;
+    const int64_t lo = std::max<int64_t>(0, t - (window - 1));
+    for (int64_t p = lo; p <= t; ++p) row[p - lo] = static_cast<int32_t>(p - first);
+    int32_t* crow = row + win_width;
+    if (w.has_indexer) {
+      for (int64_t k = 0; k < comp_width; ++k) {
+        const int32_t e = selection.entries[i * comp_width + k];
+        crow[k] = e < 0 ? -1 : static_cast<int32_t>(comp_base + e);
+      }
+    } else if (ratio > 0) {
+      const int64_t visible = std::min(n_comp, (t + 1) / ratio);
+      for (int64_t j = 0; j < visible; ++j) crow[j] = static_cast<int32_t>(comp_base + j);
+    }
+  }
+
+  const std::vector<float> sink = to_f32(w.attn_sink);
+  std::vector<float> o(n * heads * hd);
+  kernels::sparse_attention(q.data(), n, heads, hd, rows.data(), idx.data(), width, sink.data(),
+                            1.0f / std::sqrt(static_cast<float>(hd)), o.data());
+  for (int64_t i = 0; i < n; ++i)  // undo the rotation with the query's position
+    for (int64_t h = 0; h < heads; ++h)
+      rope.apply(o.data() + (i * heads + h) * hd + nope, pos + i, true);
+
+  // Grouped low-rank output: wo_a per group (bf16, the reference dequantises
+  // it exactly), then the FP8 wo_b.
+  const int64_t groups = cfg.o_groups, rank = cfg.o_lora_rank, gin = cfg.group_in_dim();
+  std::vector<float> oa(n * groups * rank);
+  const kernels::WeightRef wo_a = weight_ref(w.wo_a);
+  for (int64_t g = 0; g < groups; ++g)
+    kernels::plain_linear(o.data() + g * gin, n, heads * hd, wo_a, g * rank, (g + 1) * rank,
+                          oa.data() + g * rank, groups * rank, true);
+  kernels::quant_linear(oa.data(), n, weight_ref(w.wo_b), out);
+
+  for (int64_t i = std::max<int64_t>(0, n - window); i < n; ++i)
+    std::copy_n(kv.data() + i * hd, hd, state.window_kv.data() + ((pos + i) % window) * hd);
+}
+
+}  // namespace dsv4
