@@ -6,6 +6,7 @@
 CHECK is one of: determinism, split, render_golden, tokenizer_golden,
 tokenizer_train, render_cpp, tokenize_cpp. Exit 0 = pass, 1 = fail,
 77 = skipped (the C++ subcommand it needs is not built yet).
+`export --out DIR` writes the data tests/demo/test_demo_cpp.cpp checks.
 """
 
 import argparse
@@ -306,11 +307,42 @@ def check_tokenize_cpp(args):
   return 0
 
 
+def export_cases(args):
+  """Not a check: writes DIR/tokenizer/ and DIR/cases.jsonl for tests/demo/test_demo_cpp.cpp.
+
+  Each case: the conversation (`input`), its rendered `text`, the Python `ids`
+  under the demo tokenizer, and every fully rendered assistant turn as
+  (`output` text, `thinking`, `message`) for the C++ output parser.
+  """
+  os.makedirs(args.out, exist_ok=True)
+  tok_dir, _ = train_small_tokenizer(args.out)
+  tok = hf_tokenizer.Tokenizer(os.path.join(tok_dir, "tokenizer.json"))
+  _, train, _ = run_gen(args.out, "cpp_train", "--seed", 21, "--n", 250)
+  _, evals, _ = run_gen(args.out, "cpp_eval", "--seed", 22, "--n", 100, "--split", "eval")
+  with open(os.path.join(args.out, "cases.jsonl"), "w", encoding="utf-8") as f:
+    for conv in train + evals:
+      text = v4chat.render(conv)
+      outputs = [t for t, is_output in v4chat.render_segments(conv) if is_output]
+      turns = [m for m in conv["messages"] if m["role"] == "assistant"]
+      # Only turns rendered in full: in thinking mode with dropped reasoning the
+      # text starts after </think> and is not what the model generated.
+      pairs = []
+      for out, msg in zip(outputs, turns):
+        thinking = conv["thinking_mode"] == "thinking"
+        if thinking and v4chat.THINK_END not in out:
+          continue
+        pairs.append({"output": out, "thinking": thinking, "message": msg})
+      f.write(json.dumps({"input": conv, "text": text, "ids": tok.encode(text),
+                          "outputs": pairs}, ensure_ascii=False) + "\n")
+  print(f"exported {len(train) + len(evals)} cases to {args.out}")
+  return 0
+
+
 CHECKS = {
     "determinism": check_determinism, "split": check_split,
     "render_golden": check_render_golden, "tokenizer_golden": check_tokenizer_golden,
     "tokenizer_train": check_tokenizer_train, "render_cpp": check_render_cpp,
-    "tokenize_cpp": check_tokenize_cpp,
+    "tokenize_cpp": check_tokenize_cpp, "export": export_cases,
 }
 
 
@@ -318,6 +350,7 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("check", choices=sorted(CHECKS))
   parser.add_argument("--dsv4", help="path of the dsv4 binary")
+  parser.add_argument("--out", help="output directory (export)")
   args = parser.parse_args()
   try:
     return CHECKS[args.check](args) or 0
