@@ -22,11 +22,12 @@ void rms_norm(const float* x, int64_t m, int64_t n, const float* weight, float e
   }
 }
 
-void rms_norm_bf16_noweight(float* x, int64_t n, float eps) {
+void rms_norm_bf16_noweight(float* x, int64_t n, float eps, bool exact_rsqrt) {
   float ss = 0;
   for (int64_t k = 0; k < n; ++k) ss += bf16_round(x[k] * x[k]);
   const float mean = bf16_round(ss / static_cast<float>(n));
-  const float r = bf16_round(1.0f / std::sqrt(bf16_round(mean + eps)));
+  const float sq = std::sqrt(bf16_round(mean + eps));
+  const float r = bf16_round(1.0f / (exact_rsqrt ? sq : bf16_round(sq)));
   for (int64_t k = 0; k < n; ++k) x[k] = bf16_round(x[k] * r);
 }
 

@@ -14,7 +14,16 @@ void rms_norm(const float* x, int64_t m, int64_t n, const float* weight, float e
 
 // The per-head q normalisation of the reference, done in bf16 tensor
 // arithmetic: every op (square, mean, + eps, rsqrt, multiply) rounds to bf16.
-void rms_norm_bf16_noweight(float* x, int64_t n, float eps);
+// torch computes a bf16 rsqrt in two ways: its vectorised loop rounds
+// 1/sqrt(v) once (exact_rsqrt), its scalar loop (small tensors and the tail
+// of large ones) rounds sqrt(v) to bf16 first and then the reciprocal.
+void rms_norm_bf16_noweight(float* x, int64_t n, float eps, bool exact_rsqrt);
+
+// Which elements of a bf16 elementwise op over `numel` values torch runs in
+// its vectorised loop: the leading multiple of `vector_span` values.
+inline bool torch_vectorized(int64_t index, int64_t numel, int64_t vector_span) {
+  return index < numel / vector_span * vector_span;
+}
 
 // Rotary embedding on interleaved pairs (x[2i], x[2i+1]), with YaRN-corrected
 // frequencies when `yarn` is set (the reference's precompute_freqs_cis).

@@ -10,6 +10,13 @@
 
 namespace dsv4 {
 
+namespace {
+// torch runs bf16 elementwise ops two 16-lane AVX2 vectors at a time; the
+// golden reference's per-head rsqrt is exact only on that part (see
+// rms_norm_bf16_noweight).
+constexpr int64_t kTorchBf16Span = 32;
+}  // namespace
+
 void attention_forward(const ModelContext& ctx, const AttentionWeights& w, LayerState& state,
                        int64_t layer, int64_t pos, int64_t n, const float* x, float* out,
                        ForwardObserver* observer) {
@@ -28,7 +35,8 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   for (int64_t i = 0; i < n; ++i)
     for (int64_t h = 0; h < heads; ++h) {
       float* qh = q.data() + (i * heads + h) * hd;
-      kernels::rms_norm_bf16_noweight(qh, hd, ctx.eps());
+      kernels::rms_norm_bf16_noweight(
+          qh, hd, ctx.eps(), kernels::torch_vectorized(i * heads + h, n * heads, kTorchBf16Span));
       rope.apply(qh + nope, pos + i, false);
     }
 
