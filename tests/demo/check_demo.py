@@ -4,7 +4,7 @@
     check_demo.py CHECK [--dsv4 PATH]
 
 CHECK is one of: determinism, split, render_golden, tokenizer_golden,
-tokenizer_train, render_cpp, tokenize_cpp. Exit 0 = pass, 1 = fail,
+tokenizer_train, render_cpp, tokenize_cpp, eval. Exit 0 = pass, 1 = fail,
 77 = skipped (the C++ subcommand it needs is not built yet).
 `export --out DIR` writes the data tests/demo/test_demo_cpp.cpp checks.
 """
@@ -25,6 +25,7 @@ sys.path.insert(0, DEMO)
 
 import numpy as np  # noqa: E402  pylint: disable=wrong-import-position
 
+import eval as demo_eval  # noqa: E402  pylint: disable=wrong-import-position,redefined-builtin
 import gen_data  # noqa: E402  pylint: disable=wrong-import-position
 import hf_tokenizer  # noqa: E402  pylint: disable=wrong-import-position
 import prepare_data  # noqa: E402  pylint: disable=wrong-import-position
@@ -307,6 +308,50 @@ def check_tokenize_cpp(args):
   return 0
 
 
+def check_eval(args):
+  if "parse" not in dsv4_commands(args.dsv4):
+    print("eval: skipped (`dsv4 parse` is not built yet)")
+    return SKIP
+  with tempfile.TemporaryDirectory() as tmp:
+    _, evals, metas = run_gen(tmp, "eval", "--seed", 4, "--n", 250, "--split", "eval")
+  reference = []
+  for i, (conv, meta) in enumerate(zip(evals, metas)):
+    prompt, text = demo_eval.split_conversation(conv, meta)
+    full = dict(conv, messages=conv["messages"][:len(prompt["messages"]) + 1])
+    expect(v4chat.render(prompt) + text == v4chat.render(full),
+           f"prompt + expected completion is not the conversation ({i})")
+    expect(prompt["messages"][-1]["role"] == "user", f"prompt {i} does not end with the user")
+    reference.append({"index": i, "text": text})
+  counts = demo_eval.score(evals, metas, reference, args.dsv4)
+  for gate in demo_eval.GATES:
+    passed, total = counts.get(gate, (0, 0))
+    expect(total > 0 and passed == total, f"reference completions fail {gate}: {passed}/{total}")
+
+  # Each corruption must be caught by its gate.
+  def corrupt(i, text):
+    category = metas[i]["category"]
+    if evals[i]["thinking_mode"] == "thinking" and i % 2:
+      return text.replace(v4chat.THINK_END, "")
+    if category == "tool":
+      return text.replace(f'name="{metas[i]["tool"]}"', 'name="no_such_tool"')
+    if category == "json":
+      return text.replace("}", "", 1)
+    if category == "arithmetic":
+      answer = metas[i]["answer"]
+      return text[::-1].replace(answer[::-1], str(int(answer) + 1)[::-1], 1)[::-1]
+    return text
+  broken = [{"index": r["index"], "text": corrupt(r["index"], r["text"])} for r in reference]
+  counts = demo_eval.score(evals, metas, broken, args.dsv4)
+  for gate in demo_eval.GATES:
+    passed, total = counts[gate]
+    expect(passed < total, f"{gate} did not notice corrupted completions")
+  expect(counts["thinking_closed"][0] <= counts["thinking_closed"][1] * 0.6,
+         "thinking_closed missed removed </think>")
+  print(f"eval: ok (reference completions pass every gate on {len(evals)} held-out "
+        "conversations; corrupted ones fail each gate)")
+  return 0
+
+
 def export_cases(args):
   """Not a check: writes DIR/tokenizer/ and DIR/cases.jsonl for tests/demo/test_demo_cpp.cpp.
 
@@ -342,7 +387,7 @@ CHECKS = {
     "determinism": check_determinism, "split": check_split,
     "render_golden": check_render_golden, "tokenizer_golden": check_tokenizer_golden,
     "tokenizer_train": check_tokenizer_train, "render_cpp": check_render_cpp,
-    "tokenize_cpp": check_tokenize_cpp, "export": export_cases,
+    "tokenize_cpp": check_tokenize_cpp, "eval": check_eval, "export": export_cases,
 }
 
 

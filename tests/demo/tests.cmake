@@ -1,8 +1,8 @@
 # Demo-model data tooling (tools/demo): quick Python checks, run with Debian's
-# python3. render_cpp / tokenize_cpp compare against the dsv4 binary and report
-# "skipped" until `dsv4 render` / `dsv4 tokenize` exist.
+# python3. render_cpp / tokenize_cpp / eval run the dsv4 binary and report
+# "skipped" until `dsv4 render` / `dsv4 tokenize` / `dsv4 parse` exist.
 foreach(check determinism split render_golden tokenizer_golden tokenizer_train render_cpp
-              tokenize_cpp)
+              tokenize_cpp eval)
   add_test(NAME demo_${check}
            COMMAND /usr/bin/python3 ${CMAKE_CURRENT_LIST_DIR}/check_demo.py ${check}
                    --dsv4 $<TARGET_FILE:dsv4>)
