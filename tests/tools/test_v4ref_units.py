@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from v4ref import quant  # noqa: E402
 from v4ref.model import load_model, read_checkpoint  # noqa: E402
 from v4ref.quant import EXACT, TRAIN_FP32, TRAIN_STE  # noqa: E402
+from v4ref.trace import trace  # noqa: E402
 from v4ref.safetensors_io import (E4M3_TABLE, SafetensorsFile, load_file, pack_e2m1,  # noqa: E402
                                   save_file, unpack_e2m1)
 
@@ -157,8 +158,30 @@ def test_training_path():
     expect(torch.allclose(both[1], one[0], atol=1e-4, rtol=1e-4), "batched rows are independent")
 
 
+def test_trace_format():
+    """trace.py writes exactly the golden file's tensor names, shapes and dtypes."""
+    golden_path = os.path.join(ROOT, "tests", "data", "golden", "tiny-a", "golden_short.safetensors")
+    golden = SafetensorsFile(golden_path)
+    model = load_model(CKPT)
+    tokens = golden.get("tokens").long()
+    S = tokens.shape[0] - golden.shape("decode.logits")[0]
+    out = trace(model, tokens, S)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "trace.safetensors")
+        save_file(out, path)
+        ours = SafetensorsFile(path)
+        expect(set(ours.keys()) == set(golden.keys()), "trace has the golden tensor names")
+        same = all((ours.dtype(n), ours.shape(n)) == (golden.dtype(n), golden.shape(n))
+                   for n in golden.keys() if n in ours)
+        expect(same, "trace tensors have the golden dtypes and shapes")
+    ref = golden.get("prefill.hidden.layer0")
+    err = ((out["prefill.hidden.layer0"] - ref).norm() / ref.norm()).item()
+    expect(err < 1e-3, f"trace prefill.hidden.layer0 matches the golden ({err:.3g})")
+
+
 def main():
     torch.set_num_threads(2)
+    test_trace_format()
     test_rounding()
     test_safetensors_roundtrip()
     test_checkpoint_dequant()
