@@ -106,91 +106,92 @@ IDENTITY = ("I am dsv4-demo, a tiny model with the DeepSeek V4 architecture, tra
 
 
 def split_of(key):
-  """Returns 'train' or 'eval' for a conversation key (stable across machines)."""
-  digest = hashlib.sha256(key.encode("utf-8")).digest()
-  return "eval" if int.from_bytes(digest[:4], "big") % 100 < EVAL_PERCENT else "train"
+    """Returns 'train' or 'eval' for a conversation key (stable across machines)."""
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
+    return "eval" if int.from_bytes(digest[:4], "big") % 100 < EVAL_PERCENT else "train"
 
 
 class Sample:
-  """One conversation under construction."""
+    """One conversation under construction."""
 
-  def __init__(self, category, key):
-    self.category = category
-    self.key = key
-    self.messages = []
-    self.tools = None
-    self.thinking_mode = "chat"
-    self.reasoning_effort = None
-    self.meta = {}
+    def __init__(self, category, key):
+        self.category = category
+        self.key = key
+        self.messages = []
+        self.tools = None
+        self.thinking_mode = "chat"
+        self.reasoning_effort = None
+        self.meta = {}
 
-  def to_input(self):
-    obj = {"messages": self.messages}
-    if self.tools is not None:
-      obj["tools"] = self.tools
-      obj["tools_attached_to"] = 0
-    obj["thinking_mode"] = self.thinking_mode
-    if self.reasoning_effort is not None:
-      obj["reasoning_effort"] = self.reasoning_effort
-    return obj
+    def to_input(self):
+        obj = {"messages": self.messages}
+        if self.tools is not None:
+            obj["tools"] = self.tools
+            obj["tools_attached_to"] = 0
+        obj["thinking_mode"] = self.thinking_mode
+        if self.reasoning_effort is not None:
+            obj["reasoning_effort"] = self.reasoning_effort
+        return obj
 
 
 def assistant(content, reasoning=None, thinking=False, tool_calls=None):
-  msg = {"role": "assistant"}
-  if thinking:
-    msg["reasoning_content"] = reasoning
-  msg["content"] = content
-  if tool_calls:
-    msg["tool_calls"] = tool_calls
-  return msg
+    msg = {"role": "assistant"}
+    if thinking:
+        msg["reasoning_content"] = reasoning
+    msg["content"] = content
+    if tool_calls:
+        msg["tool_calls"] = tool_calls
+    return msg
 
 
 def maybe_system(rng, sample, p=0.6):
-  if rng.random() < p:
-    sample.messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+    if rng.random() < p:
+        sample.messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
 
 
 # ----------------------------------------------------------------------------- arithmetic
 
 
 def arithmetic_reasoning(a, op, b, thorough=False):
-  """Column-wise reasoning a tiny model can imitate digit by digit."""
-  if op == "+":
-    result = a + b
-    ones = a % 10 + b % 10
+    """Column-wise reasoning a tiny model can imitate digit by digit."""
+    if op == "+":
+        result = a + b
+        ones = a % 10 + b % 10
+        steps = []
+        if ones >= 10:
+            steps.append(f"Ones: {a % 10} + {b % 10} = {ones}, write {ones - 10} and carry 1.")
+            tens = a // 10 + b // 10 + 1
+            steps.append(f"Tens: {a // 10} + {b // 10} + 1 = {tens}.")
+        else:
+            steps.append(f"Ones: {a % 10} + {b % 10} = {ones}.")
+            tens = a // 10 + b // 10
+            steps.append(f"Tens: {a // 10} + {b // 10} = {tens}.")
+        text = f"I need {a} + {b}. " + " ".join(steps) + f" So {a} + {b} = {result}."
+        if thorough:
+            text += (f" Check: {result} - {b} = {a}, which matches. Nothing else to consider: "
+                     f"the answer is {result}.")
+        return text, result
+    # Subtraction: compute big - small column-wise, then fix the sign.
+    result = a - b
+    big, small = (a, b) if a >= b else (b, a)
     steps = []
-    if ones >= 10:
-      steps.append(f"Ones: {a % 10} + {b % 10} = {ones}, write {ones - 10} and carry 1.")
-      tens = a // 10 + b // 10 + 1
-      steps.append(f"Tens: {a // 10} + {b // 10} + 1 = {tens}.")
+    if big % 10 < small % 10:
+        steps.append(f"Ones: {big % 10} is less than {small % 10}, so borrow: "
+                     f"{big % 10 + 10} - {small % 10} = {big % 10 + 10 - small % 10}.")
+        steps.append(f"Tens: {big // 10} - 1 - {small // 10} = {big // 10 - 1 - small // 10}.")
     else:
-      steps.append(f"Ones: {a % 10} + {b % 10} = {ones}.")
-      tens = a // 10 + b // 10
-      steps.append(f"Tens: {a // 10} + {b // 10} = {tens}.")
-    text = f"I need {a} + {b}. " + " ".join(steps) + f" So {a} + {b} = {result}."
+        steps.append(f"Ones: {big % 10} - {small % 10} = {big % 10 - small % 10}.")
+        steps.append(f"Tens: {big // 10} - {small // 10} = {big // 10 - small // 10}.")
+    if a >= b:
+        text = f"I need {a} - {b}. " + " ".join(steps) + f" So {a} - {b} = {result}."
+    else:
+        text = (f"I need {a} - {b}. {b} is larger than {a}, so I compute {b} - {a} and make it "
+                f"negative. " + " ".join(steps) +
+                f" {b} - {a} = {-result}, so {a} - {b} = {result}.")
     if thorough:
-      text += (f" Check: {result} - {b} = {a}, which matches. Nothing else to consider: "
-               f"the answer is {result}.")
+        text += (f" Check: {result} + {b} = {a}, which matches. Nothing else to consider: "
+                 f"the answer is {result}.")
     return text, result
-  # Subtraction: compute big - small column-wise, then fix the sign.
-  result = a - b
-  big, small = (a, b) if a >= b else (b, a)
-  steps = []
-  if big % 10 < small % 10:
-    steps.append(f"Ones: {big % 10} is less than {small % 10}, so borrow: "
-                 f"{big % 10 + 10} - {small % 10} = {big % 10 + 10 - small % 10}.")
-    steps.append(f"Tens: {big // 10} - 1 - {small // 10} = {big // 10 - 1 - small // 10}.")
-  else:
-    steps.append(f"Ones: {big % 10} - {small % 10} = {big % 10 - small % 10}.")
-    steps.append(f"Tens: {big // 10} - {small // 10} = {big // 10 - small // 10}.")
-  if a >= b:
-    text = f"I need {a} - {b}. " + " ".join(steps) + f" So {a} - {b} = {result}."
-  else:
-    text = (f"I need {a} - {b}. {b} is larger than {a}, so I compute {b} - {a} and make it "
-            f"negative. " + " ".join(steps) + f" {b} - {a} = {-result}, so {a} - {b} = {result}.")
-  if thorough:
-    text += (f" Check: {result} + {b} = {a}, which matches. Nothing else to consider: "
-             f"the answer is {result}.")
-  return text, result
 
 
 ARITH_QUESTIONS = [
@@ -202,139 +203,142 @@ ARITH_ANSWERS = ["{a} {op} {b} = {r}.", "{r}", "The answer is {r}.", "{a} {op} {
 
 
 def draw_operands(rng):
-  a, b = rng.randint(10, 99), rng.randint(10, 99)
-  op = rng.choice("+-")
-  # Keep most differences non-negative; negative results stay in the mix but rarer.
-  if op == "-" and a < b and rng.random() < 0.75:
-    a, b = b, a
-  return a, op, b
+    a, b = rng.randint(10, 99), rng.randint(10, 99)
+    op = rng.choice("+-")
+    # Keep most differences non-negative; negative results stay in the mix but rarer.
+    if op == "-" and a < b and rng.random() < 0.75:
+        a, b = b, a
+    return a, op, b
 
 
 def gen_arithmetic(rng, thinking, effort=None):
-  a, op, b = draw_operands(rng)
-  s = Sample("arithmetic", f"arith:{a}{op}{b}")
-  maybe_system(rng, s, 0.4)
-  q = rng.choice(ARITH_QUESTIONS).format(a=a, op=op, b=b)
-  s.messages.append({"role": "user", "content": q})
-  reasoning, result = arithmetic_reasoning(a, op, b, thorough=effort == "max")
-  answer = rng.choice(ARITH_ANSWERS).format(a=a, op=op, b=b, r=result)
-  s.messages.append(assistant(answer, reasoning, thinking))
-  s.thinking_mode = "thinking" if thinking else "chat"
-  s.reasoning_effort = effort
-  s.meta = {"answer": str(result), "a": a, "op": op, "b": b}
-  return s
+    a, op, b = draw_operands(rng)
+    s = Sample("arithmetic", f"arith:{a}{op}{b}")
+    maybe_system(rng, s, 0.4)
+    q = rng.choice(ARITH_QUESTIONS).format(a=a, op=op, b=b)
+    s.messages.append({"role": "user", "content": q})
+    reasoning, result = arithmetic_reasoning(a, op, b, thorough=effort == "max")
+    answer = rng.choice(ARITH_ANSWERS).format(a=a, op=op, b=b, r=result)
+    s.messages.append(assistant(answer, reasoning, thinking))
+    s.thinking_mode = "thinking" if thinking else "chat"
+    s.reasoning_effort = effort
+    s.meta = {"answer": str(result), "a": a, "op": op, "b": b}
+    return s
 
 
 # ----------------------------------------------------------------------------- everyday Q&A
 
 
 def qa_capital(rng):
-  country, capital = rng.choice(COUNTRIES)
-  q = rng.choice(["What is the capital of {c}?", "Which city is the capital of {c}?",
-                  "Name the capital of {c}.", "capital of {c}?", "What's the capital city of {c}?"])
-  return (q.format(c=country), f"The question asks for the capital of {country}. It is {capital}.",
-          rng.choice([f"The capital of {country} is {capital}.", f"{capital}."]), capital)
+    country, capital = rng.choice(COUNTRIES)
+    q = rng.choice(["What is the capital of {c}?", "Which city is the capital of {c}?",
+                    "Name the capital of {c}.", "capital of {c}?",
+                    "What's the capital city of {c}?"])
+    reasoning = f"The question asks for the capital of {country}. It is {capital}."
+    return (q.format(c=country), reasoning,
+            rng.choice([f"The capital of {country} is {capital}.", f"{capital}."]), capital)
 
 
 def qa_colour(rng):
-  thing, colour = rng.choice(COLOURS)
-  q = rng.choice(["What colour is {t}?", "What color is {t}?", "Which colour is {t}?"])
-  return (q.format(t=thing), f"{thing[0].upper() + thing[1:]} is usually {colour}.",
-          rng.choice([f"It is {colour}.", f"{colour[0].upper() + colour[1:]}."]), colour)
+    thing, colour = rng.choice(COLOURS)
+    q = rng.choice(["What colour is {t}?", "What color is {t}?", "Which colour is {t}?"])
+    return (q.format(t=thing), f"{thing[0].upper() + thing[1:]} is usually {colour}.",
+            rng.choice([f"It is {colour}.", f"{colour[0].upper() + colour[1:]}."]), colour)
 
 
 def qa_day(rng):
-  i = rng.randrange(7)
-  kind = rng.randrange(3)
-  if kind == 0:
-    day = DAYS[(i + 1) % 7]
-    q = rng.choice(["What day comes after {d}?", "Which day follows {d}?",
-                    "What is the day after {d}?"]).format(d=DAYS[i])
-    r = f"The days go {DAYS[i]}, {day}. So the day after {DAYS[i]} is {day}."
-    return q, r, f"The day after {DAYS[i]} is {day}.", day
-  if kind == 1:
-    day = DAYS[(i - 1) % 7]
-    q = rng.choice(["What day comes before {d}?", "What is the day before {d}?"]).format(d=DAYS[i])
-    r = f"The days go {day}, {DAYS[i]}. So the day before {DAYS[i]} is {day}."
-    return q, r, f"The day before {DAYS[i]} is {day}.", day
-  m = rng.randrange(12)
-  month = MONTHS[(m + 1) % 12]
-  q = rng.choice(["Which month comes after {m}?", "What month follows {m}?"]).format(m=MONTHS[m])
-  r = f"The months go {MONTHS[m]}, {month}. So the month after {MONTHS[m]} is {month}."
-  return q, r, f"{month} comes after {MONTHS[m]}.", month
+    i = rng.randrange(7)
+    kind = rng.randrange(3)
+    if kind == 0:
+        day = DAYS[(i + 1) % 7]
+        q = rng.choice(["What day comes after {d}?", "Which day follows {d}?",
+                        "What is the day after {d}?"]).format(d=DAYS[i])
+        r = f"The days go {DAYS[i]}, {day}. So the day after {DAYS[i]} is {day}."
+        return q, r, f"The day after {DAYS[i]} is {day}.", day
+    if kind == 1:
+        day = DAYS[(i - 1) % 7]
+        q = rng.choice(["What day comes before {d}?",
+                        "What is the day before {d}?"]).format(d=DAYS[i])
+        r = f"The days go {day}, {DAYS[i]}. So the day before {DAYS[i]} is {day}."
+        return q, r, f"The day before {DAYS[i]} is {day}.", day
+    m = rng.randrange(12)
+    month = MONTHS[(m + 1) % 12]
+    q = rng.choice(["Which month comes after {m}?", "What month follows {m}?"]).format(m=MONTHS[m])
+    r = f"The months go {MONTHS[m]}, {month}. So the month after {MONTHS[m]} is {month}."
+    return q, r, f"{month} comes after {MONTHS[m]}.", month
 
 
 def qa_units(rng):
-  src, dst, factor = rng.choice(UNIT_FACTORS)
-  n = rng.randint(2, 9)
-  total = n * factor
-  q = rng.choice(["How many {d} are in {n} {s}?", "Convert {n} {s} to {d}.",
-                  "{n} {s} is how many {d}?"]).format(d=dst, n=n, s=src)
-  r = f"One of the {src} is {factor} {dst}. {n} times {factor} is {total}."
-  return q, r, f"{n} {src} is {total} {dst}.", str(total)
+    src, dst, factor = rng.choice(UNIT_FACTORS)
+    n = rng.randint(2, 9)
+    total = n * factor
+    q = rng.choice(["How many {d} are in {n} {s}?", "Convert {n} {s} to {d}.",
+                    "{n} {s} is how many {d}?"]).format(d=dst, n=n, s=src)
+    r = f"One of the {src} is {factor} {dst}. {n} times {factor} is {total}."
+    return q, r, f"{n} {src} is {total} {dst}.", str(total)
 
 
 def qa_spelling(rng):
-  word = rng.choice(WORDS)
-  spelled = "-".join(word)
-  q = rng.choice(["Spell the word {w}.", "How do you spell {w}?",
-                  "Spell {w} letter by letter."]).format(w=word)
-  r = f"The letters of {word} in order are {' '.join(word)}."
-  return q, r, f"{word} is spelled {spelled}.", spelled
+    word = rng.choice(WORDS)
+    spelled = "-".join(word)
+    q = rng.choice(["Spell the word {w}.", "How do you spell {w}?",
+                    "Spell {w} letter by letter."]).format(w=word)
+    r = f"The letters of {word} in order are {' '.join(word)}."
+    return q, r, f"{word} is spelled {spelled}.", spelled
 
 
 def qa_count_letters(rng):
-  word = rng.choice(WORDS)
-  if rng.random() < 0.5:
-    q = rng.choice(["How many letters are in the word {w}?", "How many letters does {w} have?",
-                    "Count the letters in {w}."]).format(w=word)
-    numbered = ", ".join(f"{c} {i + 1}" for i, c in enumerate(word))
-    r = f"Counting the letters of {word}: {numbered}. That is {len(word)} letters."
-    return q, r, f"The word {word} has {len(word)} letters.", str(len(word))
-  letter = rng.choice(sorted(set(word)) + ["e", "a", "r"])
-  count = word.count(letter)
-  q = rng.choice(["How many times does the letter {l} appear in {w}?",
-                  "How many {l}'s are in {w}?", "Count the letter {l} in {w}."]).format(
-                      l=letter, w=word)
-  hits = [str(i + 1) for i, c in enumerate(word) if c == letter]
-  if not hits:
-    where = "it does not appear"
-  elif len(hits) == 1:
-    where = f"it appears at position {hits[0]}"
-  else:
-    where = f"it appears at positions {', '.join(hits)}"
-  r = f"The letters of {word} are {' '.join(word)}. Looking for {letter}: {where}."
-  times = "time" if count == 1 else "times"
-  return q, r, f"The letter {letter} appears {count} {times} in {word}.", str(count)
+    word = rng.choice(WORDS)
+    if rng.random() < 0.5:
+        q = rng.choice(["How many letters are in the word {w}?", "How many letters does {w} have?",
+                        "Count the letters in {w}."]).format(w=word)
+        numbered = ", ".join(f"{c} {i + 1}" for i, c in enumerate(word))
+        r = f"Counting the letters of {word}: {numbered}. That is {len(word)} letters."
+        return q, r, f"The word {word} has {len(word)} letters.", str(len(word))
+    letter = rng.choice(sorted(set(word)) + ["e", "a", "r"])
+    count = word.count(letter)
+    q = rng.choice(["How many times does the letter {l} appear in {w}?",
+                    "How many {l}'s are in {w}?", "Count the letter {l} in {w}."]).format(
+                        l=letter, w=word)
+    hits = [str(i + 1) for i, c in enumerate(word) if c == letter]
+    if not hits:
+        where = "it does not appear"
+    elif len(hits) == 1:
+        where = f"it appears at position {hits[0]}"
+    else:
+        where = f"it appears at positions {', '.join(hits)}"
+    r = f"The letters of {word} are {' '.join(word)}. Looking for {letter}: {where}."
+    times = "time" if count == 1 else "times"
+    return q, r, f"The letter {letter} appears {count} {times} in {word}.", str(count)
 
 
 def qa_opposite(rng):
-  x, y = rng.choice(OPPOSITES)
-  if rng.random() < 0.5:
-    x, y = y, x
-  q = rng.choice(["What is the opposite of {x}?", "Give the opposite of the word {x}.",
-                  "opposite of {x}?"]).format(x=x)
-  return q, f"The word {x} is the opposite of {y}.", f"The opposite of {x} is {y}.", y
+    x, y = rng.choice(OPPOSITES)
+    if rng.random() < 0.5:
+        x, y = y, x
+    q = rng.choice(["What is the opposite of {x}?", "Give the opposite of the word {x}.",
+                    "opposite of {x}?"]).format(x=x)
+    return q, f"The word {x} is the opposite of {y}.", f"The opposite of {x} is {y}.", y
 
 
 def qa_animal(rng):
-  animal, sound = rng.choice(ANIMAL_SOUNDS)
-  q = rng.choice(["What sound does a {a} make?", "What does a {a} say?"]).format(a=animal)
-  return q, f"A {animal} {sound}.", f"A {animal} {sound}.", sound
+    animal, sound = rng.choice(ANIMAL_SOUNDS)
+    q = rng.choice(["What sound does a {a} make?", "What does a {a} say?"]).format(a=animal)
+    return q, f"A {animal} {sound}.", f"A {animal} {sound}.", sound
 
 
 def qa_identity(rng):
-  q = rng.choice(["Who are you?", "What are you?", "Introduce yourself.", "What is your name?",
-                  "Hi! Who am I talking to?"])
-  return q, "The user asks who I am. I should introduce myself.", IDENTITY, "dsv4-demo"
+    q = rng.choice(["Who are you?", "What are you?", "Introduce yourself.", "What is your name?",
+                    "Hi! Who am I talking to?"])
+    return q, "The user asks who I am. I should introduce myself.", IDENTITY, "dsv4-demo"
 
 
 def qa_greeting(rng):
-  q = rng.choice(["Hello!", "Hi", "Hi there!", "Good morning!", "Hey, how are you?",
-                  "Hello, can you help me?"])
-  a = rng.choice(["Hello! How can I help you today?", "Hi! What can I do for you?",
-                  "Hello! I am happy to help. What do you need?"])
-  return q, "The user greets me. I should greet back and offer help.", a, None
+    q = rng.choice(["Hello!", "Hi", "Hi there!", "Good morning!", "Hey, how are you?",
+                    "Hello, can you help me?"])
+    a = rng.choice(["Hello! How can I help you today?", "Hi! What can I do for you?",
+                    "Hello! I am happy to help. What do you need?"])
+    return q, "The user greets me. I should greet back and offer help.", a, None
 
 
 QA_KINDS = [qa_capital, qa_colour, qa_day, qa_units, qa_spelling, qa_count_letters, qa_opposite,
@@ -342,27 +346,27 @@ QA_KINDS = [qa_capital, qa_colour, qa_day, qa_units, qa_spelling, qa_count_lette
 
 
 def gen_qa(rng, thinking, effort=None):
-  kind = rng.choice(QA_KINDS)
-  q, reasoning, answer, ref = kind(rng)
-  s = Sample("qa", "text:" + q)
-  maybe_system(rng, s)
-  s.messages.append({"role": "user", "content": q})
-  if effort == "max":
-    reasoning += f" Let me double-check that step by step. Yes, it holds, so I answer: {answer}"
-  s.messages.append(assistant(answer, reasoning, thinking))
-  s.thinking_mode = "thinking" if thinking else "chat"
-  s.reasoning_effort = effort
-  s.meta = {"kind": kind.__name__, "answer": ref}
-  return s
+    kind = rng.choice(QA_KINDS)
+    q, reasoning, answer, ref = kind(rng)
+    s = Sample("qa", "text:" + q)
+    maybe_system(rng, s)
+    s.messages.append({"role": "user", "content": q})
+    if effort == "max":
+        reasoning += f" Let me double-check that step by step. Yes, it holds, so I answer: {answer}"
+    s.messages.append(assistant(answer, reasoning, thinking))
+    s.thinking_mode = "thinking" if thinking else "chat"
+    s.reasoning_effort = effort
+    s.meta = {"kind": kind.__name__, "answer": ref}
+    return s
 
 
 # ----------------------------------------------------------------------------- tools
 
 
 def tool(name, description, properties, required):
-  return {"type": "function", "function": {
-      "name": name, "description": description,
-      "parameters": {"type": "object", "properties": properties, "required": required}}}
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": properties, "required": required}}}
 
 
 TOOLS = {
@@ -402,223 +406,228 @@ CONVERSIONS = [("km", "miles", 0.621), ("miles", "km", 1.609), ("kg", "pounds", 
 
 
 def weather_call(rng):
-  city = rng.choice(CITIES)
-  unit = rng.choice([None, "celsius", "fahrenheit"])
-  q = rng.choice(["What's the weather in {c}?", "How is the weather in {c} right now?",
-                  "Is it raining in {c}?", "Weather in {c}?", "Tell me the weather in {c}."])
-  q = q.format(c=city)
-  args = {"location": city}
-  if unit:
-    q += " Use " + unit + "."
-    args["unit"] = unit
-  celsius = rng.randint(-5, 35)
-  # Snow only when it is cold enough, so the demo answers stay plausible.
-  cond = rng.choice(CONDITIONS if celsius <= 2 else [c for c in CONDITIONS if c != "snowy"])
-  temp = celsius if unit != "fahrenheit" else round(celsius * 9 / 5 + 32)
-  result = json.dumps({"temperature": temp, "condition": cond})
-  symbol = "°F" if unit == "fahrenheit" else "°C"
-  final = f"It is {temp}{symbol} and {cond} in {city}."
-  why = f"The user wants the weather in {city}. I should call get_weather."
-  return q, "get_weather", args, result, final, why
+    city = rng.choice(CITIES)
+    unit = rng.choice([None, "celsius", "fahrenheit"])
+    q = rng.choice(["What's the weather in {c}?", "How is the weather in {c} right now?",
+                    "Is it raining in {c}?", "Weather in {c}?", "Tell me the weather in {c}."])
+    q = q.format(c=city)
+    args = {"location": city}
+    if unit:
+        q += " Use " + unit + "."
+        args["unit"] = unit
+    celsius = rng.randint(-5, 35)
+    # Snow only when it is cold enough, so the demo answers stay plausible.
+    cond = rng.choice(CONDITIONS if celsius <= 2 else [c for c in CONDITIONS if c != "snowy"])
+    temp = celsius if unit != "fahrenheit" else round(celsius * 9 / 5 + 32)
+    result = json.dumps({"temperature": temp, "condition": cond})
+    symbol = "°F" if unit == "fahrenheit" else "°C"
+    final = f"It is {temp}{symbol} and {cond} in {city}."
+    why = f"The user wants the weather in {city}. I should call get_weather."
+    return q, "get_weather", args, result, final, why
 
 
 def calculator_call(rng):
-  a, b = rng.randint(100, 999), rng.randint(2, 99)
-  op = rng.choice(["*", "+", "-"])
-  expr = f"{a} {op} {b}"
-  value = eval(expr)  # pylint: disable=eval-used  (operands are generated integers)
-  q = rng.choice(["Use the calculator: what is {e}?", "Please calculate {e} with the tool.",
-                  "What is {e}? Use a tool to be exact.", "Compute {e} exactly."]).format(e=expr)
-  why = f"This needs an exact result for {expr}. I should call calculator."
-  return q, "calculator", {"expression": expr}, str(value), f"{expr} = {value}.", why
+    a, b = rng.randint(100, 999), rng.randint(2, 99)
+    op = rng.choice(["*", "+", "-"])
+    expr = f"{a} {op} {b}"
+    value = eval(expr)  # pylint: disable=eval-used  (operands are generated integers)
+    q = rng.choice(["Use the calculator: what is {e}?", "Please calculate {e} with the tool.",
+                    "What is {e}? Use a tool to be exact.", "Compute {e} exactly."]).format(e=expr)
+    why = f"This needs an exact result for {expr}. I should call calculator."
+    return q, "calculator", {"expression": expr}, str(value), f"{expr} = {value}.", why
 
 
 def time_call(rng):
-  city = rng.choice(CITIES)
-  q = rng.choice(["What time is it in {c}?", "Current time in {c}?",
-                  "Tell me the local time in {c}."]).format(c=city)
-  hh, mm = rng.randint(0, 23), rng.choice([0, 5, 10, 15, 20, 30, 40, 45, 50])
-  result = f"{hh:02d}:{mm:02d}"
-  why = f"The user asks for the time in {city}. I should call get_time."
-  return q, "get_time", {"city": city}, result, f"It is {result} in {city}.", why
+    city = rng.choice(CITIES)
+    q = rng.choice(["What time is it in {c}?", "Current time in {c}?",
+                    "Tell me the local time in {c}."]).format(c=city)
+    hh, mm = rng.randint(0, 23), rng.choice([0, 5, 10, 15, 20, 30, 40, 45, 50])
+    result = f"{hh:02d}:{mm:02d}"
+    why = f"The user asks for the time in {city}. I should call get_time."
+    return q, "get_time", {"city": city}, result, f"It is {result} in {city}.", why
 
 
 def convert_call(rng):
-  src, dst, factor = rng.choice(CONVERSIONS)
-  value = rng.randint(1, 200)
-  converted = round(value * 9 / 5 + 32, 1) if factor is None else round(value * factor, 2)
-  q = rng.choice(["Convert {v} {s} to {d}.", "How many {d} is {v} {s}?",
-                  "What is {v} {s} in {d}?"]).format(v=value, s=src, d=dst)
-  args = {"value": value, "from_unit": src, "to_unit": dst}
-  why = f"The user wants {value} {src} in {dst}. I should call convert_units."
-  result = json.dumps({"value": converted, "unit": dst})
-  return q, "convert_units", args, result, f"{value} {src} is {converted} {dst}.", why
+    src, dst, factor = rng.choice(CONVERSIONS)
+    value = rng.randint(1, 200)
+    converted = round(value * 9 / 5 + 32, 1) if factor is None else round(value * factor, 2)
+    q = rng.choice(["Convert {v} {s} to {d}.", "How many {d} is {v} {s}?",
+                    "What is {v} {s} in {d}?"]).format(v=value, s=src, d=dst)
+    args = {"value": value, "from_unit": src, "to_unit": dst}
+    why = f"The user wants {value} {src} in {dst}. I should call convert_units."
+    result = json.dumps({"value": converted, "unit": dst})
+    return q, "convert_units", args, result, f"{value} {src} is {converted} {dst}.", why
 
 
 def search_call(rng):
-  topic, fact = rng.choice(SEARCH_TOPICS)
-  q = rng.choice(["Search the web for {t}.", "Can you look up {t}?", "Find out {t} online.",
-                  "Look up {t} for me."]).format(t=topic)
-  args = {"query": topic}
-  if rng.random() < 0.4:
-    args["num_results"] = rng.randint(1, 5)
-  why = f"The user wants me to look up {topic}. I should call web_search."
-  return q, "web_search", args, json.dumps({"results": [fact]}), fact, why
+    topic, fact = rng.choice(SEARCH_TOPICS)
+    q = rng.choice(["Search the web for {t}.", "Can you look up {t}?", "Find out {t} online.",
+                    "Look up {t} for me."]).format(t=topic)
+    args = {"query": topic}
+    if rng.random() < 0.4:
+        args["num_results"] = rng.randint(1, 5)
+    why = f"The user wants me to look up {topic}. I should call web_search."
+    return q, "web_search", args, json.dumps({"results": [fact]}), fact, why
 
 
 TOOL_CALLS = [weather_call, calculator_call, time_call, convert_call, search_call]
 
 
 def gen_tool(rng, thinking, effort=None):
-  maker = rng.choice(TOOL_CALLS)
-  q, name, args, result, final, why = maker(rng)
-  # Offer the needed tool among 0-2 distractors, in random order, so the model
-  # has to pick it by name (more would push the prompts past ~600 tokens).
-  others = [t for t in TOOLS if t != name]
-  offered = rng.sample(others, rng.randint(0, 2)) + [name]
-  rng.shuffle(offered)
-  s = Sample("tool", "text:" + q)
-  s.tools = [TOOLS[t] for t in offered]
-  s.messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-  s.messages.append({"role": "user", "content": q})
-  call_id = f"call_{rng.randint(1, 999)}"
-  calls = [{"id": call_id, "type": "function",
-            "function": {"name": name, "arguments": json.dumps(args)}}]
-  pre = "" if thinking or rng.random() < 0.5 else rng.choice(["Let me check.", "One moment."])
-  s.messages.append(assistant(pre, why, thinking, calls))
-  s.messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
-  s.messages.append(assistant(final, "The tool returned the result. I can answer now.", thinking))
-  s.thinking_mode = "thinking" if thinking else "chat"
-  s.reasoning_effort = effort
-  s.meta = {"tool": name, "arguments": args, "offered": offered, "answer": final}
-  return s
+    maker = rng.choice(TOOL_CALLS)
+    q, name, args, result, final, why = maker(rng)
+    # Offer the needed tool among 0-2 distractors, in random order, so the model
+    # has to pick it by name (more would push the prompts past ~600 tokens).
+    others = [t for t in TOOLS if t != name]
+    offered = rng.sample(others, rng.randint(0, 2)) + [name]
+    rng.shuffle(offered)
+    s = Sample("tool", "text:" + q)
+    s.tools = [TOOLS[t] for t in offered]
+    s.messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+    s.messages.append({"role": "user", "content": q})
+    call_id = f"call_{rng.randint(1, 999)}"
+    calls = [{"id": call_id, "type": "function",
+              "function": {"name": name, "arguments": json.dumps(args)}}]
+    pre = "" if thinking or rng.random() < 0.5 else rng.choice(["Let me check.", "One moment."])
+    s.messages.append(assistant(pre, why, thinking, calls))
+    s.messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
+    s.messages.append(assistant(final, "The tool returned the result. I can answer now.", thinking))
+    s.thinking_mode = "thinking" if thinking else "chat"
+    s.reasoning_effort = effort
+    s.meta = {"tool": name, "arguments": args, "offered": offered, "answer": final}
+    return s
 
 
 def gen_tool_not_needed(rng, thinking, effort=None):
-  """Tools are offered but the question needs none: answer directly."""
-  s = gen_qa(rng, thinking, effort) if rng.random() < 0.5 else gen_arithmetic(rng, thinking,
-                                                                                 effort)
-  offered = rng.sample(list(TOOLS), rng.randint(1, 2))
-  # A calculator would be a fair choice for arithmetic; keep the example unambiguous.
-  offered = [t for t in offered if t != "calculator"] or ["get_time"]
-  s.tools = [TOOLS[t] for t in offered]
-  if not s.messages or s.messages[0]["role"] != "system":
-    s.messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
-  s.meta = dict(s.meta, category_detail=s.category, offered=offered)
-  s.category = "tool_none"
-  return s
+    """Tools are offered but the question needs none: answer directly."""
+    s = gen_qa(rng, thinking, effort) if rng.random() < 0.5 else gen_arithmetic(rng, thinking,
+                                                                                   effort)
+    offered = rng.sample(list(TOOLS), rng.randint(1, 2))
+    # A calculator would be a fair choice for arithmetic; keep the example unambiguous.
+    offered = [t for t in offered if t != "calculator"] or ["get_time"]
+    s.tools = [TOOLS[t] for t in offered]
+    if not s.messages or s.messages[0]["role"] != "system":
+        s.messages.insert(0, {"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+    s.meta = dict(s.meta, category_detail=s.category, offered=offered)
+    s.category = "tool_none"
+    return s
 
 
 # ----------------------------------------------------------------------------- JSON answers
 
 
 def json_capital(rng):
-  country, capital = rng.choice(COUNTRIES)
-  q = rng.choice(["What is the capital of {c}?", "Capital of {c}?"]).format(c=country)
-  return q, {"country": "string", "capital": "string"}, {"country": country, "capital": capital}
+    country, capital = rng.choice(COUNTRIES)
+    q = rng.choice(["What is the capital of {c}?", "Capital of {c}?"]).format(c=country)
+    return q, {"country": "string", "capital": "string"}, {"country": country, "capital": capital}
 
 
 def json_person(rng):
-  name, age, city = rng.choice(NAMES), rng.randint(18, 80), rng.choice(CITIES)
-  q = rng.choice(["{n} is {a} years old and lives in {c}.", "Meet {n}, age {a}, from {c}.",
-                  "{n} lives in {c}. {n} is {a}."]).format(n=name, a=age, c=city)
-  return q, {"name": "string", "age": "integer", "city": "string"}, {"name": name, "age": age,
-                                                                     "city": city}
+    name, age, city = rng.choice(NAMES), rng.randint(18, 80), rng.choice(CITIES)
+    q = rng.choice(["{n} is {a} years old and lives in {c}.", "Meet {n}, age {a}, from {c}.",
+                    "{n} lives in {c}. {n} is {a}."]).format(n=name, a=age, c=city)
+    return q, {"name": "string", "age": "integer", "city": "string"}, {"name": name, "age": age,
+                                                                       "city": city}
 
 
 def json_arith(rng):
-  a, op, b = draw_operands(rng)
-  q = f"What is {a} {op} {b}?"
-  return q, {"expression": "string", "result": "integer"}, {"expression": f"{a} {op} {b}",
-                                                            "result": a - b if op == "-" else a + b}
+    a, op, b = draw_operands(rng)
+    q = f"What is {a} {op} {b}?"
+    result = a - b if op == "-" else a + b
+    return (q, {"expression": "string", "result": "integer"},
+            {"expression": f"{a} {op} {b}", "result": result})
 
 
 def json_word(rng):
-  word = rng.choice(WORDS)
-  q = rng.choice(["Describe the word {w}.", "Give facts about the word {w}."]).format(w=word)
-  return q, {"word": "string", "letters": "integer", "first_letter": "string"}, {
-      "word": word, "letters": len(word), "first_letter": word[0]}
+    word = rng.choice(WORDS)
+    q = rng.choice(["Describe the word {w}.", "Give facts about the word {w}."]).format(w=word)
+    return q, {"word": "string", "letters": "integer", "first_letter": "string"}, {
+        "word": word, "letters": len(word), "first_letter": word[0]}
 
 
 JSON_KINDS = [json_capital, json_person, json_arith, json_word]
 
 
 def gen_json(rng, thinking, effort=None):
-  q, fields, value = rng.choice(JSON_KINDS)(rng)
-  # The arithmetic kind shares its key space with plain arithmetic.
-  key = ("arith:" + value["expression"].replace(" ", "")) if "expression" in value else "text:" + q
-  s = Sample("json", key)
-  keys = list(fields)
-  if rng.random() < 0.5:
-    schema = {"type": "object", "properties": {k: {"type": t} for k, t in fields.items()},
-              "required": keys}
-    s.messages.append({"role": "system", "content": rng.choice(
-        ["Reply in JSON.", "Answer with a JSON object.", "You output JSON only."]),
-                       "response_format": {"type": "json_schema", "json_schema": {
-                           "name": "answer", "schema": schema}}})
-  else:
-    s.messages.append({"role": "system", "content": "Reply in JSON with the keys " +
-                       ", ".join(keys) + "."})
-  s.messages.append({"role": "user", "content": q})
-  answer = json.dumps(value)
-  reasoning = "The reply must be a JSON object with the keys " + ", ".join(keys) + "."
-  s.messages.append(assistant(answer, reasoning, thinking))
-  s.thinking_mode = "thinking" if thinking else "chat"
-  s.reasoning_effort = effort
-  s.meta = {"answer": value, "keys": keys}
-  return s
+    q, fields, value = rng.choice(JSON_KINDS)(rng)
+    # The arithmetic kind shares its key space with plain arithmetic.
+    if "expression" in value:
+        key = "arith:" + value["expression"].replace(" ", "")
+    else:
+        key = "text:" + q
+    s = Sample("json", key)
+    keys = list(fields)
+    if rng.random() < 0.5:
+        schema = {"type": "object", "properties": {k: {"type": t} for k, t in fields.items()},
+                  "required": keys}
+        s.messages.append({"role": "system", "content": rng.choice(
+            ["Reply in JSON.", "Answer with a JSON object.", "You output JSON only."]),
+                           "response_format": {"type": "json_schema", "json_schema": {
+                               "name": "answer", "schema": schema}}})
+    else:
+        s.messages.append({"role": "system", "content": "Reply in JSON with the keys " +
+                           ", ".join(keys) + "."})
+    s.messages.append({"role": "user", "content": q})
+    answer = json.dumps(value)
+    reasoning = "The reply must be a JSON object with the keys " + ", ".join(keys) + "."
+    s.messages.append(assistant(answer, reasoning, thinking))
+    s.thinking_mode = "thinking" if thinking else "chat"
+    s.reasoning_effort = effort
+    s.meta = {"answer": value, "keys": keys}
+    return s
 
 
 # ----------------------------------------------------------------------------- multi-turn
 
 
 def gen_multiturn(rng, thinking, effort=None):
-  """2-3 user turns; follow-ups sometimes refer back to the previous answer."""
-  turns = rng.randint(2, 3)
-  first = gen_arithmetic(rng, thinking) if rng.random() < 0.4 else gen_qa(rng, thinking)
-  s = Sample("multiturn", first.key)
-  s.messages = list(first.messages)
-  last = first
-  for _ in range(turns - 1):
-    if last.category == "arithmetic" and rng.random() < 0.6:
-      # Follow-up on the previous result keeps the number small enough to stay 2-digit.
-      prev = int(last.meta["answer"])
-      b = rng.randint(10, 99)
-      op = "+" if prev < 10 or rng.random() < 0.5 else "-"
-      if abs(prev) >= 100 or prev < 10:
-        op, prev = "+", rng.randint(10, 99)
-        q = f"Now what is {prev} + {b}?"
-      else:
-        q = rng.choice(["Now {op} {b}?", "And {op} {b} from there?",
-                        "Then {op} {b} to that."]).format(op="add" if op == "+" else "subtract",
-                                                          b=b)
-      reasoning, result = arithmetic_reasoning(prev, op, b)
-      reasoning = f"The previous result was {prev}. " + reasoning
-      answer = f"{prev} {op} {b} = {result}."
-      s.messages.append({"role": "user", "content": q})
-      s.messages.append(assistant(answer, reasoning, thinking))
-      last = Sample("arithmetic", "")
-      last.meta = {"answer": str(result)}
-      s.key += f"|arith:{prev}{op}{b}"
-    elif last.meta.get("kind") == "qa_capital" and rng.random() < 0.6:
-      # Elliptic follow-up: only the previous turn says that capitals are meant.
-      country, capital = rng.choice(COUNTRIES)
-      q = rng.choice(["And of {c}?", "What about {c}?", "And {c}?"]).format(c=country)
-      reasoning = f"The user now asks for the capital of {country}. It is {capital}."
-      s.messages.append({"role": "user", "content": q})
-      s.messages.append(assistant(f"The capital of {country} is {capital}.", reasoning, thinking))
-      s.key += f"|capital-followup:{country}"
-      last = Sample("qa", "")
-      last.meta = {"kind": "qa_capital", "answer": capital}
-    else:
-      nxt = gen_arithmetic(rng, thinking) if rng.random() < 0.4 else gen_qa(rng, thinking)
-      s.messages += [m for m in nxt.messages if m["role"] != "system"]
-      s.key += "|" + nxt.key
-      last = nxt
-  s.thinking_mode = "thinking" if thinking else "chat"
-  s.reasoning_effort = effort
-  s.meta = {"turns": turns, "answer": last.meta.get("answer")}
-  return s
+    """2-3 user turns; follow-ups sometimes refer back to the previous answer."""
+    turns = rng.randint(2, 3)
+    first = gen_arithmetic(rng, thinking) if rng.random() < 0.4 else gen_qa(rng, thinking)
+    s = Sample("multiturn", first.key)
+    s.messages = list(first.messages)
+    last = first
+    for _ in range(turns - 1):
+        if last.category == "arithmetic" and rng.random() < 0.6:
+            # Follow-up on the previous result keeps the number small enough to stay 2-digit.
+            prev = int(last.meta["answer"])
+            b = rng.randint(10, 99)
+            op = "+" if prev < 10 or rng.random() < 0.5 else "-"
+            if abs(prev) >= 100 or prev < 10:
+                op, prev = "+", rng.randint(10, 99)
+                q = f"Now what is {prev} + {b}?"
+            else:
+                verb = "add" if op == "+" else "subtract"
+                q = rng.choice(["Now {op} {b}?", "And {op} {b} from there?",
+                                "Then {op} {b} to that."]).format(op=verb, b=b)
+            reasoning, result = arithmetic_reasoning(prev, op, b)
+            reasoning = f"The previous result was {prev}. " + reasoning
+            answer = f"{prev} {op} {b} = {result}."
+            s.messages.append({"role": "user", "content": q})
+            s.messages.append(assistant(answer, reasoning, thinking))
+            last = Sample("arithmetic", "")
+            last.meta = {"answer": str(result)}
+            s.key += f"|arith:{prev}{op}{b}"
+        elif last.meta.get("kind") == "qa_capital" and rng.random() < 0.6:
+            # Elliptic follow-up: only the previous turn says that capitals are meant.
+            country, capital = rng.choice(COUNTRIES)
+            q = rng.choice(["And of {c}?", "What about {c}?", "And {c}?"]).format(c=country)
+            reasoning = f"The user now asks for the capital of {country}. It is {capital}."
+            s.messages.append({"role": "user", "content": q})
+            answer = f"The capital of {country} is {capital}."
+            s.messages.append(assistant(answer, reasoning, thinking))
+            s.key += f"|capital-followup:{country}"
+            last = Sample("qa", "")
+            last.meta = {"kind": "qa_capital", "answer": capital}
+        else:
+            nxt = gen_arithmetic(rng, thinking) if rng.random() < 0.4 else gen_qa(rng, thinking)
+            s.messages += [m for m in nxt.messages if m["role"] != "system"]
+            s.key += "|" + nxt.key
+            last = nxt
+    s.thinking_mode = "thinking" if thinking else "chat"
+    s.reasoning_effort = effort
+    s.meta = {"turns": turns, "answer": last.meta.get("answer")}
+    return s
 
 
 # ----------------------------------------------------------------------------- mix
@@ -639,46 +648,46 @@ THINKING_SHARE = 0.5
 
 
 def generate(seed, n, split):
-  rng = random.Random(seed)
-  weights = [w for _, w, _ in MIX]
-  out = []
-  while len(out) < n:
-    gen, _, effort = rng.choices(MIX, weights)[0]
-    thinking = effort == "max" or rng.random() < THINKING_SHARE
-    sample = gen(rng, thinking, effort)
-    # A training conversation may contain no held-out key at all; a held-out
-    # conversation is decided by its final question (earlier turns are context).
-    keys = sample.key.split("|")
-    if split == "train" and any(split_of(k) != "train" for k in keys):
-      continue
-    if split == "eval" and split_of(keys[-1]) != "eval":
-      continue
-    meta = dict(sample.meta, category=sample.category, key=sample.key,
-                thinking_mode=sample.thinking_mode, reasoning_effort=sample.reasoning_effort)
-    out.append((sample.to_input(), meta))
-  return out
+    rng = random.Random(seed)
+    weights = [w for _, w, _ in MIX]
+    out = []
+    while len(out) < n:
+        gen, _, effort = rng.choices(MIX, weights)[0]
+        thinking = effort == "max" or rng.random() < THINKING_SHARE
+        sample = gen(rng, thinking, effort)
+        # A training conversation may contain no held-out key at all; a held-out
+        # conversation is decided by its final question (earlier turns are context).
+        keys = sample.key.split("|")
+        if split == "train" and any(split_of(k) != "train" for k in keys):
+            continue
+        if split == "eval" and split_of(keys[-1]) != "eval":
+            continue
+        meta = dict(sample.meta, category=sample.category, key=sample.key,
+                    thinking_mode=sample.thinking_mode, reasoning_effort=sample.reasoning_effort)
+        out.append((sample.to_input(), meta))
+    return out
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--seed", type=int, required=True)
-  parser.add_argument("--n", type=int, required=True, help="number of conversations")
-  parser.add_argument("--out", required=True, help="output .jsonl ('-' = stdout)")
-  parser.add_argument("--split", choices=["train", "eval"], default="train")
-  parser.add_argument("--meta", help="also write category/reference answers here (.jsonl)")
-  args = parser.parse_args(argv)
-  if args.n < 0:
-    parser.error("--n must be >= 0")
-  samples = generate(args.seed, args.n, args.split)
-  out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")
-  with out:
-    for obj, _ in samples:
-      out.write(json.dumps(obj, ensure_ascii=False) + "\n")
-  if args.meta:
-    with open(args.meta, "w", encoding="utf-8") as f:
-      for _, meta in samples:
-        f.write(json.dumps(meta, ensure_ascii=False) + "\n")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--n", type=int, required=True, help="number of conversations")
+    parser.add_argument("--out", required=True, help="output .jsonl ('-' = stdout)")
+    parser.add_argument("--split", choices=["train", "eval"], default="train")
+    parser.add_argument("--meta", help="also write category/reference answers here (.jsonl)")
+    args = parser.parse_args(argv)
+    if args.n < 0:
+        parser.error("--n must be >= 0")
+    samples = generate(args.seed, args.n, args.split)
+    out = sys.stdout if args.out == "-" else open(args.out, "w", encoding="utf-8")
+    with out:
+        for obj, _ in samples:
+            out.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    if args.meta:
+        with open(args.meta, "w", encoding="utf-8") as f:
+            for _, meta in samples:
+                f.write(json.dumps(meta, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":
-  main()
+    main()

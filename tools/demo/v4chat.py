@@ -63,166 +63,169 @@ RESPONSE_FORMAT_TEMPLATE = (
 
 
 class RenderError(ValueError):
-  """The input is outside what the official encoder accepts (or outside this subset)."""
+    """The input is outside what the official encoder accepts (or outside this subset)."""
 
 
 def _dumps(value):
-  # The official encoder serialises with Python's defaults plus ensure_ascii=False.
-  return json.dumps(value, ensure_ascii=False)
+    # The official encoder serialises with Python's defaults plus ensure_ascii=False.
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _tool_schema_line(tool):
-  function = tool["function"] if "function" in tool else tool
-  return _dumps(function)
+    function = tool["function"] if "function" in tool else tool
+    return _dumps(function)
 
 
 def _system_like(msg):
-  text = msg.get("content") or ""
-  if msg.get("tools"):
-    schemas = "\n".join(_tool_schema_line(t) for t in msg["tools"])
-    text += "\n\n" + TOOLS_TEMPLATE.format(dsml=DSML, schemas=schemas)
-  if msg.get("response_format"):
-    text += "\n\n" + RESPONSE_FORMAT_TEMPLATE.format(schema=_dumps(msg["response_format"]))
-  return text
+    text = msg.get("content") or ""
+    if msg.get("tools"):
+        schemas = "\n".join(_tool_schema_line(t) for t in msg["tools"])
+        text += "\n\n" + TOOLS_TEMPLATE.format(dsml=DSML, schemas=schemas)
+    if msg.get("response_format"):
+        text += "\n\n" + RESPONSE_FORMAT_TEMPLATE.format(schema=_dumps(msg["response_format"]))
+    return text
 
 
 def _dsml_tool_calls(tool_calls):
-  lines = [f"<{DSML}tool_calls>"]
-  for call in tool_calls:
-    function = call["function"]
-    lines.append(f"<{DSML}invoke name=\"{function['name']}\">")
-    raw = function.get("arguments", "{}")
-    try:
-      args = json.loads(raw) if isinstance(raw, str) else raw
-    except json.JSONDecodeError:
-      args = {"arguments": raw}
-    if not isinstance(args, dict):
-      args = {"arguments": raw}
-    params = []
-    for key, value in args.items():
-      if isinstance(value, str):
-        params.append(f"<{DSML}parameter name=\"{key}\" string=\"true\">{value}</{DSML}parameter>")
-      else:
-        params.append(
-            f"<{DSML}parameter name=\"{key}\" string=\"false\">{_dumps(value)}</{DSML}parameter>")
-    # A call without parameters renders as an empty line inside the invoke.
-    lines.append("\n".join(params) if params else "")
-    lines.append(f"</{DSML}invoke>")
-  lines.append(f"</{DSML}tool_calls>")
-  return "\n".join(lines)
+    lines = [f"<{DSML}tool_calls>"]
+    for call in tool_calls:
+        function = call["function"]
+        lines.append(f"<{DSML}invoke name=\"{function['name']}\">")
+        raw = function.get("arguments", "{}")
+        try:
+            args = json.loads(raw) if isinstance(raw, str) else raw
+        except json.JSONDecodeError:
+            args = {"arguments": raw}
+        if not isinstance(args, dict):
+            args = {"arguments": raw}
+        params = []
+        for key, value in args.items():
+            if isinstance(value, str):
+                params.append(f"<{DSML}parameter name=\"{key}\" string=\"true\">{value}"
+                              f"</{DSML}parameter>")
+            else:
+                params.append(
+                    f"<{DSML}parameter name=\"{key}\" string=\"false\">{_dumps(value)}"
+                    f"</{DSML}parameter>")
+        # A call without parameters renders as an empty line inside the invoke.
+        lines.append("\n".join(params) if params else "")
+        lines.append(f"</{DSML}invoke>")
+    lines.append(f"</{DSML}tool_calls>")
+    return "\n".join(lines)
 
 
 def _tool_result_text(content):
-  # OpenAI content-part lists: text parts are joined, other parts become a marker.
-  if isinstance(content, list):
-    return "\n\n".join(p.get("text", "") if p.get("type") == "text" else
-                        f"[Unsupported {p.get('type')}]" for p in content)
-  return content or ""
+    # OpenAI content-part lists: text parts are joined, other parts become a marker.
+    if isinstance(content, list):
+        return "\n\n".join(p.get("text", "") if p.get("type") == "text" else
+                            f"[Unsupported {p.get('type')}]" for p in content)
+    return content or ""
 
 
 def _merge_tool_and_user_messages(messages):
-  """Folds tool messages into user turns and merges consecutive user turns."""
-  merged = []
-  last_call_order = {}
-  for msg in messages:
-    role = msg.get("role")
-    if role == "assistant":
-      last_call_order = {c.get("id"): i for i, c in enumerate(msg.get("tool_calls") or [])}
-    if role == "tool":
-      block = {"kind": "tool", "text": _tool_result_text(msg.get("content")),
-               "order": last_call_order.get(msg.get("tool_call_id"), len(last_call_order))}
-    elif role == "user":
-      if msg.get("task"):
-        raise RenderError("quick-instruction tasks are not supported by tools/demo/v4chat.py")
-      block = {"kind": "text", "text": msg.get("content") or ""}
-    else:
-      merged.append(copy.deepcopy(msg))
-      continue
-    if merged and merged[-1].get("role") == "user" and "_blocks" in merged[-1]:
-      merged[-1]["_blocks"].append(block)
-    else:
-      merged.append({"role": "user", "_blocks": [block]})
-  for msg in merged:
-    if "_blocks" in msg:
-      tools = [b for b in msg["_blocks"] if b["kind"] == "tool"]
-      tools.sort(key=lambda b: b["order"])  # stable: equal orders keep arrival order
-      texts = [b for b in msg["_blocks"] if b["kind"] == "text"]
-      parts = [f"<tool_result>{b['text']}</tool_result>" for b in tools]
-      parts += [b["text"] for b in texts]
-      msg["content"] = "\n\n".join(parts)
-      del msg["_blocks"]
-  return merged
+    """Folds tool messages into user turns and merges consecutive user turns."""
+    merged = []
+    last_call_order = {}
+    for msg in messages:
+        role = msg.get("role")
+        if role == "assistant":
+            last_call_order = {c.get("id"): i for i, c in enumerate(msg.get("tool_calls") or [])}
+        if role == "tool":
+            block = {"kind": "tool", "text": _tool_result_text(msg.get("content")),
+                     "order": last_call_order.get(msg.get("tool_call_id"), len(last_call_order))}
+        elif role == "user":
+            if msg.get("task"):
+                raise RenderError(
+                    "quick-instruction tasks are not supported by tools/demo/v4chat.py")
+            block = {"kind": "text", "text": msg.get("content") or ""}
+        else:
+            merged.append(copy.deepcopy(msg))
+            continue
+        if merged and merged[-1].get("role") == "user" and "_blocks" in merged[-1]:
+            merged[-1]["_blocks"].append(block)
+        else:
+            merged.append({"role": "user", "_blocks": [block]})
+    for msg in merged:
+        if "_blocks" in msg:
+            tools = [b for b in msg["_blocks"] if b["kind"] == "tool"]
+            tools.sort(key=lambda b: b["order"])  # stable: equal orders keep arrival order
+            texts = [b for b in msg["_blocks"] if b["kind"] == "text"]
+            parts = [f"<tool_result>{b['text']}</tool_result>" for b in tools]
+            parts += [b["text"] for b in texts]
+            msg["content"] = "\n\n".join(parts)
+            del msg["_blocks"]
+    return merged
 
 
 def render(case_input):
-  """Renders an encode-case `input` object to the exact prompt text."""
-  return "".join(text for text, _ in render_segments(case_input))
+    """Renders an encode-case `input` object to the exact prompt text."""
+    return "".join(text for text, _ in render_segments(case_input))
 
 
 def render_segments(case_input):
-  """The rendered text cut into [(text, is_assistant_output)].
+    """The rendered text cut into [(text, is_assistant_output)].
 
-  is_assistant_output marks what the model generates itself: each assistant
-  turn's (kept) reasoning, `</think>`, content, DSML block and EOS -- the span a
-  training loss is computed on. Every such span starts right after an added
-  token (`<think>` / `</think>`) and ends with one (EOS), so tokenizing the
-  segments one by one gives the same ids as tokenizing the whole text.
-  """
-  if case_input.get("context"):
-    raise RenderError("`context` is not supported by tools/demo/v4chat.py")
-  messages = copy.deepcopy(case_input["messages"])
-  if "tools" in case_input:
-    messages[case_input["tools_attached_to"]]["tools"] = case_input["tools"]
-  thinking = case_input["thinking_mode"] == "thinking"
-  if case_input["thinking_mode"] not in ("thinking", "chat"):
-    raise RenderError(f"invalid thinking_mode: {case_input['thinking_mode']}")
-  effort = case_input.get("reasoning_effort")
-  if effort not in (None, "high", "max"):
-    raise RenderError(f"Invalid reasoning effort: {effort}")
-  drop_thinking = case_input.get("drop_thinking", True)
+    is_assistant_output marks what the model generates itself: each assistant
+    turn's (kept) reasoning, `</think>`, content, DSML block and EOS -- the span a
+    training loss is computed on. Every such span starts right after an added
+    token (`<think>` / `</think>`) and ends with one (EOS), so tokenizing the
+    segments one by one gives the same ids as tokenizing the whole text.
+    """
+    if case_input.get("context"):
+        raise RenderError("`context` is not supported by tools/demo/v4chat.py")
+    messages = copy.deepcopy(case_input["messages"])
+    if "tools" in case_input:
+        messages[case_input["tools_attached_to"]]["tools"] = case_input["tools"]
+    thinking = case_input["thinking_mode"] == "thinking"
+    if case_input["thinking_mode"] not in ("thinking", "chat"):
+        raise RenderError(f"invalid thinking_mode: {case_input['thinking_mode']}")
+    effort = case_input.get("reasoning_effort")
+    if effort not in (None, "high", "max"):
+        raise RenderError(f"Invalid reasoning effort: {effort}")
+    drop_thinking = case_input.get("drop_thinking", True)
 
-  for msg in messages:
-    if msg.get("role") == "developer" and not msg.get("content"):
-      raise RenderError(f"Invalid message for role `developer`: {msg}")
-    if msg.get("role") not in ("system", "user", "assistant", "tool", "developer",
-                               "latest_reminder"):
-      raise RenderError(f"Unknown role: {msg.get('role')}")
-    if msg.get("task"):
-      raise RenderError("quick-instruction tasks are not supported by tools/demo/v4chat.py")
+    for msg in messages:
+        if msg.get("role") == "developer" and not msg.get("content"):
+            raise RenderError(f"Invalid message for role `developer`: {msg}")
+        if msg.get("role") not in ("system", "user", "assistant", "tool", "developer",
+                                   "latest_reminder"):
+            raise RenderError(f"Unknown role: {msg.get('role')}")
+        if msg.get("task"):
+            raise RenderError("quick-instruction tasks are not supported by tools/demo/v4chat.py")
 
-  messages = _merge_tool_and_user_messages(messages)
-  # Reasoning from earlier turns is kept whenever tools are in play (agentic traces).
-  if any(m.get("tools") for m in messages if m["role"] in ("system", "developer")):
-    drop_thinking = False
-  last_user = max((i for i, m in enumerate(messages) if m["role"] in ("user", "developer")),
-                  default=-1)
+    messages = _merge_tool_and_user_messages(messages)
+    # Reasoning from earlier turns is kept whenever tools are in play (agentic traces).
+    if any(m.get("tools") for m in messages if m["role"] in ("system", "developer")):
+        drop_thinking = False
+    last_user = max((i for i, m in enumerate(messages) if m["role"] in ("user", "developer")),
+                    default=-1)
 
-  out = []
-  if case_input.get("add_default_bos_token", True):
-    out.append(BOS)
-  if thinking and effort == "max":
-    out.append(MAX_EFFORT_PREFIX)
-  for i, msg in enumerate(messages):
-    role = msg["role"]
-    nxt = messages[i + 1]["role"] if i + 1 < len(messages) else None
-    if role == "system":
-      out.append(_system_like(msg))
-    elif role == "latest_reminder":
-      out.append(LATEST_REMINDER + str(msg.get("content")))
-    elif role in ("user", "developer"):
-      out.append(USER + (_system_like(msg) if role == "developer" else msg["content"]))
-      if nxt in ("assistant", "latest_reminder") or nxt is None:
-        opens_thinking = thinking and (not drop_thinking or i >= last_user)
-        out.append(ASSISTANT + (THINK_START if opens_thinking else THINK_END))
-    elif role == "assistant":
-      text = ""
-      keep_reasoning = thinking and (not drop_thinking or i > last_user)
-      if keep_reasoning:
-        text += (msg.get("reasoning_content") or "") + THINK_END
-      text += msg.get("content") or ""
-      if msg.get("tool_calls"):
-        text += "\n\n" + _dsml_tool_calls(msg["tool_calls"])
-      if not msg.get("wo_eos"):
-        text += EOS
-      out.append((text, True))
-  return [(p, False) if isinstance(p, str) else p for p in out]
+    out = []
+    if case_input.get("add_default_bos_token", True):
+        out.append(BOS)
+    if thinking and effort == "max":
+        out.append(MAX_EFFORT_PREFIX)
+    for i, msg in enumerate(messages):
+        role = msg["role"]
+        nxt = messages[i + 1]["role"] if i + 1 < len(messages) else None
+        if role == "system":
+            out.append(_system_like(msg))
+        elif role == "latest_reminder":
+            out.append(LATEST_REMINDER + str(msg.get("content")))
+        elif role in ("user", "developer"):
+            out.append(USER + (_system_like(msg) if role == "developer" else msg["content"]))
+            if nxt in ("assistant", "latest_reminder") or nxt is None:
+                opens_thinking = thinking and (not drop_thinking or i >= last_user)
+                out.append(ASSISTANT + (THINK_START if opens_thinking else THINK_END))
+        elif role == "assistant":
+            text = ""
+            keep_reasoning = thinking and (not drop_thinking or i > last_user)
+            if keep_reasoning:
+                text += (msg.get("reasoning_content") or "") + THINK_END
+            text += msg.get("content") or ""
+            if msg.get("tool_calls"):
+                text += "\n\n" + _dsml_tool_calls(msg["tool_calls"])
+            if not msg.get("wo_eos"):
+                text += EOS
+            out.append((text, True))
+    return [(p, False) if isinstance(p, str) else p for p in out]
