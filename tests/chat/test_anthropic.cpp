@@ -1,0 +1,119 @@
+// anthropic_to_conversation: Anthropic Messages requests written by hand to
+// say the same as a golden case's OpenAI-form conversation must render to that
+// case's expected prompt (computed by the official encoder).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "chat/encoder.h"
+
+namespace fs = std::filesystem;
+using dsv4::chat::anthropic_to_conversation;
+using dsv4::chat::py_json_loads;
+using dsv4::chat::PyJson;
+
+namespace {
+
+std::string expected_prompt(const std::string& case_id) {
+  std::ifstream in(fs::path(DSV4_TEST_DATA) / "chat" / "cases" / (case_id + ".json"),
+                   std::ios::binary);
+  EXPECT_TRUE(in) << case_id;
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return py_json_loads(ss.str()).find("expected_prompt")->as_string();
+}
+
+std::string render_anthropic(const std::string& request) {
+  return dsv4::chat::render(anthropic_to_conversation(py_json_loads(request)));
+}
+
+const char* kWeatherTool =
+    R"({"name": "get_weather", "description": "Get the current weather for a city.",
+  "input_schema": {"type": "object", "properties": {"location": {"type": "string", "description": "City name"},
+  "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}, "required": ["location"]}})";
+
+TEST(Anthropic, ToolRoundWithThinking) {
+  std::string request = std::string(R"({
+    "model": "deepseek-v4", "max_tokens": 100,
+    "system": "You are a helpful assistant.",
+    "thinking": {"type": "enabled", "budget_tokens": 2048},
+    "tools": [)") + kWeatherTool +
+                        R"(],
+    "messages": [
+      {"role": "user", "content": "What's the weather in Beijing?"},
+      {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "I should call get_weather.", "signature": "sig"},
+        {"type": "tool_use", "id": "call_1", "name": "get_weather",
+         "input": {"location": "Beijing", "unit": "celsius"}}]},
+      {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "call_1",
+         "content": "{\"temperature\": 22, \"condition\": \"sunny\"}"}]},
+      {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "Format the answer.", "signature": "sig"},
+        {"type": "text", "text": "It is 22°C and sunny in Beijing."}]},
+      {"role": "user", "content": [{"type": "text", "text": "Thanks! And Shanghai?"}]}
+    ]})";
+  EXPECT_EQ(render_anthropic(request), expected_prompt("enc_tools_full_round_thinking"));
+}
+
+TEST(Anthropic, ParallelToolsChatModeSystemBlocks) {
+  // Tool results arrive in the other order: the encoder sorts them by call order.
+  std::string request = std::string(R"({
+    "system": [{"type": "text", "text": "You are a helpful assistant."}],
+    "tools": [{"name": "get_time", "description": "Current UTC time.",
+               "input_schema": {"type": "object", "properties": {}}}, )") +
+                        kWeatherTool + R"(],
+    "messages": [
+      {"role": "user", "content": "Time and weather in Oslo?"},
+      {"role": "assistant", "content": [
+        {"type": "text", "text": "Checking both."},
+        {"type": "tool_use", "id": "p1", "name": "get_time", "input": {}},
+        {"type": "tool_use", "id": "p2", "name": "get_weather", "input": {"location": "Oslo"}}]},
+      {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "p2", "content": [{"type": "text", "text": "rain"}]},
+        {"type": "tool_result", "tool_use_id": "p1", "content": "09:00"}]},
+      {"role": "assistant", "content": "It is 09:00 and raining."},
+      {"role": "user", "content": "Thanks"}
+    ]})";
+  EXPECT_EQ(render_anthropic(request), expected_prompt("enc_tools_parallel_two_chat"));
+}
+
+TEST(Anthropic, PlainConversations) {
+  EXPECT_EQ(render_anthropic(R"({"messages": [{"role": "user", "content": "Hello"}],
+                                 "thinking": {"type": "enabled", "budget_tokens": 1024}})"),
+            "<｜begin▁of▁sentence｜><｜User｜>Hello<｜Assistant｜><think>");
+  EXPECT_EQ(render_anthropic(R"({"system": "S", "messages": [{"role": "user", "content": "Hi"}],
+                                 "thinking": {"type": "disabled"}})"),
+            "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜></think>");
+  // redacted_thinking carries no readable text and is dropped.
+  EXPECT_EQ(render_anthropic(R"({"messages": [{"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "xyz"},
+                                        {"type": "text", "text": "Yo"}]},
+      {"role": "user", "content": "Again"}]})"),
+            "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜></think>Yo<｜end▁of▁sentence｜>"
+            "<｜User｜>Again<｜Assistant｜></think>");
+}
+
+TEST(Anthropic, RejectsWhatTheModelCannotRead) {
+  auto expect_error = [](const std::string& request, const std::string& needle) {
+    try {
+      render_anthropic(request);
+      ADD_FAILURE() << "accepted: " << request;
+    } catch (const dsv4::Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error(R"({"messages": [{"role": "user", "content": [
+      {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]}]})",
+               "image");
+  expect_error(R"({"messages": [{"role": "system", "content": "x"}]})", "role");
+  expect_error(R"({"messages": "hi"})", "messages");
+  expect_error(R"({"tools": [{"type": "web_search_20250305", "name": "web_search"}],
+                   "messages": [{"role": "user", "content": "x"}]})",
+               "web_search_20250305");
+}
+
+}  // namespace
