@@ -15,17 +15,17 @@ void rms_norm(const float* x, int64_t m, int64_t n, const float* weight, float e
   for (int64_t i = 0; i < m; ++i) {
     const float* xi = x + i * n;
     float* yi = y + i * n;
-    float ss = 0;
-    for (int64_t k = 0; k < n; ++k) ss += xi[k] * xi[k];
-    const float r = 1.0f / std::sqrt(ss / static_cast<float>(n) + eps);
+    double ss = 0;
+    for (int64_t k = 0; k < n; ++k) ss += static_cast<double>(xi[k]) * xi[k];
+    const float r = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(n)) + eps);
     for (int64_t k = 0; k < n; ++k) yi[k] = bf16_round(weight[k] * (xi[k] * r));
   }
 }
 
 void rms_norm_bf16_noweight(float* x, int64_t n, float eps, bool exact_rsqrt) {
-  float ss = 0;
+  double ss = 0;
   for (int64_t k = 0; k < n; ++k) ss += bf16_round(x[k] * x[k]);
-  const float mean = bf16_round(ss / static_cast<float>(n));
+  const float mean = bf16_round(static_cast<float>(ss / static_cast<double>(n)));
   const float sq = std::sqrt(bf16_round(mean + eps));
   const float r = bf16_round(1.0f / (exact_rsqrt ? sq : bf16_round(sq)));
   for (int64_t k = 0; k < n; ++k) x[k] = bf16_round(x[k] * r);
@@ -154,12 +154,13 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, con
   constexpr int64_t kTile = 64;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   parallel_for(m * heads, [&](int64_t t0, int64_t t1, int) {
-    std::vector<float> acc(dim), z(kTile);
+    std::vector<double> acc(dim);
+    std::vector<float> z(kTile);
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t i = task / heads, h = task % heads;
       const float* qv = q + (i * heads + h) * dim;
       const int32_t* row = idx + i * width;
-      std::fill(acc.begin(), acc.end(), 0.0f);
+      std::fill(acc.begin(), acc.end(), 0.0);
       float run_max = kNegInf, denom = 0;
       for (int64_t b0 = 0; b0 < width; b0 += kTile) {
         const int64_t b1 = std::min(width, b0 + kTile);
@@ -168,9 +169,9 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, con
           float v = kNegInf;
           if (row[e] >= 0) {
             const float* kr = kv + static_cast<int64_t>(row[e]) * dim;
-            float dot = 0;
-            for (int64_t d = 0; d < dim; ++d) dot += qv[d] * kr[d];
-            v = dot * scale;
+            double dot = 0;
+            for (int64_t d = 0; d < dim; ++d) dot += static_cast<double>(qv[d]) * kr[d];
+            v = static_cast<float>(dot) * scale;
           }
           z[e - b0] = v;
           tile_max = std::max(tile_max, v);
@@ -186,7 +187,7 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, con
           denom += p;
           const float pb = bf16_round(p);
           const float* vr = kv + static_cast<int64_t>(row[e]) * dim;
-          for (int64_t d = 0; d < dim; ++d) acc[d] += pb * vr[d];
+          for (int64_t d = 0; d < dim; ++d) acc[d] += static_cast<double>(pb) * vr[d];
         }
         run_max = new_max;
       }
@@ -196,7 +197,7 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, con
         continue;
       }
       denom += std::exp(sink[h] - run_max);
-      for (int64_t d = 0; d < dim; ++d) o[d] = bf16_round(acc[d] / denom);
+      for (int64_t d = 0; d < dim; ++d) o[d] = bf16_round(static_cast<float>(acc[d]) / denom);
     }
   });
 }

@@ -22,12 +22,12 @@ std::vector<float> pool(const CompressorWeights& w, const CompressorState& st) {
       sc[k] = st.score[k * width + col];
     }
     kernels::softmax(sc.data(), n);
-    float acc = 0;
+    double acc = 0;
     for (int64_t k = 0; k < n; ++k) {
       const int64_t col = (w.overlap && k >= r) ? d + c : c;
-      acc += st.kv[k * width + col] * sc[k];
+      acc += static_cast<double>(st.kv[k * width + col]) * sc[k];
     }
-    entry[c] = acc;
+    entry[c] = static_cast<float>(acc);
   }
   return entry;
 }

@@ -17,9 +17,10 @@ std::vector<float> hc_mix(const ModelContext& ctx, const HyperConnection& w, con
   kernels::plain_linear(x, n, flat, weight_ref(w.fn), 0, m, mix.data(), m, false);
   for (int64_t i = 0; i < n; ++i) {
     const float* xi = x + i * flat;
-    float ss = 0;
-    for (int64_t k = 0; k < flat; ++k) ss += xi[k] * xi[k];
-    const float r = 1.0f / std::sqrt(ss / static_cast<float>(flat) + ctx.eps());
+    double ss = 0;
+    for (int64_t k = 0; k < flat; ++k) ss += static_cast<double>(xi[k]) * xi[k];
+    const float r =
+        1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(flat)) + ctx.eps());
     for (int64_t k = 0; k < m; ++k) mix[i * m + k] *= r;
   }
   return mix;
