@@ -471,30 +471,57 @@ def search_call(rng):
 
 
 TOOL_CALLS = [weather_call, calculator_call, time_call, convert_call, search_call]
+TOOL_OF_MAKER = {"weather_call": "get_weather", "calculator_call": "calculator",
+                 "time_call": "get_time", "convert_call": "convert_units",
+                 "search_call": "web_search"}
 
 
-def gen_tool(rng, thinking, effort=None):
-    maker = rng.choice(TOOL_CALLS)
+def tool_round(rng, s, maker, thinking, effort):
+    """Appends user question, assistant DSML call, tool result and final answer."""
     q, name, args, result, final, why = maker(rng)
-    # Offer the needed tool among 0-2 distractors, in random order, so the model
-    # has to pick it by name (more would push the prompts past ~600 tokens).
-    others = [t for t in TOOLS if t != name]
-    offered = rng.sample(others, rng.randint(0, 2)) + [name]
-    rng.shuffle(offered)
-    s = Sample("tool", "text:" + q)
-    s.tools = [TOOLS[t] for t in offered]
-    s.messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
     s.messages.append({"role": "user", "content": q})
     call_id = f"call_{rng.randint(1, 999)}"
     calls = [{"id": call_id, "type": "function",
               "function": {"name": name, "arguments": json.dumps(args)}}]
+    if effort == "max":
+        why += " Arguments: " + ", ".join(f"{k} = {v}" for k, v in args.items()) + "."
     pre = "" if thinking or rng.random() < 0.5 else rng.choice(["Let me check.", "One moment."])
     s.messages.append(assistant(pre, why, thinking, calls))
     s.messages.append({"role": "tool", "tool_call_id": call_id, "content": result})
-    s.messages.append(assistant(final, "The tool returned the result. I can answer now.", thinking))
+    s.messages.append(assistant(final, f"{name} returned the result. I can answer now.",
+                                thinking))
+    return q, name, args, final
+
+
+TOOL_FOLLOW_UP_SHARE = 0.25
+
+
+def gen_tool(rng, thinking, effort=None):
+    makers = [rng.choice(TOOL_CALLS)]
+    if rng.random() < TOOL_FOLLOW_UP_SHARE:
+        # A second question in the same conversation (all reasoning stays in the
+        # prompt when tools are offered, as in the official agentic format).
+        makers.append(rng.choice(TOOL_CALLS))
+    needed = sorted({m.__name__ for m in makers})
+    names = [TOOL_OF_MAKER[m] for m in needed]
+    # Offer the needed tools among 0-2 distractors, in random order, so the model
+    # has to pick them by name (more would push the prompts past ~600 tokens).
+    others = [t for t in TOOLS if t not in names]
+    offered = rng.sample(others, rng.randint(0, 2)) + names
+    rng.shuffle(offered)
+    s = Sample("tool", "")
+    s.tools = [TOOLS[t] for t in offered]
+    s.messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
+    keys = []
+    for maker in makers:
+        q, name, args, final = tool_round(rng, s, maker, thinking, effort)
+        keys.append("text:" + q)
+    s.key = "|".join(keys)
     s.thinking_mode = "thinking" if thinking else "chat"
     s.reasoning_effort = effort
-    s.meta = {"tool": name, "arguments": args, "offered": offered, "answer": final}
+    # The reference is the last round: the eval cuts the conversation before it.
+    s.meta = {"tool": name, "arguments": args, "offered": offered, "answer": final,
+              "rounds": len(makers)}
     return s
 
 
@@ -557,17 +584,29 @@ def gen_json(rng, thinking, effort=None):
         key = "text:" + q
     s = Sample("json", key)
     keys = list(fields)
-    if rng.random() < 0.5:
+    with_keys = "Reply in JSON with the keys " + ", ".join(keys) + "."
+    variant = rng.random()
+    # How a client may ask for JSON: a json_schema response_format, a
+    # json_object one (the V4 API's form, which needs the word JSON in the
+    # prompt), or only words in the system or user message.
+    if variant < 0.35:
         schema = {"type": "object", "properties": {k: {"type": t} for k, t in fields.items()},
                   "required": keys}
         s.messages.append({"role": "system", "content": rng.choice(
             ["Reply in JSON.", "Answer with a JSON object.", "You output JSON only."]),
                            "response_format": {"type": "json_schema", "json_schema": {
                                "name": "answer", "schema": schema}}})
+        s.messages.append({"role": "user", "content": q})
+    elif variant < 0.5:
+        s.messages.append({"role": "system", "content": with_keys,
+                           "response_format": {"type": "json_object"}})
+        s.messages.append({"role": "user", "content": q})
+    elif variant < 0.8:
+        s.messages.append({"role": "system", "content": with_keys})
+        s.messages.append({"role": "user", "content": q})
     else:
-        s.messages.append({"role": "system", "content": "Reply in JSON with the keys " +
-                           ", ".join(keys) + "."})
-    s.messages.append({"role": "user", "content": q})
+        s.messages.append({"role": "user", "content": q + " " + rng.choice(
+            [with_keys, "Answer in JSON with the keys " + ", ".join(keys) + "."])})
     answer = json.dumps(value)
     reasoning = "The reply must be a JSON object with the keys " + ", ".join(keys) + "."
     s.messages.append(assistant(answer, reasoning, thinking))
