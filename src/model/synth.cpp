@@ -95,6 +95,21 @@ int e8m0_block_exponent(float amax, float max_code) {
   return std::clamp(e, -127, 127);
 }
 
+void fp4_quantize_row(const float* x, int64_t n, uint8_t* packed, int* exps) {
+  if (n % 32 != 0) fail("fp4_quantize_row: ", n, " values are not a whole number of 32-blocks");
+  for (int64_t b = 0; b < n / 32; ++b) {
+    const float* xb = x + b * 32;
+    float amax = 0;
+    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+    const int e = e8m0_block_exponent(amax, 6.0f);
+    exps[b] = e;
+    uint8_t* p = packed + b * 16;
+    for (int i = 0; i < 16; ++i)
+      p[i] = static_cast<uint8_t>(fp4_e2m1_encode(std::ldexp(xb[2 * i], -e)) |
+                                  (fp4_e2m1_encode(std::ldexp(xb[2 * i + 1], -e)) << 4));
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Configurations.
 
@@ -314,19 +329,19 @@ double uniform01(uint64_t key, uint64_t i) {  // in (0, 1)
 // Standard normal values for elements [begin, begin + n), Box-Muller over
 // element pairs (2j, 2j+1).
 void fill_normal(uint64_t key, uint64_t begin, size_t n, float scale, float* out) {
-  constexpr double kTwoPi = 6.283185307179586;
+  // float math: twice the speed of double, and 24-bit uniforms need no more.
+  constexpr float kTwoPi = 6.2831853f;
   for (size_t k = 0; k < n;) {
     const uint64_t i = begin + k;
-    const uint64_t pair = i >> 1;
-    const uint64_t h = mix64(key ^ mix64(pair));
-    const double u1 = (static_cast<double>(h >> 40) + 0.5) * 0x1.0p-24;
-    const double u2 = static_cast<double>(h & 0xFFFFFF) * 0x1.0p-24;
-    const double r = std::sqrt(-2.0 * std::log(u1));
+    const uint64_t h = mix64(key ^ mix64(i >> 1));
+    const float u1 = (static_cast<float>(h >> 40) + 0.5f) * 0x1.0p-24f;
+    const float u2 = static_cast<float>(h & 0xFFFFFF) * 0x1.0p-24f;
+    const float r = std::sqrt(-2.0f * std::log(u1)) * scale;
     if ((i & 1) == 0) {
-      out[k++] = static_cast<float>(r * std::cos(kTwoPi * u2)) * scale;
-      if (k < n) out[k++] = static_cast<float>(r * std::sin(kTwoPi * u2)) * scale;
+      out[k++] = r * std::cos(kTwoPi * u2);
+      if (k < n) out[k++] = r * std::sin(kTwoPi * u2);
     } else {
-      out[k++] = static_cast<float>(r * std::sin(kTwoPi * u2)) * scale;
+      out[k++] = r * std::sin(kTwoPi * u2);
     }
   }
 }
@@ -568,17 +583,8 @@ class Generator {
       parallel_fill_normal(key, static_cast<uint64_t>(r0 * in), v.size(), stddev, v.data());
       parallel_for(rows, [&](int64_t ra, int64_t rz, int) {
         for (int64_t r = ra; r < rz; ++r) {
-          for (int64_t b = 0; b < blocks; ++b) {
-            const float* x = &v[static_cast<size_t>(r * in + b * 32)];
-            float amax = 0;
-            for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
-            const int e = e8m0_block_exponent(amax, 6.0f);
-            exps[static_cast<size_t>((r0 + r) * blocks + b)] = e;
-            uint8_t* p = &q[static_cast<size_t>(r * in / 2 + b * 16)];
-            for (int i = 0; i < 16; ++i)
-              p[i] = static_cast<uint8_t>(fp4_e2m1_encode(std::ldexp(x[2 * i], -e)) |
-                                          (fp4_e2m1_encode(std::ldexp(x[2 * i + 1], -e)) << 4));
-          }
+          fp4_quantize_row(&v[static_cast<size_t>(r * in)], in, &q[static_cast<size_t>(r * in / 2)],
+                           &exps[static_cast<size_t>((r0 + r) * blocks)]);
         }
       });
       if (sink) (*sink)(q.data(), q.size());

@@ -32,6 +32,11 @@ uint16_t bf16_encode(float x);
 // UE8M0 scale exponent for a block: the smallest e with amax / 2^e <= max_code
 // (the reference's 2^ceil(log2(amax / max_code))), clamped to the byte's range.
 int e8m0_block_exponent(float amax, float max_code);
+// Quantizes n values (n a multiple of 32) to packed FP4 as the checkpoints
+// store a routed-expert row: byte i holds element 2i in its low nibble and
+// 2i+1 in its high nibble; exps[b] receives the power-of-two scale exponent of
+// elements [32b, 32b+32) (stored as the UE8M0 byte exps[b] + 127).
+void fp4_quantize_row(const float* x, int64_t n, uint8_t* packed, int* exps);
 
 struct SynthOptions {
   std::string like = "tiny";  // tiny | flash | pro
