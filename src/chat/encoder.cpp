@@ -595,6 +595,17 @@ const std::string& block_type(const PyJson& block, const char* where) {
   bad_request(str_cat("unsupported ", where, " content block type '", type, "'"));
 }
 
+// {"type": "enabled" | "adaptive" | "disabled"}; absent or null: the default.
+bool thinking_enabled(const PyJson* cfg, bool thinking_default) {
+  if (!cfg || cfg->is_null()) return thinking_default;
+  if (cfg->is_object()) {
+    const PyJson& type = get(*cfg, "type");
+    if (is_str(type, "enabled") || is_str(type, "adaptive")) return true;
+    if (is_str(type, "disabled")) return false;
+  }
+  fail("thinking must be {\"type\": \"enabled\"} or {\"type\": \"disabled\"}, got ", py_repr(*cfg));
+}
+
 PyJson map_tool(const PyJson& tool) {
   if (!tool.is_object()) bad_request("each tool must be an object");
   if (const PyJson* type = tool.find("type"); type && !type->is_null() && !is_str(*type, "custom"))
@@ -686,11 +697,10 @@ void map_assistant_message(const PyJson& content, PyJson& out) {
 
 }  // namespace
 
-PyJson anthropic_to_conversation(const PyJson& request) {
+PyJson anthropic_to_conversation(const PyJson& request, bool thinking_default) {
   if (!request.is_object()) bad_request("the request must be a JSON object");
   PyJson messages = PyJson::array();
 
-  bool has_system = false;
   if (const PyJson* system = request.find("system"); system && !system->is_null()) {
     std::string text;
     if (system->is_string()) {
@@ -709,18 +719,13 @@ PyJson anthropic_to_conversation(const PyJson& request) {
     }
     messages.push_back(PyJson::object(
         {{"role", PyJson::string("system")}, {"content", PyJson::string(std::move(text))}}));
-    has_system = true;
   }
 
   if (const PyJson* tools = request.find("tools"); tools && tools->truthy()) {
     if (!tools->is_array()) bad_request("tools must be a list");
     PyJson mapped = PyJson::array();
     for (const auto& tool : tools->items()) mapped.push_back(map_tool(tool));
-    if (!has_system) {
-      messages.push_back(
-          PyJson::object({{"role", PyJson::string("system")}, {"content", PyJson::string("")}}));
-    }
-    messages.items()[0].set("tools", std::move(mapped));
+    attach_tools(messages, std::move(mapped));
   }
 
   const PyJson* turns = request.find("messages");
@@ -740,15 +745,66 @@ PyJson anthropic_to_conversation(const PyJson& request) {
     }
   }
 
-  bool thinking = false;
-  if (const PyJson* cfg = request.find("thinking"); cfg && cfg->is_object())
-    thinking = is_str(get(*cfg, "type"), "enabled");
-  return PyJson::object({{"messages", std::move(messages)},
-                         {"thinking_mode", PyJson::string(thinking ? "thinking" : "chat")}});
+  PyJson out = PyJson::object({{"messages", std::move(messages)}});
+  const bool thinking = thinking_enabled(request.find("thinking"), thinking_default);
+  out.set("thinking_mode", PyJson::string(thinking ? "thinking" : "chat"));
+  if (const PyJson* cfg = request.find("output_config"); thinking && cfg && cfg->is_object()) {
+    if (auto effort = normalize_reasoning_effort(get(*cfg, "effort")))
+      out.set("reasoning_effort", PyJson::string(*effort));
+  }
+  return out;
 }
 
-PyJson anthropic_to_conversation(const nlohmann::ordered_json& request) {
-  return anthropic_to_conversation(from_nlohmann(request));
+PyJson anthropic_to_conversation(const nlohmann::ordered_json& request, bool thinking_default) {
+  return anthropic_to_conversation(from_nlohmann(request), thinking_default);
+}
+
+PyJson openai_to_conversation(const PyJson& request, bool thinking_default) {
+  if (!request.is_object()) fail("the request must be a JSON object");
+  const PyJson* in = request.find("messages");
+  if (!in || !in->is_array()) fail("'messages' must be a list");
+  PyJson messages = PyJson::array();
+  for (const auto& m : in->items()) {
+    PyJson msg = m;
+    // Chat prefix completion: the final assistant message is continued, not closed.
+    if (msg.is_object() && is_str(get(msg, "role"), "assistant") && get(msg, "prefix").truthy())
+      msg.set("wo_eos", PyJson::boolean(true));
+    messages.push_back(std::move(msg));
+  }
+  if (const PyJson* tools = request.find("tools"); tools && tools->truthy())
+    attach_tools(messages, *tools);
+  PyJson out = PyJson::object({{"messages", std::move(messages)}});
+  const bool thinking = thinking_enabled(request.find("thinking"), thinking_default);
+  out.set("thinking_mode", PyJson::string(thinking ? "thinking" : "chat"));
+  if (thinking) {
+    if (auto effort = normalize_reasoning_effort(get(request, "reasoning_effort")))
+      out.set("reasoning_effort", PyJson::string(*effort));
+  }
+  return out;
+}
+
+PyJson openai_to_conversation(const nlohmann::ordered_json& request, bool thinking_default) {
+  return openai_to_conversation(from_nlohmann(request), thinking_default);
+}
+
+std::optional<std::string> normalize_reasoning_effort(const PyJson& effort) {
+  if (effort.is_null()) return std::nullopt;
+  if (effort.is_string()) {
+    const std::string& e = effort.as_string();
+    if (e == "minimal" || e == "low" || e == "medium" || e == "high") return "high";
+    if (e == "xhigh" || e == "max" || e == "ultra") return "max";
+  }
+  fail("reasoning effort must be one of minimal, low, medium, high, xhigh, max, got ",
+       py_repr(effort));
+}
+
+void attach_tools(PyJson& messages, PyJson tools) {
+  if (!messages.is_array()) fail("messages must be a list");
+  auto& items = messages.items();
+  if (items.empty() || !items[0].is_object() || !is_str(get(items[0], "role"), "system"))
+    items.insert(items.begin(), PyJson::object({{"role", PyJson::string("system")},
+                                                {"content", PyJson::string("")}}));
+  items[0].set("tools", std::move(tools));
 }
 
 }  // namespace dsv4::chat

@@ -58,18 +58,39 @@ std::string render(const nlohmann::ordered_json& input_object);
 std::string render_json_text(std::string_view input_json);
 
 // Maps an Anthropic Messages request ({"system", "messages", "tools",
-// "thinking", ...}) onto the input object render() takes:
+// "thinking", "output_config"}) onto the input object render() takes:
 //  * system: string or list of text blocks (joined by a blank line);
 //  * user content: string or blocks; text -> user message, tool_result ->
 //    tool message (string or block-list content, passed on as the official
-//    encoder renders it), image/document -> Error (the model reads no images);
+//    encoder renders it; is_error is ignored), image/document/other blocks ->
+//    Error (DeepSeek V4 reads text only);
 //  * assistant content: text -> content, thinking -> reasoning_content,
 //    redacted_thinking -> dropped (its text is encrypted), tool_use ->
 //    OpenAI tool_calls with the input re-serialised as the arguments string;
 //  * tools [{name, description, input_schema}] -> OpenAI function tools on the
-//    system message (an empty one is created when there is none);
-//  * thinking {"type": "enabled"} -> thinking_mode "thinking", else "chat".
-PyJson anthropic_to_conversation(const PyJson& request);
-PyJson anthropic_to_conversation(const nlohmann::ordered_json& request);
+//    system message (see attach_tools); server tools -> Error;
+//  * thinking {"type": "enabled"|"adaptive"} -> "thinking", {"type": "disabled"}
+//    -> "chat", absent -> thinking_default (DeepSeek: thinking is on by default);
+//  * output_config.effort -> reasoning_effort (normalize_reasoning_effort).
+// Throws dsv4::Error (a 400 for the server) on a malformed request.
+PyJson anthropic_to_conversation(const PyJson& request, bool thinking_default = true);
+PyJson anthropic_to_conversation(const nlohmann::ordered_json& request,
+                                 bool thinking_default = true);
+
+// The same for an OpenAI chat-completions request: messages as they are (an
+// assistant message with "prefix": true gets wo_eos, for prefix completion),
+// top-level tools attached as above, "thinking" and "reasoning_effort" as
+// for Anthropic. Model-name rules (deepseek-chat = no thinking) are the caller's.
+PyJson openai_to_conversation(const PyJson& request, bool thinking_default = true);
+PyJson openai_to_conversation(const nlohmann::ordered_json& request, bool thinking_default = true);
+
+// The API's effort spellings onto what the V4 encoder accepts: null -> none,
+// minimal/low/medium/high -> "high", xhigh/max/ultra -> "max"; else Error.
+std::optional<std::string> normalize_reasoning_effort(const PyJson& effort);
+
+// Tools go on the first message when it is a system message (as the official
+// tests attach them); otherwise an empty system message is inserted for them.
+// (On a user message the encoder would drop them.)
+void attach_tools(PyJson& messages, PyJson tools);
 
 }  // namespace dsv4::chat

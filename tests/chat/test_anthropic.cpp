@@ -62,7 +62,9 @@ TEST(Anthropic, ToolRoundWithThinking) {
 TEST(Anthropic, ParallelToolsChatModeSystemBlocks) {
   // Tool results arrive in the other order: the encoder sorts them by call order.
   std::string request = std::string(R"({
-    "system": [{"type": "text", "text": "You are a helpful assistant."}],
+    "system": [{"type": "text", "text": "You are a helpful assistant.",
+                "cache_control": {"type": "ephemeral"}}],
+    "thinking": {"type": "disabled"},
     "tools": [{"name": "get_time", "description": "Current UTC time.",
                "input_schema": {"type": "object", "properties": {}}}, )") +
                         kWeatherTool + R"(],
@@ -89,12 +91,66 @@ TEST(Anthropic, PlainConversations) {
                                  "thinking": {"type": "disabled"}})"),
             "<｜begin▁of▁sentence｜>S<｜User｜>Hi<｜Assistant｜></think>");
   // redacted_thinking carries no readable text and is dropped.
-  EXPECT_EQ(render_anthropic(R"({"messages": [{"role": "user", "content": "Hi"},
+  EXPECT_EQ(render_anthropic(R"({"thinking": {"type": "disabled"},
+      "messages": [{"role": "user", "content": "Hi"},
       {"role": "assistant", "content": [{"type": "redacted_thinking", "data": "xyz"},
                                         {"type": "text", "text": "Yo"}]},
       {"role": "user", "content": "Again"}]})"),
             "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜></think>Yo<｜end▁of▁sentence｜>"
             "<｜User｜>Again<｜Assistant｜></think>");
+}
+
+// DeepSeek's API thinks unless told not to; Claude Code's effort setting
+// arrives as output_config.effort.
+TEST(Anthropic, ThinkingDefaultsAndEffort) {
+  const std::string hi = R"("messages": [{"role": "user", "content": "Hi"}])";
+  EXPECT_EQ(render_anthropic("{" + hi + "}"),
+            "<｜begin▁of▁sentence｜><｜User｜>Hi<｜Assistant｜><think>");
+  PyJson conv = anthropic_to_conversation(py_json_loads("{" + hi + "}"), false);
+  EXPECT_EQ(conv.find("thinking_mode")->as_string(), "chat");
+  conv = anthropic_to_conversation(py_json_loads(
+      "{" + hi + R"(, "thinking": {"type": "adaptive"}, "output_config": {"effort": "xhigh"}})"));
+  EXPECT_EQ(conv.find("thinking_mode")->as_string(), "thinking");
+  EXPECT_EQ(conv.find("reasoning_effort")->as_string(), "max");
+  EXPECT_EQ(dsv4::chat::render(conv).substr(0, 60),
+            expected_prompt("enc_effort_max_no_system").substr(0, 60));
+  conv = anthropic_to_conversation(py_json_loads(
+      "{" + hi + R"(, "thinking": {"type": "disabled"}, "output_config": {"effort": "max"}})"));
+  EXPECT_EQ(conv.find("reasoning_effort"), nullptr);
+  EXPECT_THROW(anthropic_to_conversation(py_json_loads("{" + hi + R"(, "thinking": true})")),
+               dsv4::Error);
+  EXPECT_THROW(anthropic_to_conversation(
+                   py_json_loads("{" + hi + R"(, "output_config": {"effort": "huge"}})")),
+               dsv4::Error);
+}
+
+// The OpenAI-side helper: top-level tools land on the system message (one is
+// created when missing), prefix completion leaves the last turn open.
+TEST(OpenAi, ToolsThinkingAndPrefix) {
+  std::ifstream in(fs::path(DSV4_TEST_DATA) / "chat" / "cases" / "enc_tools_single_thinking.json",
+                   std::ios::binary);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  PyJson c = py_json_loads(ss.str());
+  const PyJson& input = *c.find("input");
+  PyJson request = PyJson::object({{"messages", *input.find("messages")},
+                                   {"tools", *input.find("tools")},
+                                   {"reasoning_effort", PyJson::string("medium")}});
+  EXPECT_EQ(dsv4::chat::render(dsv4::chat::openai_to_conversation(request)),
+            c.find("expected_prompt")->as_string());
+
+  PyJson no_system = py_json_loads(R"({"messages": [{"role": "user", "content": "Hi"}],
+      "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+      "thinking": {"type": "disabled"}})");
+  std::string prompt = dsv4::chat::render(dsv4::chat::openai_to_conversation(no_system));
+  EXPECT_EQ(prompt.rfind("<｜begin▁of▁sentence｜>\n\n## Tools\n", 0), 0u) << prompt;
+  EXPECT_NE(prompt.find(R"({"name": "f", "parameters": {}})"), std::string::npos);
+
+  PyJson prefix = py_json_loads(R"({"thinking": {"type": "disabled"}, "messages": [
+      {"role": "user", "content": "Write quick sort"},
+      {"role": "assistant", "content": "```python\n", "prefix": true}]})");
+  EXPECT_EQ(dsv4::chat::render(dsv4::chat::openai_to_conversation(prefix)),
+            "<｜begin▁of▁sentence｜><｜User｜>Write quick sort<｜Assistant｜></think>```python\n");
 }
 
 TEST(Anthropic, RejectsWhatTheModelCannotRead) {
