@@ -81,10 +81,11 @@ struct ParamHeader {
 
 // The first ` string="true|false">` after ` name="`: with the lazy name group
 // this is where the official regex splits, whatever the value turns out to be.
-std::optional<ParamHeader> find_param_header(std::string_view seg) {
+// `from` lets a streaming caller skip what it already searched.
+std::optional<ParamHeader> find_param_header(std::string_view seg, size_t from = 0) {
   if (seg.substr(0, kNameAttr.size()) != kNameAttr) return std::nullopt;
-  for (size_t p = seg.find("\" string=\"", kNameAttr.size()); p != std::string_view::npos;
-       p = seg.find("\" string=\"", p + 1)) {
+  for (size_t p = seg.find("\" string=\"", std::max(from, kNameAttr.size()));
+       p != std::string_view::npos; p = seg.find("\" string=\"", p + 1)) {
     if (seg.substr(p, kStringTrue.size()) == kStringTrue)
       return ParamHeader{std::string(seg.substr(kNameAttr.size(), p - kNameAttr.size())), true,
                          p + kStringTrue.size()};
@@ -260,8 +261,12 @@ void OutputParser::emit_arguments(std::string fragment, std::vector<ParseEvent>&
 void OutputParser::stream_parameter(size_t limit, bool final, std::vector<ParseEvent>& events) {
   std::string_view seg(buf_.data() + seg_start_, limit - seg_start_);
   if (!header_found_) {
-    auto header = find_param_header(seg);
-    if (!header) return;
+    auto header = find_param_header(seg, header_scan_from_);
+    if (!header) {
+      // No header starts before here (a longer one may still be arriving).
+      header_scan_from_ = seg.size() > kStringFalse.size() ? seg.size() - kStringFalse.size() : 0;
+      return;
+    }
     header_found_ = true;
     value_is_string_ = header->is_string;
     value_start_ = emitted_ = seg_start_ + header->value_begin;
@@ -358,6 +363,7 @@ bool OutputParser::step(bool at_end, std::vector<ParseEvent>& events) {
       if (sc.found && sc.stop_index == 0) {
         state_ = State::kParameter;
         header_found_ = false;
+        header_scan_from_ = 0;
       } else {
         end_tool_call(events);
         state_ = State::kBetweenInvokes;
@@ -407,6 +413,7 @@ bool OutputParser::step(bool at_end, std::vector<ParseEvent>& events) {
       if (sc.found && sc.stop_index == 0) {
         state_ = State::kParameter;
         header_found_ = false;
+        header_scan_from_ = 0;
       } else {
         end_tool_call(events);
         state_ = State::kBetweenInvokes;

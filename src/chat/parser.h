@@ -118,7 +118,8 @@ class OutputParser {
 
   // The tool call being parsed.
   std::vector<std::string> param_names_;
-  bool header_found_ = false;  // the current parameter's name and string="" are known
+  bool header_found_ = false;    // the current parameter's name and string="" are known
+  size_t header_scan_from_ = 0;  // segment offset where the header search resumes
   bool value_is_string_ = false;
   size_t value_start_ = 0;  // buf_ offset of the parameter value
 };
