@@ -262,4 +262,73 @@ TEST(Parser, OfficialCornerCases) {
   EXPECT_TRUE(m.tool_calls.empty());
 }
 
+// Round trip through the golden prompts: every assistant turn the official
+// encoder rendered (up to its EOS) parses back into the tool calls of the
+// input conversation, with arguments re-serialised the way the encoder did.
+TEST(Parser, ParsesTheAssistantTurnsOfGoldenPrompts) {
+  const std::string kAssistant = "<｜Assistant｜>", kEos = "<｜end▁of▁sentence｜>";
+  int turns = 0, calls = 0;
+  for (const auto& e : fs::directory_iterator(fs::path(DSV4_TEST_DATA) / "chat" / "cases")) {
+    if (e.path().filename().string().rfind("enc_", 0) != 0) continue;
+    PyJson c = dsv4::chat::py_json_loads(read_file(e.path()));
+    const PyJson* prompt = c.find("expected_prompt");
+    if (!prompt) continue;
+    SCOPED_TRACE(e.path().filename().string());
+    // The (name, normalised arguments) of every tool call in the input.
+    std::vector<std::pair<std::string, std::string>> known;
+    const PyJson& input = *c.find("input");
+    for (const char* list : {"messages", "context"}) {
+      const PyJson* msgs = input.find(list);
+      if (!msgs) continue;
+      for (const auto& m : msgs->items()) {
+        const PyJson* tcs = m.find("tool_calls");
+        if (!tcs) continue;
+        for (const auto& tc : tcs->items()) {
+          const PyJson& f = *tc.find("function");
+          PyJson args;
+          try {
+            args = dsv4::chat::py_json_loads(f.find("arguments")->as_string());
+          } catch (const dsv4::chat::PyJsonError&) {
+            args = PyJson::object({{"arguments", *f.find("arguments")}});
+          }
+          known.emplace_back(f.find("name")->as_string(), dsv4::chat::py_json_dumps(args));
+        }
+      }
+    }
+    const std::string& p = prompt->as_string();
+    for (size_t at = p.find(kAssistant); at != std::string::npos; at = p.find(kAssistant, at + 1)) {
+      std::string turn = p.substr(at + kAssistant.size());
+      size_t eos = turn.find(kEos);
+      if (eos == std::string::npos) continue;  // the generation prompt or a prefill
+      turn.resize(eos + kEos.size());
+      bool thinking = turn.rfind("<think>", 0) == 0;
+      if (thinking) {
+        turn = turn.substr(7);
+      } else if (turn.rfind("</think>", 0) == 0) {
+        turn = turn.substr(8);
+      } else {
+        continue;  // after a task token
+      }
+      ParsedMessage m;
+      try {
+        m = dsv4::chat::parse(turn, thinking);
+      } catch (const ParseError& err) {
+        // Message text is never escaped, so a turn whose text holds special
+        // tokens is rejected by the official parser too.
+        EXPECT_NE(std::string(err.what()).find("special token"), std::string::npos) << err.what();
+        continue;
+      }
+      ++turns;
+      for (const auto& tc : m.tool_calls) {
+        EXPECT_NE(std::find(known.begin(), known.end(), std::make_pair(tc.name, tc.arguments)),
+                  known.end())
+            << tc.name << " " << tc.arguments;
+        ++calls;
+      }
+    }
+  }
+  EXPECT_GT(turns, 10);
+  EXPECT_GT(calls, 5);
+}
+
 }  // namespace
