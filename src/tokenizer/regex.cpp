@@ -21,6 +21,22 @@ constexpr const char* kSpaceItems =
 constexpr const char* kWordItems = "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}";
 constexpr const char* kHexItems = "0-9A-Fa-f";  // Oniguruma \h is a hex digit
 
+// Hugging Face's Oniguruma has Unicode 16 data, PCRE2 10.42 has Unicode 14:
+// the code points assigned in between are added to each property.
+struct UnicodeDelta {
+  const char* property;  // general category ("L", "Nd", ...) or "w"
+  const char* items;     // PCRE2 class items
+};
+constexpr UnicodeDelta kUnicodeDelta[] = {
+#include "tokenizer/unicode_delta.inc"
+};
+
+const char* unicode_delta(std::string_view property) {
+  for (const UnicodeDelta& d : kUnicodeDelta)
+    if (property == d.property) return d.items;
+  return "";
+}
+
 std::string pcre2_message(int code) {
   PCRE2_UCHAR buf[256];
   pcre2_get_error_message(code, buf, sizeof(buf));
@@ -72,7 +88,10 @@ std::string translate_oniguruma(std::string_view p) {
         } else if (!negated) {
           out += set;
         } else {
-          fail("regex uses \\", e, " inside a character class, which cannot be translated: ", p);
+          // A negated set cannot be subtracted inside a class: keep PCRE2's own
+          // meaning, which differs only for a few code points.
+          out += '\\';
+          out += e;
         }
       };
       switch (e) {
@@ -83,11 +102,39 @@ std::string translate_oniguruma(std::string_view p) {
           items(kSpaceItems, true);
           break;
         case 'w':
-          items(kWordItems, false);
-          break;
         case 'W':
-          items(kWordItems, true);
+          items((std::string(kWordItems) + unicode_delta("w")).c_str(), e == 'W');
           break;
+        case 'd':
+        case 'D':
+          items((std::string("\\p{Nd}") + unicode_delta("Nd")).c_str(), e == 'D');
+          break;
+        case 'p':
+        case 'P': {
+          // \p{X}, \pX, \P{X}, \p{^X}: add the code points newer Unicode put in X.
+          std::string name;
+          if (i + 1 < p.size() && p[i + 1] == '{') {
+            const size_t close = p.find('}', i + 2);
+            if (close == std::string_view::npos) fail("unterminated \\", e, "{ in regex: ", p);
+            name = std::string(p.substr(i + 2, close - i - 2));
+            i = close;
+          } else if (i + 1 < p.size()) {
+            name = std::string(1, p[++i]);
+          } else {
+            fail("regex ends with \\", e, ": ", p);
+          }
+          bool negated = e == 'P';
+          if (!name.empty() && name[0] == '^') negated = !negated, name.erase(0, 1);
+          const char* delta = unicode_delta(name);
+          if (!*delta || (negated && in_class)) {
+            // Nothing to add, or a negation inside a class (cannot subtract
+            // there): PCRE2's own, Unicode 14, meaning.
+            out += str_cat(negated ? "\\P{" : "\\p{", name, "}");
+          } else {
+            items(str_cat("\\p{", name, "}", delta).c_str(), negated);
+          }
+          break;
+        }
         case 'h':
           items(kHexItems, false);
           break;

@@ -129,3 +129,25 @@ TEST(TokenizerGolden, RejectsInvalidUtf8) {
 
 }  // namespace
 }  // namespace dsv4
+
+namespace dsv4 {
+namespace {
+
+// Random and Unicode-15/16 texts tokenized by Hugging Face tokenizers 0.23.2
+// (tests/tokenizer/data/README.md).
+TEST(TokenizerGolden, HuggingFaceFuzzCases) {
+  auto tok = v4();
+  const auto cases =
+      read_jsonl(std::string(DSV4_SOURCE_DIR) + "/tests/tokenizer/data/hf_fuzz_cases.jsonl");
+  ASSERT_GT(cases.size(), 300u);
+  for (const json& c : cases) {
+    SCOPED_TRACE(c["id"].get<std::string>());
+    const std::string text = c["text"];
+    const auto ids = tok->encode(text);
+    EXPECT_EQ(ids, c["ids"].get<std::vector<int32_t>>()) << "text: " << text;
+    EXPECT_EQ(tok->decode(ids), text);
+  }
+}
+
+}  // namespace
+}  // namespace dsv4
