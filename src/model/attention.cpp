@@ -19,7 +19,7 @@ constexpr int64_t kTorchBf16Span = 32;
 
 void attention_forward(const ModelContext& ctx, const AttentionWeights& w, LayerState& state,
                        int64_t layer, int64_t pos, int64_t n, const float* x, float* out,
-                       ForwardObserver* observer) {
+                       const ForwardFrame& frame, ForwardObserver* observer) {
   const ModelConfig& cfg = ctx.cfg;
   const int64_t heads = cfg.n_heads, hd = cfg.head_dim, rd = cfg.rope_head_dim;
   const int64_t nope = hd - rd, window = cfg.window_size, ratio = state.ratio;
@@ -35,8 +35,15 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   for (int64_t i = 0; i < n; ++i)
     for (int64_t h = 0; h < heads; ++h) {
       float* qh = q.data() + (i * heads + h) * hd;
-      kernels::rms_norm_bf16_noweight(
-          qh, hd, ctx.eps(), kernels::torch_vectorized(i * heads + h, n * heads, kTorchBf16Span));
+      // Which rows the reference computes in torch's vectorised loop: those of
+      // its forward call (the whole prompt when its length is known).
+      const int64_t t = pos + i;
+      const bool in_prompt = frame.prompt_len > 0 && t < frame.prompt_len;
+      const bool exact =
+          in_prompt
+              ? kernels::torch_vectorized(t * heads + h, frame.prompt_len * heads, kTorchBf16Span)
+              : kernels::torch_vectorized(i * heads + h, n * heads, kTorchBf16Span);
+      kernels::rms_norm_bf16_noweight(qh, hd, ctx.eps(), exact);
       rope.apply(qh + nope, pos + i, false);
     }
 
@@ -73,9 +80,14 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   std::copy(state.compressed_kv.begin(), state.compressed_kv.end(), rows.begin() + comp_base * hd);
 
   // Index lists in the reference's layout: a window section (oldest → newest,
-  // −1 padded; as wide as the reference's: min(n, window) for a prefill from
-  // position 0, else window), then the compressed section.
-  const int64_t win_width = pos == 0 ? std::min(n, window) : window;
+  // −1 padded) as wide as the reference's (min(S, window) in a prefill of S
+  // tokens, window in decode), then the compressed section, then −1 padding.
+  // The section widths only move the 64-entry tile boundaries.
+  auto window_width = [&](int64_t t) {
+    if (frame.prompt_len > 0 && t < frame.prompt_len) return std::min(frame.prompt_len, window);
+    return pos == 0 ? std::min(n, window) : window;
+  };
+  const int64_t win_width = std::max(window_width(pos), window_width(pos + n - 1));
   int64_t comp_width = 0;
   if (w.has_indexer)
     comp_width = selection.width;
@@ -88,7 +100,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
     int32_t* row = idx.data() + i * width;
     const int64_t lo = std::max<int64_t>(0, t - (window - 1));
     for (int64_t p = lo; p <= t; ++p) row[p - lo] = static_cast<int32_t>(p - first);
-    int32_t* crow = row + win_width;
+    int32_t* crow = row + window_width(t);
     if (w.has_indexer) {
       for (int64_t k = 0; k < comp_width; ++k) {
         const int32_t e = selection.entries[i * comp_width + k];

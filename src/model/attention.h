@@ -17,6 +17,6 @@ namespace dsv4 {
 // indexer keys. `layer` is the block id reported to the observer.
 void attention_forward(const ModelContext& ctx, const AttentionWeights& w, LayerState& state,
                        int64_t layer, int64_t pos, int64_t n, const float* x, float* out,
-                       ForwardObserver* observer);
+                       const ForwardFrame& frame, ForwardObserver* observer);
 
 }  // namespace dsv4

@@ -9,7 +9,7 @@
 namespace dsv4 {
 
 void block_forward(const ModelContext& ctx, const BlockWeights& w, LayerState& state, int64_t pos,
-                   int64_t n, std::span<const int32_t> tokens, float* x,
+                   int64_t n, std::span<const int32_t> tokens, float* x, const ForwardFrame& frame,
                    ForwardObserver* observer) {
   const int64_t dim = ctx.cfg.dim, layer = w.layer_id;
   std::vector<float> h(n * dim), out(n * dim);
@@ -18,7 +18,7 @@ void block_forward(const ModelContext& ctx, const BlockWeights& w, LayerState& s
   hc_pre(ctx, w.hc_attn, x, n, h.data(), &mix);
   const std::vector<float> attn_norm = to_f32(w.attn_norm);
   kernels::rms_norm(h.data(), n, dim, attn_norm.data(), ctx.eps(), h.data());
-  attention_forward(ctx, w.attn, state, layer, pos, n, h.data(), out.data(), observer);
+  attention_forward(ctx, w.attn, state, layer, pos, n, h.data(), out.data(), frame, observer);
   if (observer) observer->on_attn_out(layer, pos, n, out.data());
   hc_post(ctx, out.data(), x, mix, n, x);
 

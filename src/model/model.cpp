@@ -61,7 +61,7 @@ void Model::run_block(SequenceState& state, int64_t layer, int64_t pos,
   if (layer < 0 || layer >= config().n_layers)
     fail("block ", layer, " does not exist (the model has ", config().n_layers, ")");
   block_forward(*ctx_, weights_.layers[layer], state.layers[layer], pos,
-                static_cast<int64_t>(tokens.size()), tokens, x, observer);
+                static_cast<int64_t>(tokens.size()), tokens, x, state.frame, observer);
 }
 
 void Model::head_logits(const float* x, float* logits) const {
@@ -79,7 +79,7 @@ void Model::mtp(SequenceState& state, int64_t k, const float* hidden, std::span<
   std::vector<float> y(n * stream);
   const MtpWeights& w = weights_.mtp[k];
   mtp_forward(*ctx_, w, weights_.embed, state.mtp[k], state.mtp_pos, n, hidden, next, y.data(),
-              observer);
+              state.frame, observer);
   state.mtp_pos += n;
   if (last_logits) {
     last_logits->resize(cfg.vocab_size);

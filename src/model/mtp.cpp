@@ -10,7 +10,8 @@ namespace dsv4 {
 
 void mtp_forward(const ModelContext& ctx, const MtpWeights& w, const TensorView& embed,
                  LayerState& state, int64_t pos, int64_t n, const float* hidden,
-                 std::span<const int32_t> next, float* out, ForwardObserver* observer) {
+                 std::span<const int32_t> next, float* out, const ForwardFrame& frame,
+                 ForwardObserver* observer) {
   const ModelConfig& cfg = ctx.cfg;
   const int64_t dim = cfg.dim, hc = cfg.hc_mult;
   // e = e_proj(enorm(embed(next))), h = h_proj(hnorm(hidden)) per stream.
@@ -35,7 +36,7 @@ void mtp_forward(const ModelContext& ctx, const MtpWeights& w, const TensorView&
         float& v = out[(i * hc + s) * dim + c];
         v = kernels::bf16_round(ep[i * dim + c] + v);
       }
-  block_forward(ctx, w.block, state, pos, n, next, out, observer);
+  block_forward(ctx, w.block, state, pos, n, next, out, frame, observer);
 }
 
 }  // namespace dsv4

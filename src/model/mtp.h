@@ -18,6 +18,7 @@ namespace dsv4 {
 // MTP block's hc_head and norm).
 void mtp_forward(const ModelContext& ctx, const MtpWeights& w, const TensorView& embed,
                  LayerState& state, int64_t pos, int64_t n, const float* hidden,
-                 std::span<const int32_t> next, float* out, ForwardObserver* observer);
+                 std::span<const int32_t> next, float* out, const ForwardFrame& frame,
+                 ForwardObserver* observer);
 
 }  // namespace dsv4

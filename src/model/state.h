@@ -41,9 +41,20 @@ struct LayerState {
   }
 };
 
+// How the current forward call relates to the reference's calls. The
+// reference prefills a whole prompt in one call and decodes one token per
+// call; a few bf16 rounding details (torch's vectorised vs scalar loops, the
+// width of the window section of the index lists) depend on the call's size.
+// Knowing the prompt length lets a prompt fed in chunks reproduce the
+// whole-prompt prefill exactly.
+struct ForwardFrame {
+  int64_t prompt_len = 0;  // 0 = unknown: every call is its own frame
+};
+
 struct SequenceState {
   int64_t pos = 0;      // next position of the main model
   int64_t mtp_pos = 0;  // next position of the MTP block(s)
+  ForwardFrame frame;   // set by callers that prefill a known prompt in chunks
   std::vector<LayerState> layers;
   std::vector<LayerState> mtp;
 };

@@ -153,6 +153,7 @@ TraceTensors run_trace(const Model& model, const SafetensorsFile& golden,
   out["tokens"] = TraceTensor{{total}, true, {}, tokens};
   Recorder rec(cfg, S, T, sub, &out);
   auto state = model.new_sequence();
+  state->frame.prompt_len = S;  // chunks reproduce the whole-prompt prefill
   const std::span<const int32_t> all(tokens);
   std::vector<float> logits(cfg.vocab_size);
   TraceTensor& prefill_logits = rec.f32("prefill.logits", {cfg.vocab_size});
