@@ -216,7 +216,7 @@ struct TokenizerImpl {
 
   // Word cache: BPE of a pre-token depends only on its bytes.
   mutable std::mutex cache_mu;
-  mutable std::unordered_map<std::string, std::vector<int32_t>> cache;
+  mutable StringMap<std::vector<int32_t>> cache;
   static constexpr size_t kCacheCapacity = 200000, kCacheMaxWord = 256;
 
   struct Scratch {
@@ -452,7 +452,7 @@ struct TokenizerImpl {
     const bool cacheable = word.size() <= kCacheMaxWord;
     if (cacheable) {
       std::lock_guard<std::mutex> lock(cache_mu);
-      auto it = cache.find(std::string(word));
+      auto it = cache.find(word);
       if (it != cache.end()) {
         ids.insert(ids.end(), it->second.begin(), it->second.end());
         return;
