@@ -4,6 +4,7 @@ dequantisation against an independent decode, and the training forward (finite l
 and equality of the causal training forward with the inference prefill when rounding is exact).
 Exit 0 = pass, 1 = fail, 77 = torch missing."""
 
+import json
 import os
 import sys
 import tempfile
@@ -19,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from v4ref import quant  # noqa: E402
 from v4ref.model import load_model, read_checkpoint  # noqa: E402
 from v4ref.quant import EXACT, TRAIN_FP32, TRAIN_STE  # noqa: E402
+from v4ref.export import save_checkpoint  # noqa: E402
 from v4ref.trace import trace  # noqa: E402
 from v4ref.safetensors_io import (E4M3_TABLE, SafetensorsFile, load_file, pack_e2m1,  # noqa: E402
                                   save_file, unpack_e2m1)
@@ -179,8 +181,34 @@ def test_trace_format():
     expect(err < 1e-3, f"trace prefill.hidden.layer0 matches the golden ({err:.3g})")
 
 
+def test_export_roundtrip():
+    """save_checkpoint writes the released storage types; re-loading gives the same model."""
+    model = load_model(CKPT)
+    with tempfile.TemporaryDirectory() as d:
+        save_checkpoint(model, d, shards=3)
+        again = load_model(d)
+        orig_index = json.load(open(os.path.join(CKPT, "model.safetensors.index.json")))
+        new_index = json.load(open(os.path.join(d, "model.safetensors.index.json")))
+        expect(set(orig_index["weight_map"]) == set(new_index["weight_map"]),
+               "exported checkpoint has the original tensor names")
+        files = {}
+        same_types = True
+        for name, shard in orig_index["weight_map"].items():
+            a = files.setdefault(("o", shard), SafetensorsFile(os.path.join(CKPT, shard)))
+            nshard = new_index["weight_map"][name]
+            b = files.setdefault(("n", nshard), SafetensorsFile(os.path.join(d, nshard)))
+            same_types &= (a.dtype(name), a.shape(name)) == (b.dtype(name), b.shape(name))
+        expect(same_types, "exported tensors have the original dtypes and shapes")
+    p1 = dict(model.named_parameters())
+    p1.update(dict(model.named_buffers()))
+    p2 = dict(again.named_parameters())
+    p2.update(dict(again.named_buffers()))
+    expect(all(torch.equal(p1[n], p2[n]) for n in p1), "export + load reproduces every parameter")
+
+
 def main():
     torch.set_num_threads(2)
+    test_export_roundtrip()
     test_trace_format()
     test_rounding()
     test_safetensors_roundtrip()
