@@ -72,25 +72,25 @@ const char* anthropic_type(ErrorKind kind) {
   return "api_error";
 }
 
-std::string describe(const nlohmann::json& v) {
+std::string describe(const Json& v) {
   switch (v.type()) {
-    case nlohmann::json::value_t::null:
+    case Json::value_t::null:
       return "null";
-    case nlohmann::json::value_t::boolean:
+    case Json::value_t::boolean:
       return std::string("boolean `") + (v.get<bool>() ? "true" : "false") + "`";
-    case nlohmann::json::value_t::string: {
+    case Json::value_t::string: {
       std::string s = v.get<std::string>();
       if (s.size() > 40) s = s.substr(0, 40) + "...";
-      return "string " + nlohmann::json(s).dump();
+      return "string " + Json(s).dump();
     }
-    case nlohmann::json::value_t::number_integer:
-    case nlohmann::json::value_t::number_unsigned:
+    case Json::value_t::number_integer:
+    case Json::value_t::number_unsigned:
       return "integer `" + v.dump() + "`";
-    case nlohmann::json::value_t::number_float:
+    case Json::value_t::number_float:
       return "floating point `" + v.dump() + "`";
-    case nlohmann::json::value_t::array:
+    case Json::value_t::array:
       return "sequence";
-    case nlohmann::json::value_t::object:
+    case Json::value_t::object:
       return "map";
     default:
       return "value";
@@ -99,19 +99,18 @@ std::string describe(const nlohmann::json& v) {
 
 }  // namespace
 
-nlohmann::json error_body(ErrorKind kind, const std::string& message, const std::string& param,
-                          ApiStyle style) {
+Json error_body(ErrorKind kind, const std::string& message, const std::string& param,
+                ApiStyle style) {
   if (style == ApiStyle::kAnthropic)
     return {{"type", "error"}, {"error", {{"type", anthropic_type(kind)}, {"message", message}}}};
   return {{"error",
            {{"message", message},
             {"type", openai_type(kind)},
-            {"param", param.empty() ? nlohmann::json(nullptr) : nlohmann::json(param)},
+            {"param", param.empty() ? Json(nullptr) : Json(param)},
             {"code", "invalid_request_error"}}}};
 }
 
-void throw_type_mismatch(const std::string& path, const nlohmann::json& value,
-                         const std::string& expected) {
+void throw_type_mismatch(const std::string& path, const Json& value, const std::string& expected) {
   throw ApiError(ErrorKind::kTypeMismatch,
                  "Failed to deserialize the JSON body into the target type: " + path +
                      ": invalid type: " + describe(value) + ", expected " + expected,

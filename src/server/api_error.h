@@ -9,6 +9,11 @@
 
 namespace dsv4::server {
 
+// The server's JSON type: objects keep their insertion order, so tool schemas
+// and arguments reach the chat encoder in the order the client wrote them
+// (the official encoder's json.dumps output depends on it).
+using Json = nlohmann::ordered_json;
+
 enum class ErrorKind {
   kInvalidRequest,  // 400
   kTypeMismatch,    // 422 on OpenAI routes (serde-style), 400 on Anthropic routes
@@ -36,16 +41,16 @@ class ApiError : public std::runtime_error {
 };
 
 int error_status(ErrorKind kind, ApiStyle style);
-nlohmann::json error_body(ErrorKind kind, const std::string& message, const std::string& param,
-                          ApiStyle style);
-inline nlohmann::json error_body(const ApiError& e, ApiStyle style) {
+Json error_body(ErrorKind kind, const std::string& message, const std::string& param,
+                ApiStyle style);
+inline Json error_body(const ApiError& e, ApiStyle style) {
   return error_body(e.kind(), e.what(), e.param(), style);
 }
 
 // The type mismatch message DeepSeek's (serde) deserializer produces, e.g.
 // "Failed to deserialize the JSON body into the target type: temperature:
 // invalid type: string \"hot\", expected a number".
-[[noreturn]] void throw_type_mismatch(const std::string& path, const nlohmann::json& value,
+[[noreturn]] void throw_type_mismatch(const std::string& path, const Json& value,
                                       const std::string& expected);
 
 }  // namespace dsv4::server

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/backend.h"
+#include "server/api_error.h"
 
 namespace dsv4::server {
 
@@ -48,7 +49,7 @@ class ChatBackend {
   // tool_calls, tool_call_id; a final assistant message may carry
   // "wo_eos": true to be continued). Throws dsv4::Error for conversations the
   // encoder rejects (the server answers 400 with its message).
-  virtual std::vector<int32_t> encode_chat(const nlohmann::json& conversation) const = 0;
+  virtual std::vector<int32_t> encode_chat(const Json& conversation) const = 0;
 
   // Fill-in-the-middle prompt: prefix, then the model writes what goes before `suffix`.
   virtual std::vector<int32_t> encode_fim(const std::string& prefix,

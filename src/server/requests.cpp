@@ -7,7 +7,7 @@
 
 namespace dsv4::server {
 
-using nlohmann::json;
+using json = Json;
 
 namespace {
 
@@ -459,14 +459,20 @@ ChatJob parse_openai_chat(const json& body, bool beta, const ModelNames& names) 
     const std::string role = mf.required_str("role");
     json o = {{"role", role}};
     const bool last = i + 1 == msgs->size();
-    if (role == "system" || role == "user" || role == "developer") {
+    if (role == "system" || role == "developer") {
+      // Lenient: a null system content renders as empty, as the encoder does.
       const json* c = mf.get("content");
-      o["content"] = c ? *read_text_content(*c, path + ".content", false) : std::string();
-      if (!c && role != "developer") mf.missing("content");
-    } else if (role == "tool") {
+      o["content"] = c ? json(*read_text_content(*c, path + ".content", false)) : json(nullptr);
+    } else if (role == "user") {
       const json* c = mf.get("content");
       if (!c) mf.missing("content");
       o["content"] = *read_text_content(*c, path + ".content", false);
+    } else if (role == "tool") {
+      const json* c = mf.get("content");
+      if (!c) mf.missing("content");
+      read_text_content(*c, path + ".content", false);  // validates: text parts only
+      // Text-part lists go to the encoder as they are: it renders them itself.
+      o["content"] = *c;
       o["tool_call_id"] = mf.required_str("tool_call_id");
     } else if (role == "assistant") {
       const json* c = mf.get("content");

@@ -48,7 +48,7 @@ class ModelNames {
 struct ChatJob {
   ApiStyle style = ApiStyle::kOpenAI;
   ModelNames::Resolved model;
-  nlohmann::json conversation;  // the chat encoder's input (see ChatBackend)
+  Json conversation;  // the chat encoder's input (see ChatBackend)
   bool thinking = true;
   bool parser_thinking = true;  // output starts inside the reasoning section
   bool prefix = false;          // chat prefix completion (continues the last assistant)
@@ -75,15 +75,14 @@ struct FimJob {
 };
 
 // POST /chat/completions. beta: the /beta prefix (prefix completion, strict tools).
-ChatJob parse_openai_chat(const nlohmann::json& body, bool beta, const ModelNames& names);
+ChatJob parse_openai_chat(const Json& body, bool beta, const ModelNames& names);
 
 // POST /anthropic/v1/messages (count_only: /count_tokens, where max_tokens
 // and stream are not required).
-ChatJob parse_anthropic_messages(const nlohmann::json& body, const ModelNames& names,
-                                 bool count_only);
+ChatJob parse_anthropic_messages(const Json& body, const ModelNames& names, bool count_only);
 
 // POST /completions (FIM when suffix is given; plain continuation otherwise).
-FimJob parse_completion(const nlohmann::json& body, const ModelNames& names);
+FimJob parse_completion(const Json& body, const ModelNames& names);
 
 // reasoning_effort spellings -> "high" | "max" (April surface plus the later
 // spellings of api-surface.md §0.2). Throws for unknown values.

@@ -19,7 +19,7 @@
 
 namespace dsv4::server {
 
-using nlohmann::json;
+using json = Json;
 using Clock = std::chrono::steady_clock;
 
 bool is_loopback_host(const std::string& host) {

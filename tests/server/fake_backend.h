@@ -122,7 +122,7 @@ class FakeParser : public OutputParser {
 
 class FakeChatBackend : public ChatBackend {
  public:
-  std::vector<int32_t> encode_chat(const nlohmann::json& conversation) const override {
+  std::vector<int32_t> encode_chat(const Json& conversation) const override {
     last_conversation = conversation;
     auto ids = bytes_to_ids(conversation.dump());
     ids.insert(ids.begin(), kBos);
@@ -149,7 +149,7 @@ class FakeChatBackend : public ChatBackend {
   }
   std::shared_ptr<const engine::Detokenizer> detokenizer() const override { return detok_; }
 
-  mutable nlohmann::json last_conversation;
+  mutable Json last_conversation;
 
  private:
   std::shared_ptr<ByteDetokenizer> detok_ = std::make_shared<ByteDetokenizer>();

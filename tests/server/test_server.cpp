@@ -449,7 +449,10 @@ TEST(Server, ContextOverflowTexts) {
   json req = chat();
   req["max_tokens"] = 150;
   const int64_t prompt = static_cast<int64_t>(
-      s.backend->encode_chat(parse_openai_chat(req, false, ModelNames()).conversation).size());
+      s.backend
+          ->encode_chat(
+              parse_openai_chat(Json::parse(req.dump()), false, ModelNames()).conversation)
+          .size());
   expect_openai_error(s.post("/chat/completions", req), 400,
                       "This model's maximum context length is 200 tokens. However, you requested " +
                           std::to_string(prompt + 150) + " tokens (" + std::to_string(prompt) +
@@ -630,7 +633,10 @@ TEST(Server, AnthropicMessagesNonStream) {
   json counted = a;
   EXPECT_EQ(
       ct["input_tokens"],
-      s.backend->encode_chat(parse_anthropic_messages(a, ModelNames(), true).conversation).size());
+      s.backend
+          ->encode_chat(
+              parse_anthropic_messages(Json::parse(a.dump()), ModelNames(), true).conversation)
+          .size());
   // Unknown non-claude model: 404 not_found_error.
   a["model"] = "gpt-4o";
   expect_anthropic_error(s.post("/v1/messages", a), 404, "not_found_error");
