@@ -151,6 +151,8 @@ TraceTensors run_trace(const Model& model, const SafetensorsFile& golden,
 
   TraceTensors out;
   out["tokens"] = TraceTensor{{total}, true, {}, tokens};
+  if (!sub.empty())
+    out["prefill.sub_positions"] = TraceTensor{{static_cast<int64_t>(sub.size())}, true, {}, sub};
   Recorder rec(cfg, S, T, sub, &out);
   auto state = model.new_sequence();
   state->frame.prompt_len = S;  // chunks reproduce the whole-prompt prefill
