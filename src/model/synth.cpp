@@ -326,24 +326,37 @@ double uniform01(uint64_t key, uint64_t i) {  // in (0, 1)
   return (static_cast<double>(mix64(key ^ mix64(i)) >> 11) + 0.5) * 0x1.0p-53;
 }
 
-// Standard normal values for elements [begin, begin + n), Box-Muller over
-// element pairs (2j, 2j+1).
+// Inverse of the standard normal CDF (Acklam's rational approximation,
+// relative error < 1.2e-9): one uniform per value and no transcendental call
+// in the central 95 %, several times faster than Box-Muller.
+double inverse_normal_cdf(double p) {
+  static constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,
+                                 -2.759285104469687e+02, 1.383577518672690e+02,
+                                 -3.066479806614716e+01, 2.506628277459239e+00};
+  static constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02,
+                                 -1.556989798598866e+02, 6.680131188771972e+01,
+                                 -1.328068155288572e+01};
+  static constexpr double c[] = {-7.784894002430293e-03, -3.223964580411365e-01,
+                                 -2.400758277161838e+00, -2.549671010422256e+00,
+                                 4.374664141464968e+00,  2.938163982698783e+00};
+  static constexpr double d[] = {7.784695709041462e-03, 3.224671290700398e-01,
+                                 2.445134137142996e+00, 3.754408661907416e+00};
+  constexpr double kLow = 0.02425;
+  auto tail = [&](double q) {
+    return (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+           ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1);
+  };
+  if (p < kLow) return tail(std::sqrt(-2 * std::log(p)));
+  if (p > 1 - kLow) return -tail(std::sqrt(-2 * std::log(1 - p)));
+  const double q = p - 0.5, r = q * q;
+  return (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+         (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1);
+}
+
+// N(0, scale^2) values for elements [begin, begin + n).
 void fill_normal(uint64_t key, uint64_t begin, size_t n, float scale, float* out) {
-  // float math: twice the speed of double, and 24-bit uniforms need no more.
-  constexpr float kTwoPi = 6.2831853f;
-  for (size_t k = 0; k < n;) {
-    const uint64_t i = begin + k;
-    const uint64_t h = mix64(key ^ mix64(i >> 1));
-    const float u1 = (static_cast<float>(h >> 40) + 0.5f) * 0x1.0p-24f;
-    const float u2 = static_cast<float>(h & 0xFFFFFF) * 0x1.0p-24f;
-    const float r = std::sqrt(-2.0f * std::log(u1)) * scale;
-    if ((i & 1) == 0) {
-      out[k++] = r * std::cos(kTwoPi * u2);
-      if (k < n) out[k++] = r * std::sin(kTwoPi * u2);
-    } else {
-      out[k++] = r * std::sin(kTwoPi * u2);
-    }
-  }
+  for (size_t k = 0; k < n; ++k)
+    out[k] = static_cast<float>(inverse_normal_cdf(uniform01(key, begin + k))) * scale;
 }
 
 void parallel_fill_normal(uint64_t key, uint64_t begin, size_t n, float scale, float* out) {
