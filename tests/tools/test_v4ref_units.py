@@ -18,8 +18,9 @@ except ImportError:
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
 from v4ref import quant  # noqa: E402
-from v4ref.model import load_model, read_checkpoint  # noqa: E402
-from v4ref.quant import EXACT, TRAIN_FP32, TRAIN_STE  # noqa: E402
+from v4ref.config import ModelArgs  # noqa: E402
+from v4ref.model import Transformer, load_model, read_checkpoint, sparse_attention  # noqa: E402
+from v4ref.quant import EXACT, TRAIN_FP32, TRAIN_STE, Numerics  # noqa: E402
 from v4ref.export import save_checkpoint  # noqa: E402
 from v4ref.trace import trace  # noqa: E402
 from v4ref.safetensors_io import (E4M3_TABLE, SafetensorsFile, load_file, pack_e2m1,  # noqa: E402
@@ -206,8 +207,64 @@ def test_export_roundtrip():
     expect(all(torch.equal(p1[n], p2[n]) for n in p1), "export + load reproduces every parameter")
 
 
+def test_tiled_attention():
+    """The tiled online softmax (tiles of 64, running max) equals one plain softmax when nothing
+    is rounded, across tiles, masked entries and a fully masked first tile."""
+    torch.manual_seed(1)
+    B, S, H, d, N, K = 1, 6, 3, 32, 300, 150
+    q, kv = torch.randn(B, S, H, d), torch.randn(B, N, d)
+    idx = torch.randint(0, N, (B, S, K))
+    idx[0, 1, ::3] = -1
+    idx[0, 2, :64] = -1  # first tile fully masked
+    sink = torch.randn(H)
+    plain = sparse_attention(q, kv, sink, idx, 0.2, TRAIN_FP32)
+    tiled = sparse_attention(q, kv, sink, idx, 0.2,
+                             Numerics(round="off", quant="off", tiled_attention=True))
+    expect(torch.allclose(plain, tiled, rtol=1e-5, atol=1e-6),
+           "tiled online-softmax attention == plain softmax with sink")
+
+
+def test_decode_matches_causal_forward():
+    """On a random model with other dimensions and layer order (CSA first, HCA ratio 8, a window
+    layer, a CSA MTP block, window 8 < prompt), prefill + one-token decode steps give the same
+    logits as the causal full-sequence forward (fp32, no rounding): caches, ring order,
+    compressor states and index offsets are consistent with the prefill semantics."""
+    args = ModelArgs(vocab_size=97, dim=128, moe_inter_dim=64, n_layers=3, n_hash_layers=1,
+                     n_heads=4, n_routed_experts=4, n_activated_experts=2, route_scale=2.0,
+                     q_lora_rank=64, head_dim=128, rope_head_dim=64, o_groups=2, o_lora_rank=32,
+                     window_size=8, compress_ratios=[4, 8, 0, 4], original_seq_len=64,
+                     rope_factor=4.0, index_n_heads=2, index_head_dim=128, index_topk=3,
+                     hc_sinkhorn_iters=5).validate()
+    model = Transformer(args)
+    model.init_random_(seed=3, std=0.2)
+    ids = torch.randint(0, args.vocab_size, (1, 41), generator=torch.Generator().manual_seed(4))
+    S = 13
+    with torch.no_grad():
+        full, mtp_full = model.forward_train(ids, TRAIN_FP32)
+        h = model.run_layers(ids, 0, None, TRAIN_FP32)
+        cache = model.new_cache(1)
+        worst = 0.0
+        for t in range(S - 1, ids.shape[1]):
+            if t == S - 1:
+                got = model.forward_step(ids[:, :S], 0, cache, TRAIN_FP32)[0]
+            else:
+                got = model.forward_step(ids[:, t:t + 1], t, cache, TRAIN_FP32)[0]
+            worst = max(worst, ((got - full[0, t]).norm() / full[0, t].norm()).item())
+        expect(worst < 1e-4, f"decode == causal forward on a random config (max rel {worst:.2g})")
+        mcache = model.new_cache(1)
+        m0, _ = model.mtp_step(h[:, :S], ids[:, 1:S + 1], 0, mcache, TRAIN_FP32)
+        m1, _ = model.mtp_step(h[:, S:S + 1], ids[:, S + 1:S + 2], S, mcache, TRAIN_FP32)
+        err = max(((m0[0] - mtp_full[0, S - 1]).norm() / mtp_full[0, S - 1].norm()).item(),
+                  ((m1[0] - mtp_full[0, S]).norm() / mtp_full[0, S].norm()).item())
+        expect(err < 1e-4, f"MTP prefill/decode == MTP training forward (max rel {err:.2g})")
+        exact = model.forward_step(ids[:, :S], 0, model.new_cache(1), EXACT)[0]
+        expect(bool(torch.isfinite(exact).all()), "exact numerics run on a non-golden config")
+
+
 def main():
     torch.set_num_threads(2)
+    test_tiled_attention()
+    test_decode_matches_causal_forward()
     test_export_roundtrip()
     test_trace_format()
     test_rounding()

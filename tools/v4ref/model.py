@@ -804,6 +804,33 @@ class Transformer(nn.Module):
 
     # -- training --------------------------------------------------------------------------------
 
+    @torch.no_grad()
+    def init_random_(self, seed: int = 0, std: float = 0.02):
+        """Random initialisation for training from scratch: normal(0, std) projections and
+        embeddings, unit norms, hyper-connections starting near an even mix, zero sinks / ape /
+        gate bias, and a random hash table (distinct experts per token)."""
+        gen = torch.Generator().manual_seed(seed)
+        a = self.args
+        for name, p in self.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif leaf in ("attn_sink", "ape", "bias") or "_base" in leaf:
+                p.zero_()
+            elif "_scale" in leaf:
+                p.fill_(1.0)
+            elif "_fn" in leaf:
+                p.normal_(0.0, std / math.sqrt(a.hc_mult), generator=gen)
+            else:
+                p.normal_(0.0, std, generator=gen)
+        for module in self.modules():
+            if isinstance(module, Gate) and module.hash:
+                scores = torch.rand(a.vocab_size, a.n_routed_experts, generator=gen)
+                module.tid2eid.copy_(scores.topk(module.topk, dim=-1).indices)
+        for module in self.modules():  # snap weights to the grids their storage type implies
+            if isinstance(module, QLinear) and module.kind in ("fp8", "fp4"):
+                module.weight.copy_(bf16(module.weight))
+
     def forward_train(self, ids: torch.Tensor, nm: Numerics = quant.TRAIN_STE,
                       with_mtp: bool = True):
         """Causal full-sequence forward of a batch ids [B,S] (differentiable).

@@ -79,10 +79,17 @@ def pow2_ceil(x: torch.Tensor) -> torch.Tensor:
 
 
 def _blockwise(x: torch.Tensor, block: int):
+    """[..., n] -> [..., ceil(n/block), block]; a partial last block is zero-padded (zeros do not
+    change its amax). The reference requires n % block == 0; this only widens the domain."""
     n = x.shape[-1]
-    if n % block:
-        raise ValueError(f"last dimension {n} is not a multiple of the quantisation block {block}")
-    return x.reshape(*x.shape[:-1], n // block, block)
+    pad = (-n) % block
+    if pad:
+        x = torch.cat([x, x.new_zeros(*x.shape[:-1], pad)], dim=-1)
+    return x.reshape(*x.shape[:-1], (n + pad) // block, block)
+
+
+def _unblock(xb: torch.Tensor, shape) -> torch.Tensor:
+    return xb.reshape(*shape[:-1], -1)[..., :shape[-1]]
 
 
 def _fp8_fake(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -90,7 +97,7 @@ def _fp8_fake(x: torch.Tensor, block: int) -> torch.Tensor:
     amax = xb.abs().amax(-1, keepdim=True).clamp(min=1e-4)
     s = pow2_ceil(amax * torch.tensor(1.0 / FP8_MAX, dtype=torch.float32))
     q = round_e4m3(torch.clamp(xb / s, -FP8_MAX, FP8_MAX))
-    return (q * s).reshape(x.shape)
+    return _unblock(q * s, x.shape)
 
 
 def _fp4_fake(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -98,7 +105,7 @@ def _fp4_fake(x: torch.Tensor, block: int) -> torch.Tensor:
     amax = xb.abs().amax(-1, keepdim=True).clamp(min=FP4_MAX * 2.0**-126)
     s = pow2_ceil(amax * torch.tensor(1.0 / FP4_MAX, dtype=torch.float32))
     q = round_e2m1(torch.clamp(xb / s, -FP4_MAX, FP4_MAX))
-    return (q * s).reshape(x.shape)
+    return _unblock(q * s, x.shape)
 
 
 def fp8_fake_quant(x: torch.Tensor, block: int, nm: Numerics = EXACT) -> torch.Tensor:
