@@ -35,7 +35,9 @@ class OutputParser {
  public:
   virtual ~OutputParser() = default;
   virtual std::vector<OutputEvent> push(std::string_view text) = 0;
-  virtual std::vector<OutputEvent> finish() = 0;
+  // End of output; ended_by_eos: the model stopped on its end token (as
+  // opposed to a length limit, a stop string or a cancel).
+  virtual std::vector<OutputEvent> finish(bool ended_by_eos) = 0;
 };
 
 class ChatBackend {

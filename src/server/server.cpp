@@ -588,7 +588,7 @@ struct ApiServer::Impl {
       }
       std::vector<OutputEvent> evs = parser->push(ev.text);
       if (ev.done) {
-        auto tail = parser->finish();
+        auto tail = parser->finish(ev.stopped_by_token);
         evs.insert(evs.end(), tail.begin(), tail.end());
       }
       // This event's tokens were reasoning if they produced reasoning text,

@@ -10,9 +10,9 @@ namespace {
 
 // chat::OutputParser events -> the server's. The official parser needs the
 // EOS text to close the answer, which the engine never decodes (it stops on
-// the EOS id), so finish() feeds it. Once the official parser rejects the
-// text (a random-weight model writes anything), the rest is passed through
-// as content rather than dropped.
+// the EOS id), so finish() feeds it when the model stopped there. Once the official parser rejects
+// the text (a random-weight model writes anything), the rest is passed through as content rather
+// than dropped.
 class V4OutputParser : public OutputParser {
  public:
   explicit V4OutputParser(bool thinking) : parser_(thinking) {}
@@ -25,9 +25,11 @@ class V4OutputParser : public OutputParser {
     return convert(parser_.feed(text));
   }
 
-  std::vector<OutputEvent> finish() override {
+  std::vector<OutputEvent> finish(bool ended_by_eos) override {
     if (raw_) return {};
-    auto evs = convert(parser_.feed(chat::kEosToken));
+    // The EOS closes the answer for the official parser; a truncated output
+    // is flushed as it stands.
+    auto evs = ended_by_eos ? convert(parser_.feed(chat::kEosToken)) : std::vector<OutputEvent>{};
     if (!raw_) {
       auto tail = convert(parser_.finish());
       evs.insert(evs.end(), tail.begin(), tail.end());

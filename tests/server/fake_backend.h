@@ -83,7 +83,7 @@ class FakeParser : public OutputParser {
     }
     return out;
   }
-  std::vector<OutputEvent> finish() override {
+  std::vector<OutputEvent> finish(bool) override {
     std::vector<OutputEvent> out;
     if (!buf_.empty())
       out.push_back({reasoning_ ? OutputEvent::Kind::kReasoning

@@ -115,7 +115,7 @@ TEST(V4ChatBackend, OutputParserEventsAndEos) {
   };
   for (std::string piece : {"Let me", " think", "</thi", "nk>", "Hello", " world"})
     take(p->push(piece));
-  take(p->finish());  // the engine never decodes EOS; finish supplies it
+  take(p->finish(true));  // the engine never decodes EOS; finish supplies it
   EXPECT_EQ(reasoning, "Let me think");
   EXPECT_EQ(content, "Hello world");
 
@@ -124,8 +124,17 @@ TEST(V4ChatBackend, OutputParserEventsAndEos) {
   content.clear();
   take(q->push("a<｜begin▁of▁sentence｜>b"));
   take(q->push("c"));
-  take(q->finish());
+  take(q->finish(true));
   EXPECT_NE(content.find("c"), std::string::npos);
+
+  // A length-truncated reasoning is not closed with the EOS text.
+  auto r = backend.new_output_parser(true);
+  reasoning.clear();
+  content.clear();
+  take(r->push("still thinking"));
+  take(r->finish(false));
+  EXPECT_EQ(reasoning.find("end"), std::string::npos) << reasoning;
+  EXPECT_EQ(content.find("<｜end"), std::string::npos) << content;
 }
 
 TEST(V4ChatBackend, FimLayoutAndStopTokens) {

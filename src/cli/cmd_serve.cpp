@@ -1,0 +1,175 @@
+// dsv4 serve: the DeepSeek platform API over a local model.
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cli/command.h"
+#include "engine/scheduler.h"
+#include "engine/v4_backend.h"
+#include "model/model.h"
+#include "server/auth.h"
+#include "server/server.h"
+#include "server/v4_chat_backend.h"
+#include "tokenizer/tokenizer.h"
+#include "util/error.h"
+
+namespace dsv4::cli {
+namespace {
+
+constexpr const char* kUsage =
+    R"(usage: dsv4 serve [--model DIR] [--host 127.0.0.1] [--port 8000] [options]
+
+Serves the DeepSeek platform API (OpenAI chat completions and FIM completions,
+Anthropic messages, models, balance) plus /health, /metrics, /tokenize and
+/detokenize. Clients replace https://api.deepseek.com by http://HOST:PORT.
+See docs/api.md.
+
+options:
+  --model DIR          checkpoint folder (default: the bundled demo model)
+  --tokenizer DIR      folder with tokenizer.json (default: the model folder)
+  --host H             address to bind (default 127.0.0.1)
+  --port P             port (default 8000; 0 = any free port)
+  --api-key K          accepted API key (repeatable; also DSV4_API_KEYS, comma
+                       separated). Without keys only loopback binds are allowed
+  --insecure           allow a non-loopback bind without API keys
+  --served-name NAME   extra model name to answer to (repeatable)
+  --prices FILE        JSON price overrides, USD per 1M tokens:
+                       {"deepseek-v4-flash": {"input_cache_hit": 0.028,
+                        "input_cache_miss": 0.14, "output": 0.28}}
+  --budget KEY=USD     spending limit of an API key (repeatable); HTTP 402 after
+  --ledger FILE        per-key token and cost ledger, kept across restarts
+  --http-threads N     connections served at once (default 32)
+  --max-queue N        queued requests before HTTP 429 (default 128)
+  --keepalive S        seconds between keep-alives to queued streams (default 10)
+)";
+
+std::map<std::string, double> parse_budgets(const std::vector<std::string>& items) {
+  std::map<std::string, double> out;
+  for (const auto& item : items) {
+    const auto eq = item.rfind('=');
+    if (eq == std::string::npos || eq == 0 || eq + 1 == item.size())
+      fail("--budget expects KEY=USD, got \"", item, "\"");
+    char* end = nullptr;
+    const double usd = std::strtod(item.c_str() + eq + 1, &end);
+    if (*end != '\0' || !(usd >= 0)) fail("--budget ", item, ": USD must be a number >= 0");
+    out[item.substr(0, eq)] = usd;
+  }
+  return out;
+}
+
+int run_serve(int argc, char** argv) {
+  Args args("serve", argc, argv,
+            {{"help", false},
+             {"model", true},
+             {"tokenizer", true},
+             {"host", true},
+             {"port", true},
+             {"api-key", true, true},
+             {"insecure", false},
+             {"served-name", true, true},
+             {"prices", true},
+             {"budget", true, true},
+             {"ledger", true},
+             {"http-threads", true},
+             {"max-queue", true},
+             {"keepalive", true}});
+  if (args.has("help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (!args.positional().empty()) fail("unexpected argument \"", args.positional()[0], "\"");
+  const std::string model_dir = args.has("model") ? args.get("model") : default_model_dir();
+  const std::string tok_dir = args.get("tokenizer", model_dir);
+  if (!std::filesystem::exists(std::filesystem::path(tok_dir) / "tokenizer.json") &&
+      !std::filesystem::is_regular_file(tok_dir))
+    fail("no tokenizer.json in ", tok_dir,
+         "; pass --tokenizer DIR (e.g. models/deepseek-v4-tokenizer)");
+
+  server::ServerOptions opt;
+  opt.host = args.get("host", "127.0.0.1");
+  const int64_t port = args.get_int("port", 8000);
+  if (port < 0 || port > 65535) fail("--port must be in [0, 65535], got ", port);
+  opt.port = static_cast<int>(port);
+  opt.api_keys = args.all("api-key");
+  if (const char* env = std::getenv("DSV4_API_KEYS"))
+    for (auto& k : server::split_keys(env)) opt.api_keys.push_back(k);
+  opt.insecure = args.has("insecure");
+  opt.served_names = args.all("served-name");
+  opt.prices_file = args.get("prices");
+  opt.budgets = parse_budgets(args.all("budget"));
+  for (const auto& [key, usd] : opt.budgets) {
+    bool known = false;
+    for (const auto& k : opt.api_keys) known |= k == key;
+    if (!known) fail("--budget names a key that is not an --api-key: ", server::mask_key(key));
+  }
+  opt.ledger_file = args.get("ledger");
+  opt.http_threads = static_cast<int>(args.get_int("http-threads", 32));
+  if (opt.http_threads < 2) fail("--http-threads must be >= 2");
+  const int64_t max_queue = args.get_int("max-queue", 128);
+  if (max_queue < 1) fail("--max-queue must be >= 1");
+  opt.max_queue = static_cast<size_t>(max_queue);
+  const double ka = args.get_double("keepalive", 10.0);
+  if (!(ka > 0)) fail("--keepalive must be > 0 seconds");
+  opt.keepalive_interval = std::chrono::milliseconds(static_cast<int64_t>(ka * 1000));
+
+  // SIGINT/SIGTERM are taken by sigwait below, in every thread.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  // Serve /health (503 "Loading model") while the weights load.
+  server::ApiServer api(opt);
+  const int bound = api.bind();
+  std::thread http([&] { api.serve(); });
+  const std::string host =
+      opt.host.find(':') != std::string::npos ? "[" + opt.host + "]" : opt.host;
+  std::printf("dsv4 serve: http://%s:%d  (loading %s ...)\n", host.c_str(), bound,
+              model_dir.c_str());
+  std::fflush(stdout);
+
+  const auto t0 = std::chrono::steady_clock::now();
+  std::shared_ptr<const Tokenizer> tok;
+  std::shared_ptr<const Model> model;
+  try {
+    tok = Tokenizer::load(tok_dir);
+    model = std::make_shared<const Model>(model_dir);
+  } catch (...) {
+    api.stop();
+    http.join();
+    throw;
+  }
+  auto lm = std::make_shared<engine::V4LanguageModel>(model);
+  auto backend = std::make_shared<server::V4ChatBackend>(tok);
+  auto scheduler = std::make_shared<engine::Scheduler>(lm, backend->detokenizer());
+  api.attach(scheduler, backend);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("dsv4 serve: ready in %.1f s: model %s, context %lld tokens, vocab %d, %s\n", secs,
+              model_dir.c_str(), static_cast<long long>(lm->context_length()), lm->vocab_size(),
+              opt.api_keys.empty() ? "no API keys (loopback only)" : "API keys required");
+  std::printf(
+      "dsv4 serve: OpenAI base URL http://%s:%d (or /v1), Anthropic base URL "
+      "http://%s:%d/anthropic\n",
+      host.c_str(), bound, host.c_str(), bound);
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::printf("dsv4 serve: %s, stopping\n", sig == SIGINT ? "interrupted" : "terminated");
+  api.stop();
+  http.join();
+  return 0;
+}
+
+}  // namespace
+
+DSV4_COMMAND("serve", "serve the DeepSeek platform API (OpenAI + Anthropic formats)", run_serve);
+
+}  // namespace dsv4::cli
