@@ -87,9 +87,8 @@ void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y) {
             float acc = 0;
             for (int64_t k0 = 0; k0 < in; k0 += tile) {
               const int64_t k1 = std::min(in, k0 + tile);
-              double part = 0;  // products are exact; the tile sum rounds once
-              for (int64_t k = k0; k < k1; ++k) part += static_cast<double>(a[k]) * row[k];
-              acc += static_cast<float>(part);
+              // Products are exact; each tile's sum rounds once to fp32.
+              acc += static_cast<float>(dot_f64(a + k0, row.data() + k0, k1 - k0));
             }
             y[i * out + r] = bf16_round(acc);
           }
@@ -109,9 +108,7 @@ void plain_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, in
           dequant_row(w, row_begin + r, row.data());
           for (int64_t i = 0; i < m; ++i) {
             const float* a = x + i * ldx;
-            double acc = 0;
-            for (int64_t k = 0; k < in; ++k) acc += static_cast<double>(a[k]) * row[k];
-            const float v = static_cast<float>(acc);
+            const float v = static_cast<float>(dot_f64(a, row.data(), in));
             y[i * ldy + r] = round_bf16 ? bf16_round(v) : v;
           }
         }

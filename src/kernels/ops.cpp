@@ -169,9 +169,7 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, con
           float v = kNegInf;
           if (row[e] >= 0) {
             const float* kr = kv + static_cast<int64_t>(row[e]) * dim;
-            double dot = 0;
-            for (int64_t d = 0; d < dim; ++d) dot += static_cast<double>(qv[d]) * kr[d];
-            v = static_cast<float>(dot) * scale;
+            v = static_cast<float>(dot_f64(qv, kr, dim)) * scale;
           }
           z[e - b0] = v;
           tile_max = std::max(tile_max, v);

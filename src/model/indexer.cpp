@@ -58,9 +58,7 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
         for (int64_t h = 0; h < heads; ++h) {
           const float* qh = q.data() + (i * heads + h) * hd;
           const float* k = keys + j * hd;
-          double acc = 0;
-          for (int64_t c = 0; c < hd; ++c) acc += static_cast<double>(qh[c]) * k[c];
-          const float dot = kernels::bf16_round(static_cast<float>(acc));
+          const float dot = kernels::bf16_round(static_cast<float>(kernels::dot_f64(qh, k, hd)));
           sum += kernels::bf16_round(std::max(dot, 0.0f) * hw[i * heads + h]);
         }
         score[j] = kernels::bf16_round(sum);
