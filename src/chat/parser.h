@@ -72,6 +72,7 @@ class OutputParser {
   // The text is complete: flushes what was held back and emits kEnd or kError.
   std::vector<ParseEvent> finish();
 
+  bool thinking_mode() const { return thinking_; }
   bool failed() const { return failed_; }
   bool finished() const { return finished_; }
   // Set once failed(): the official exception's message and type.
