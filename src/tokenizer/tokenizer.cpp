@@ -10,6 +10,7 @@
 #include <sstream>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "tokenizer/regex.h"
 #include "tokenizer/utf8.h"
@@ -812,6 +813,7 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::string& dir_or_file)
   t.source = json_path.string();
   json doc;
   BigTables big;
+  std::unordered_set<std::string> special_contents;
   try {
     doc = parse_tokenizer_json(read_file(json_path), big);
   } catch (const json::exception& e) {
@@ -827,19 +829,37 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::string& dir_or_file)
     parse_decoder(doc.value("decoder", json()), t);
 
     if (doc.contains("added_tokens") && !doc["added_tokens"].is_null()) {
+      // Hugging Face (tokenizers 0.23) ignores the stored ids and assigns them
+      // again in file order: a content already added or in the vocab keeps
+      // that id, any other takes the next id counting from the vocab size. For
+      // a file it wrote itself this gives the stored ids.
+      int32_t next_id = static_cast<int32_t>(t.vocab.size());
+      std::unordered_map<int32_t, size_t> index_of_id;
       for (const json& a : doc["added_tokens"]) {
         AddedToken tokn;
-        tokn.id = a.at("id").get<int32_t>();
         tokn.content = a.at("content").get<std::string>();
         tokn.special = flag(a, "special", false);
         tokn.lstrip = flag(a, "lstrip", false);
         tokn.rstrip = flag(a, "rstrip", false);
         tokn.single_word = flag(a, "single_word", false);
         tokn.normalized = flag(a, "normalized", !tokn.special);
-        if (tokn.id < 0) fail(t.source, ": added token '", tokn.content, "' has a negative id");
+        if (tokn.content.empty()) continue;  // Hugging Face skips these
         if (utf8::find_invalid(tokn.content) != std::string_view::npos)
-          fail(t.source, ": added token ", tokn.id, " is not valid UTF-8");
-        t.added.push_back(std::move(tokn));
+          fail(t.source, ": added token ", a.value("id", -1), " is not valid UTF-8");
+        if (auto it = t.added_by_content.find(tokn.content); it != t.added_by_content.end())
+          tokn.id = it->second;
+        else if (auto v = t.vocab.find(tokn.content); v != t.vocab.end())
+          tokn.id = v->second;
+        else
+          tokn.id = next_id++;
+        t.added_by_content[tokn.content] = tokn.id;
+        if (tokn.special) special_contents.insert(tokn.content);
+        if (auto it = index_of_id.find(tokn.id); it != index_of_id.end()) {
+          t.added[it->second] = std::move(tokn);  // a later definition replaces the flags
+        } else {
+          index_of_id[tokn.id] = t.added.size();
+          t.added.push_back(std::move(tokn));
+        }
       }
     }
   } catch (const json::exception& e) {
@@ -859,16 +879,20 @@ std::shared_ptr<const Tokenizer> Tokenizer::load(const std::string& dir_or_file)
   bool any_strip = false;
   for (size_t i = 0; i < t.added.size(); ++i) {
     const AddedToken& a = t.added[i];
-    t.id_to_token[a.id] = a.content;
-    t.id_flags[a.id] = TokenizerImpl::kValid | (a.special ? TokenizerImpl::kSpecial : 0);
-    t.added_by_content[a.content] = a.id;
+    // A normalized token is matched, and decoded, as its normalized content.
+    const std::string form =
+        a.normalized && !t.normalizer.empty() ? t.normalize(a.content) : a.content;
+    t.id_to_token[a.id] = form;
+    t.id_flags[a.id] = TokenizerImpl::kValid;
     any_strip |= a.lstrip || a.rstrip || a.single_word;
-    if (!a.normalized)
-      t.raw_trie.insert(a.content, static_cast<int32_t>(i));
-    else
-      t.normalized_trie.insert(t.normalizer.empty() ? a.content : t.normalize(a.content),
-                               static_cast<int32_t>(i));
+    (a.normalized ? t.normalized_trie : t.raw_trie).insert(form, static_cast<int32_t>(i));
   }
+  // Hugging Face decides `special` by the token's string: any id whose string
+  // is the content of a special added token is skipped by
+  // decode(skip_special_tokens), a vocab id included.
+  for (size_t id = 0; id < t.id_to_token.size(); ++id)
+    if ((t.id_flags[id] & TokenizerImpl::kValid) && special_contents.count(t.id_to_token[id]))
+      t.id_flags[id] |= TokenizerImpl::kSpecial;
   if (any_strip) {
     // Rust's char::is_alphanumeric (+ '_') and char::is_whitespace.
     t.word_char.emplace("[\\p{Alphabetic}\\p{N}_]", t.source + ": single_word");

@@ -182,14 +182,14 @@ TEST_F(Synthetic, NormalizerAndNormalizedAddedTokens) {
   doc["normalizer"] = {
       {"type", "Sequence"},
       {"normalizers", {{{"type", "Replace"}, {"pattern", {{"String", "x"}}}, {"content", "a"}}}}};
-  doc["added_tokens"] = {{{"id", 300},
+  doc["added_tokens"] = {{{"id", 258},
                           {"content", "<nx>"},
                           {"special", false},
                           {"normalized", true},
                           {"lstrip", false},
                           {"rstrip", false},
                           {"single_word", false}},
-                         {{"id", 301},
+                         {{"id", 259},
                           {"content", "<rx>"},
                           {"special", true},
                           {"normalized", false},
@@ -200,15 +200,16 @@ TEST_F(Synthetic, NormalizerAndNormalizedAddedTokens) {
   EXPECT_EQ(tok->encode("xbc"), ids(*tok, {"abc"}));
   // The normalized token's content is normalized too ("<na>"), and matched on
   // normalized text; the raw token is matched before normalization only.
-  EXPECT_EQ(tok->encode("<nx>"), std::vector<int32_t>{300});
-  EXPECT_EQ(tok->encode("<na>"), std::vector<int32_t>{300});
-  EXPECT_EQ(tok->encode("<rx>"), std::vector<int32_t>{301});
+  EXPECT_EQ(tok->encode("<nx>"), std::vector<int32_t>{258});
+  EXPECT_EQ(tok->encode("<na>"), std::vector<int32_t>{258});
+  EXPECT_EQ(tok->encode("<rx>"), std::vector<int32_t>{259});
   EXPECT_EQ(tok->encode("<ra>"), ids(*tok, {"<", "r", "a", ">"}));
-  EXPECT_EQ(tok->decode(std::vector<int32_t>{301, 300}), "<rx><nx>");
-  EXPECT_EQ(tok->decode(std::vector<int32_t>{301, 300}, true), "<nx>");
-  EXPECT_EQ(tok->vocab_size(), 302);
-  EXPECT_FALSE(tok->is_valid_id(299));                         // a hole in the id space
-  EXPECT_EQ(tok->decode(std::vector<int32_t>{299, 97}), "a");  // skipped, as HF does
+  // Hugging Face decodes a normalized token as its normalized content.
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{259, 258}), "<rx><na>");
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{259, 258}, true), "<na>");
+  EXPECT_EQ(tok->vocab_size(), 260);
+  EXPECT_FALSE(tok->is_valid_id(260));                         // past the end
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{260, 97}), "a");  // skipped, as HF does
 }
 
 TEST_F(Synthetic, AddedTokenStripAndSingleWordFlags) {
@@ -222,15 +223,59 @@ TEST_F(Synthetic, AddedTokenStripAndSingleWordFlags) {
                 {"rstrip", rstrip},
                 {"single_word", single_word}};
   };
-  doc["added_tokens"] = {added(300, "<l>", true, false, false),
-                         added(301, "<r>", false, true, false),
-                         added(302, "[w]", false, false, true)};
+  doc["added_tokens"] = {added(256, "<l>", true, false, false),
+                         added(257, "<r>", false, true, false),
+                         added(258, "[w]", false, false, true)};
   auto tok = load(doc);
-  EXPECT_EQ(tok->encode("x  <l>y"), (std::vector<int32_t>{'x', 300, 'y'}));
-  EXPECT_EQ(tok->encode("x<r> \t y"), (std::vector<int32_t>{'x', 301, 'y'}));
-  EXPECT_EQ(tok->encode("a [w] b"), (std::vector<int32_t>{'a', ' ', 302, ' ', 'b'}));
+  EXPECT_EQ(tok->encode("x  <l>y"), (std::vector<int32_t>{'x', 256, 'y'}));
+  EXPECT_EQ(tok->encode("x<r> \t y"), (std::vector<int32_t>{'x', 257, 'y'}));
+  EXPECT_EQ(tok->encode("a [w] b"), (std::vector<int32_t>{'a', ' ', 258, ' ', 'b'}));
   EXPECT_EQ(tok->encode("a[w]"), (std::vector<int32_t>{'a', '[', 'w', ']'}));
   EXPECT_EQ(tok->encode("[w]_"), (std::vector<int32_t>{'[', 'w', ']', '_'}));
+}
+
+// Hugging Face assigns added-token ids itself (its output on such a file was
+// checked with tokenizers 0.23.2): the stored ids only agree for files it wrote.
+TEST_F(Synthetic, AddedTokenIdsAreAssignedAsHuggingFaceDoes) {
+  json doc = base({}, false);
+  doc["model"]["vocab"]["<x>"] = 300;  // ids 256..299 are holes; 257 entries
+  auto special = [](int id, const char* content) {
+    return json{
+        {"id", id},        {"content", content}, {"special", true},     {"normalized", false},
+        {"lstrip", false}, {"rstrip", false},    {"single_word", false}};
+  };
+  doc["added_tokens"] = {special(301, "<x>"), special(400, "<y>"), special(7, "<z>")};
+  auto tok = load(doc);
+  EXPECT_EQ(tok->encode("a<x>"), (std::vector<int32_t>{'a', 300}));  // the vocab id
+  // The others count on from the number of vocab entries (257).
+  EXPECT_EQ(tok->encode("<y><z>"), (std::vector<int32_t>{257, 258}));
+  EXPECT_EQ(tok->vocab_size(), 301);
+  EXPECT_FALSE(tok->is_valid_id(256));
+  EXPECT_FALSE(tok->is_valid_id(299));
+  EXPECT_TRUE(tok->is_special(300));
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{300, 97}), "<x>a");
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{300, 97}, true), "a");
+}
+
+// A content defined twice keeps its first id and takes the later flags; the
+// skip decision looks at the decoded string (checked with tokenizers 0.23.2).
+TEST_F(Synthetic, RepeatedAddedTokenContent) {
+  json doc = base({}, false);
+  doc["normalizer"] = {{"type", "Replace"}, {"pattern", {{"String", "x"}}}, {"content", "a"}};
+  auto token = [](int id, const char* content, bool special, bool normalized) {
+    return json{
+        {"id", id},        {"content", content}, {"special", special},  {"normalized", normalized},
+        {"lstrip", false}, {"rstrip", false},    {"single_word", false}};
+  };
+  doc["added_tokens"] = {token(256, "<nx>", false, true), token(257, "<rx>", true, false),
+                         token(258, "<x>", false, false), token(259, "<x>", true, true)};
+  auto tok = load(doc);
+  EXPECT_EQ(tok->encode("<x>"), std::vector<int32_t>{258});
+  EXPECT_EQ(tok->encode("<a>"), std::vector<int32_t>{258});  // now normalized: "<a>"
+  EXPECT_EQ(tok->vocab_size(), 259);
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{256, 257}), "<na><rx>");
+  // 258 decodes to "<a>", which is not a special token's content.
+  EXPECT_EQ(tok->decode(std::vector<int32_t>{256, 257, 258}, true), "<na><a>");
 }
 
 TEST_F(Synthetic, BosEosFromConfigOrWellKnownNames) {
