@@ -18,6 +18,8 @@
 
 #include "model/checkpoint.h"
 #include "model/inspect.h"
+#include "model/model.h"
+#include "model/state.h"
 #include "model/synth.h"
 #include "model/weights.h"
 #include "util/error.h"
@@ -549,6 +551,54 @@ float read_scalar(const TensorView& t, int64_t i) {
   return bf16_decode(h);
 }
 
+// Runs a prompt and a few decode steps through the real forward pass and
+// checks the logits are finite and not degenerate, and the residual streams
+// stay O(1) (the synthesized weights are scaled for that). Returns the RMS of
+// the last position's streams.
+double expect_sane_forward(const std::string& dir, int64_t prompt_len, int64_t decode_steps) {
+  Model model(dir);
+  const ModelConfig& c = model.config();
+  auto state = model.new_sequence();
+  std::vector<int32_t> tokens;
+  for (int64_t i = 0; i < prompt_len + decode_steps + 1; ++i)
+    tokens.push_back(static_cast<int32_t>((i * 7919 + 13) % c.vocab_size));
+  std::vector<float> logits, hidden;
+  Model::ForwardOptions opts;
+  opts.hidden = &hidden;
+  auto check = [&](const std::string& what) {
+    EXPECT_EQ(static_cast<int64_t>(logits.size()), c.vocab_size) << what;
+    double sum = 0, ss = 0;
+    for (float x : logits) {
+      EXPECT_TRUE(std::isfinite(x)) << what;
+      sum += x;
+      ss += double(x) * x;
+    }
+    const double n = static_cast<double>(logits.size());
+    EXPECT_GT(ss / n - (sum / n) * (sum / n), 1e-6) << what << ": constant logits";
+  };
+  model.forward(*state, std::span<const int32_t>(tokens.data(), prompt_len), &logits, opts);
+  check("prefill");
+  for (int64_t t = 0; t < decode_steps; ++t) {
+    model.forward(*state, std::span<const int32_t>(&tokens[prompt_len + t], 1), &logits, opts);
+    check("decode step " + std::to_string(t));
+  }
+  EXPECT_EQ(state->pos, prompt_len + decode_steps);
+  double ss = 0;
+  for (float x : hidden) ss += double(x) * x;
+  const double rms = std::sqrt(ss / static_cast<double>(hidden.size()));
+  EXPECT_GT(rms, 0.05);
+  EXPECT_LT(rms, 50.0);
+  std::printf("%s: final residual stream RMS %.3f\n", dir.c_str(), rms);
+  // The MTP block on the last main-model hidden state.
+  std::vector<float> mtp_logits;
+  model.mtp(*state, 0, hidden.data(),
+            std::span<const int32_t>(&tokens[prompt_len + decode_steps], 1), nullptr, &mtp_logits,
+            nullptr);
+  logits = mtp_logits;
+  check("mtp");
+  return rms;
+}
+
 TEST(Synth, TinyLoadsShardsAndHasRealisticValues) {
   TempDir dir("tiny");
   SynthOptions o;
@@ -605,6 +655,9 @@ TEST(Synth, TinyLoadsShardsAndHasRealisticValues) {
     }
   }
   expect_matches_formulas(summarize(ckpt.config(), checkpoint_tensor_stats(ckpt)), ckpt.config());
+  // 40 tokens: the 16-row window wraps, each CSA layer makes 10 entries (more
+  // than index_topk = 8, so the indexer selects); then decode steps.
+  expect_sane_forward(dir.str(), 40, 3);
 }
 
 TEST(Synth, DeterministicPerSeedAndReplacesEarlierOutput) {
@@ -654,6 +707,7 @@ TEST(Synth, BaseVariantHasFp8ExpertsWithF32Scales) {
   EXPECT_EQ(w.layers[0].attn.wq_a.scale.dtype, DType::F32);
   expect_std(check_fp8_linear(e.w2), 1 / std::sqrt(double(e.w2.in)), "fp8 expert w2");
   expect_matches_formulas(summarize(ckpt.config(), checkpoint_tensor_stats(ckpt)), ckpt.config());
+  expect_sane_forward(dir.str(), 20, 2);
 }
 
 TEST(Synth, FlashDimsTwoLayersSixteenExperts) {
@@ -682,6 +736,7 @@ TEST(Synth, FlashDimsTwoLayersSixteenExperts) {
   const ModelSummary s = summarize(c, checkpoint_tensor_stats(ckpt));
   expect_matches_formulas(s, c);
   EXPECT_EQ(s.bytes_total, r.tensor_bytes);
+  expect_sane_forward(dir.str(), 6, 2);
 }
 
 TEST(Synth, ProDimsTwoLayers) {
@@ -702,6 +757,7 @@ TEST(Synth, ProDimsTwoLayers) {
   EXPECT_EQ(w.layers[1].ffn.experts[0].w1.weight.shape, (std::vector<int64_t>{3072, 3584}));
   EXPECT_EQ(w.layers[1].ffn.experts[0].w1.scale.shape, (std::vector<int64_t>{3072, 224}));
   expect_matches_formulas(summarize(ckpt.config(), checkpoint_tensor_stats(ckpt)), ckpt.config());
+  expect_sane_forward(dir.str(), 4, 1);
 }
 
 }  // namespace
