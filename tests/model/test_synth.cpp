@@ -16,6 +16,7 @@
 #include <set>
 #include <sstream>
 
+#include "kernels/numerics.h"
 #include "model/checkpoint.h"
 #include "model/inspect.h"
 #include "model/model.h"
@@ -202,6 +203,39 @@ TEST(Fp4QuantizeRow, LowNibbleIsEvenElementAndScalePerBlockOf32) {
   EXPECT_EQ(packed[0] >> 4, fp4_e2m1_encode(-3.0f));
   EXPECT_EQ(packed[15] >> 4, fp4_e2m1_encode(6.0f));
   EXPECT_EQ(e2m1_decode(packed[16] & 0xF) * std::ldexp(1.0f, exps[1]), 0.25f);
+}
+
+// What synth writes is what the engine reads: the engine's decoders (src/kernels)
+// agree with the tables above and with these encoders.
+TEST(Encoders, AgreeWithTheEngineKernels) {
+  for (int c = 0; c < 256; ++c) {
+    const float mine = e4m3_decode(static_cast<uint8_t>(c));
+    const float theirs = kernels::fp8_e4m3_decode(static_cast<uint8_t>(c));
+    if (std::isnan(mine)) {
+      EXPECT_TRUE(std::isnan(theirs)) << c;
+    } else {
+      EXPECT_EQ(theirs, mine) << c;
+      EXPECT_EQ(std::signbit(theirs), std::signbit(mine)) << c;
+    }
+  }
+  for (int c = 0; c < 16; ++c)
+    EXPECT_EQ(kernels::fp4_e2m1_decode(static_cast<uint8_t>(c)),
+              e2m1_decode(static_cast<uint8_t>(c)));
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> mant(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> ex(-12, 10);
+  for (int i = 0; i < 20000; ++i) {
+    const float x = std::ldexp(mant(rng), ex(rng));
+    EXPECT_EQ(fp8_e4m3_encode(x), kernels::fp8_e4m3_encode(x)) << x;
+    EXPECT_EQ(e2m1_decode(fp4_e2m1_encode(x)), kernels::fp4_e2m1_round(x)) << x;
+    const float amax = std::fabs(x) + 1e-4f;
+    EXPECT_EQ(std::ldexp(1.0f, e8m0_block_exponent(amax, 448.0f)), kernels::fp8_block_scale(amax))
+        << amax;
+    EXPECT_EQ(std::ldexp(1.0f, e8m0_block_exponent(amax, 6.0f)), kernels::fp4_block_scale(amax))
+        << amax;
+  }
+  for (int b = 0; b < 255; ++b)
+    EXPECT_EQ(kernels::e8m0_decode(static_cast<uint8_t>(b)), std::ldexp(1.0f, b - 127)) << b;
 }
 
 // ---------------------------------------------------------------------------
