@@ -88,6 +88,28 @@ TEST_F(ChatCli, RenderEveryEncodeCase) {
   }
 }
 
+// The fixtures shipped with the official encoder (encoding/tests), as render
+// input objects; fixture 4 is the chat-mode one.
+TEST_F(ChatCli, RenderOfficialFixtures) {
+  const fs::path dir = fs::path(DSV4_TEST_DATA) / "chat" / "official_tests";
+  const char* modes[] = {"thinking", "thinking", "thinking", "chat"};
+  for (int n = 1; n <= 4; ++n) {
+    SCOPED_TRACE("test_input_" + std::to_string(n));
+    PyJson fixture = py_json_loads(read_file(dir / ("test_input_" + std::to_string(n) + ".json")));
+    PyJson input = PyJson::object({{"thinking_mode", PyJson::string(modes[n - 1])}});
+    if (fixture.is_array()) {
+      input.set("messages", fixture);
+    } else {
+      input.set("messages", *fixture.find("messages"));
+      input.set("tools", *fixture.find("tools"));
+      input.set("tools_attached_to", PyJson::integer(0));
+    }
+    RunResult r = run("render", py_json_dumps(input));
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, read_file(dir / ("test_output_" + std::to_string(n) + ".txt")));
+  }
+}
+
 TEST_F(ChatCli, ParseEveryParseCase) {
   auto files = cases("parse_");
   ASSERT_GE(files.size(), 20u);
