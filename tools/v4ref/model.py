@@ -1,9 +1,9 @@
 """DeepSeek-V4 in plain PyTorch, following the semantics of the official `inference/model.py`.
 
 Two ways to run the same modules:
-* inference (`Transformer.prefill` / `Transformer.decode` with a `Cache`): prefill from position 0,
-  then one token per call, exactly like the reference driver; `Numerics()` (the default) keeps every
-  bf16 rounding point and the FP8/FP4 fake quantisation of the reference.
+* inference (`Transformer.forward_step` with a `Cache`, `Transformer.mtp_step`): prefill from
+  position 0, then one token per call, exactly like the reference driver; `Numerics()` (the
+  default) keeps every bf16 rounding point and the FP8/FP4 fake quantisation of the reference.
 * training (`Transformer.forward_train`): batched, causal, whole sequence, no cache, differentiable;
   pass `TRAIN_STE` (rounding and quantisation with straight-through gradients) or `TRAIN_FP32`.
   The causal full-sequence forward *is* the reference's prefill, so both modes share one code path.
@@ -104,8 +104,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, nm: Numerics) -> torch.Tensor:
-        # fp32 math with an fp32 weight, bf16 output (weight applied after the normalisation).
-        # fp32 as the reference (float64 here flips some bf16 outputs relative to the reference).
+        # fp32 with an fp32 weight applied after the normalisation, bf16 output, exactly the
+        # reference's expression (float64 here flips some bf16 outputs relative to the golden).
         y = x * torch.rsqrt(x.square().mean(-1, keepdim=True) + self.eps)
         return bf16(self.weight * y, nm)
 
@@ -240,7 +240,8 @@ class Cache:
 
 class Compressor(nn.Module):
     """Learned gated pooling of `ratio` consecutive tokens into one KV entry (CSA: overlapping
-    windows of 2*ratio tokens, HCA: non-overlapping). Projections and pooling are fp32."""
+    windows of 2*ratio tokens, HCA: non-overlapping). Projections and pooling are fp32 in the
+    reference (float64 here in exact mode, see `_project`)."""
 
     def __init__(self, args: ModelArgs, ratio: int, head_dim: int, rotate: bool):
         super().__init__()
