@@ -46,6 +46,8 @@ options:
   --ledger FILE        per-key token and cost ledger, kept across restarts
   --http-threads N     connections served at once (default 32)
   --max-queue N        queued requests before HTTP 429 (default 128)
+  --max-context N      serve at most N tokens per sequence (prompt + output;
+                       default: the model's max_position_embeddings)
   --keepalive S        seconds between keep-alives to queued streams (default 10)
 )";
 
@@ -78,7 +80,8 @@ int run_serve(int argc, char** argv) {
              {"ledger", true},
              {"http-threads", true},
              {"max-queue", true},
-             {"keepalive", true}});
+             {"keepalive", true},
+             {"max-context", true}});
   if (args.has("help")) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -114,6 +117,8 @@ int run_serve(int argc, char** argv) {
   const int64_t max_queue = args.get_int("max-queue", 128);
   if (max_queue < 1) fail("--max-queue must be >= 1");
   opt.max_queue = static_cast<size_t>(max_queue);
+  opt.max_context = args.get_int("max-context", 0);
+  if (opt.max_context < 0) fail("--max-context must be >= 1");
   const double ka = args.get_double("keepalive", 10.0);
   if (!(ka > 0)) fail("--keepalive must be > 0 seconds");
   opt.keepalive_interval = std::chrono::milliseconds(static_cast<int64_t>(ka * 1000));
@@ -151,8 +156,10 @@ int run_serve(int argc, char** argv) {
   auto scheduler = std::make_shared<engine::Scheduler>(lm, backend->detokenizer());
   api.attach(scheduler, backend);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const int64_t ctx =
+      opt.max_context > 0 ? std::min(opt.max_context, lm->context_length()) : lm->context_length();
   std::printf("dsv4 serve: ready in %.1f s: model %s, context %lld tokens, vocab %d, %s\n", secs,
-              model_dir.c_str(), static_cast<long long>(lm->context_length()), lm->vocab_size(),
+              model_dir.c_str(), static_cast<long long>(ctx), lm->vocab_size(),
               opt.api_keys.empty() ? "no API keys (loopback only)" : "API keys required");
   std::printf(
       "dsv4 serve: OpenAI base URL http://%s:%d (or /v1), Anthropic base URL "

@@ -299,14 +299,20 @@ struct ApiServer::Impl {
         std::lock_guard<std::mutex> lock(attach_mu);
         s = scheduler;
       }
-      res.set_content(metrics.render(s ? s->queue_depth() : 0, s ? s->running() : 0,
-                                     s ? s->model().context_length() : 0),
-                      "text/plain; version=0.0.4");
+      res.set_content(
+          metrics.render(s ? s->queue_depth() : 0, s ? s->running() : 0, s ? context_limit(*s) : 0),
+          "text/plain; version=0.0.4");
     });
     post("/tokenize", "tokenize",
          [this](auto& req, auto& res, ApiStyle) { handle_tokenize(req, res); });
     post("/detokenize", "detokenize",
          [this](auto& req, auto& res, ApiStyle) { handle_detokenize(req, res); });
+  }
+
+  // The context served: the model's, or less with --max-context.
+  int64_t context_limit(const engine::Scheduler& s) const {
+    const int64_t model_ctx = s.model().context_length();
+    return opt.max_context > 0 ? std::min(model_ctx, opt.max_context) : model_ctx;
   }
 
   std::pair<std::shared_ptr<engine::Scheduler>, std::shared_ptr<const ChatBackend>> model() {
@@ -320,7 +326,7 @@ struct ApiServer::Impl {
   void handle_models(const httplib::Request& req, httplib::Response& res) {
     authenticate(req);
     auto [sched, backend] = model();
-    const int64_t ctx = sched->model().context_length();
+    const int64_t ctx = context_limit(*sched);
     json data = json::array();
     for (const auto& n : names.listed())
       data.push_back({{"id", n},
@@ -386,9 +392,8 @@ struct ApiServer::Impl {
       ids = backend->encode_text(text->get<std::string>());
     }
     json tokens = ids;
-    json out = {{"tokens", tokens},
-                {"count", ids.size()},
-                {"max_model_len", sched->model().context_length()}};
+    json out = {
+        {"tokens", tokens}, {"count", ids.size()}, {"max_model_len", context_limit(*sched)}};
     if (body.value("with_pieces", false) || body.value("return_token_strs", false)) {
       json pieces = json::array();
       for (int32_t id : ids) pieces.push_back(backend->decode(std::span<const int32_t>(&id, 1)));
@@ -497,7 +502,7 @@ struct ApiServer::Impl {
       return;
     }
     check_balance(key);
-    const int64_t ctx = sched->model().context_length();
+    const int64_t ctx = context_limit(*sched);
     job.gen.max_tokens = fit_context(style, static_cast<int64_t>(prompt.size()), job.max_tokens,
                                      ctx, kMaxOutputTokens);
     job.gen.prompt = std::move(prompt);
@@ -981,7 +986,7 @@ struct ApiServer::Impl {
     FimJob job = parse_completion(parse_body(req), names);
     std::vector<int32_t> prompt = backend->encode_fim(job.prompt, job.suffix);
     check_balance(key);
-    const int64_t ctx = sched->model().context_length();
+    const int64_t ctx = context_limit(*sched);
     job.gen.max_tokens = fit_context(ApiStyle::kOpenAI, static_cast<int64_t>(prompt.size()),
                                      job.max_tokens, ctx, kMaxFimTokens);
     job.gen.prompt = std::move(prompt);

@@ -27,7 +27,8 @@ struct ServerOptions {
   // HTTP worker threads = the number of connections served at once (each
   // stream holds one for its whole duration).
   int http_threads = 32;
-  size_t max_queue = 128;  // queued requests beyond this get 429
+  size_t max_queue = 128;   // queued requests beyond this get 429
+  int64_t max_context = 0;  // > 0: serve at most this many tokens per sequence
   std::chrono::milliseconds keepalive_interval{10000};
 };
 

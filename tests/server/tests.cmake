@@ -1,0 +1,19 @@
+# The official OpenAI (openai@6) and Anthropic (@anthropic-ai/sdk) JS clients
+# driving `dsv4 serve` over a `dsv4 synth --like tiny` checkpoint with the V4
+# tokenizer (tests/server/js, node's built-in test runner). .ci/run installs
+# the pinned packages with `npm ci` before configuring.
+find_program(DSV4_NODE node)
+set(DSV4_SERVER_JS ${CMAKE_CURRENT_LIST_DIR}/js)
+if(DSV4_NODE AND EXISTS ${DSV4_SERVER_JS}/node_modules/openai
+   AND EXISTS ${DSV4_SERVER_JS}/node_modules/@anthropic-ai/sdk)
+  add_test(NAME server_js_clients COMMAND ${DSV4_NODE} --test
+           WORKING_DIRECTORY ${DSV4_SERVER_JS})
+  set_tests_properties(server_js_clients PROPERTIES
+    TIMEOUT 1200 LABELS js
+    ENVIRONMENT "DSV4_BINARY=$<TARGET_FILE:dsv4>;DSV4_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+else()
+  add_test(NAME server_js_clients
+           COMMAND ${CMAKE_COMMAND} -E echo
+                   "SKIP: node or tests/server/js/node_modules missing (run npm ci in tests/server/js)")
+  set_tests_properties(server_js_clients PROPERTIES SKIP_REGULAR_EXPRESSION "SKIP:" LABELS js)
+endif()
