@@ -264,7 +264,8 @@ std::string summary_to_text(const ModelSummary& s) {
   kv("active per token", fmt_count(static_cast<double>(s.params_active)) + " (" +
                              n(s.params_active) + "; embedding counted whole)");
   kv("  of which embedding", fmt_count(static_cast<double>(s.params_embed)));
-  kv("  of which head", fmt_count(static_cast<double>(s.params_head)));
+  kv("  of which head",
+     fmt_count(static_cast<double>(s.params_head)) + " (the head is read whole for every token)");
   kv("routed experts (all)", fmt_count(static_cast<double>(s.params_routed_experts)));
   kv("MTP block(s), separate", fmt_count(static_cast<double>(s.params_mtp)) + " total, " +
                                    fmt_count(static_cast<double>(s.params_mtp_active)) + " active");

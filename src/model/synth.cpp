@@ -702,16 +702,49 @@ void copy_file_atomic(const fs::path& from, const fs::path& to) {
   write_text_file(to, read_file(from.string()));
 }
 
-// Removes the model files an earlier synth may have left, so that the folder
-// describes exactly one checkpoint (a stale index would otherwise win).
+// The safetensors metadata key that marks a file as written by `dsv4 synth`.
+constexpr const char* kSynthMarker = "dsv4_synth";
+
+bool written_by_synth(const fs::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  uint64_t n = 0;
+  if (!in.read(reinterpret_cast<char*>(&n), 8) || n > (uint64_t(1) << 30)) return false;
+  std::string header(n, '\0');
+  if (!in.read(header.data(), static_cast<std::streamsize>(n))) return false;
+  try {
+    const auto j = nlohmann::json::parse(header);
+    return j.contains("__metadata__") && j["__metadata__"].contains(kSynthMarker);
+  } catch (const nlohmann::json::exception&) {
+    return false;
+  }
+}
+
+// Removes the model files an earlier synth left, so that the folder describes
+// exactly one checkpoint (a stale index would otherwise win). Refuses to touch
+// a folder whose model files synth did not write (a real checkpoint).
 void remove_stale_model_files(const fs::path& dir) {
   static const std::regex shard_re(R"(model-\d{5}-of-\d{5}\.safetensors(\.tmp)?)");
+  std::vector<fs::path> stale;
+  std::string foreign;
+  bool any_synth = false, any_final = false;
   for (const auto& entry : fs::directory_iterator(dir)) {
     const std::string name = entry.path().filename().string();
-    if (name == "config.json" || name == "model.safetensors" ||
-        name == "model.safetensors.index.json" || std::regex_match(name, shard_re))
-      fs::remove(entry.path());
+    const bool weights = name == "model.safetensors" || std::regex_match(name, shard_re);
+    if (!weights && name != "config.json" && name != "model.safetensors.index.json") continue;
+    stale.push_back(entry.path());
+    if (name.size() > 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) continue;
+    any_final = true;
+    if (!weights) continue;
+    if (written_by_synth(entry.path()))
+      any_synth = true;
+    else if (foreign.empty())
+      foreign = name;
   }
+  if (any_final && (!foreign.empty() || !any_synth))
+    fail(dir.string(), ": already holds a model (", foreign.empty() ? "config.json" : foreign,
+         ") that dsv4 synth did not write; refusing to overwrite it (choose an empty --out "
+         "folder)");
+  for (const fs::path& p : stale) fs::remove(p);
 }
 
 }  // namespace
@@ -756,6 +789,12 @@ SynthResult synth_checkpoint(const SynthOptions& opt,
     return std::string(buf);
   };
 
+  // Recorded in every shard: marks the files as synthetic (see
+  // remove_stale_model_files) and says how to make them again.
+  const std::string provenance =
+      str_cat("--like ", opt.like, " --layers ", cfg.n_layers, " --experts ", cfg.n_routed_experts,
+              " --dim ", cfg.dim, " --vocab ", cfg.vocab_size, " --seed ", opt.seed,
+              " --expert-dtype ", opt.expert_dtype, " --shard-bytes ", opt.shard_bytes);
   Generator gen(cfg, opt.seed, specs);
   nlohmann::json weight_map = nlohmann::json::object();
   for (size_t s = 0; s < shards.size(); ++s) {
@@ -767,7 +806,7 @@ SynthResult synth_checkpoint(const SynthOptions& opt,
       return dtype_size(synth_dtype(*a, cfg)) > dtype_size(synth_dtype(*b, cfg));
     });
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
-    header["__metadata__"] = {{"format", "pt"}};
+    header["__metadata__"] = {{"format", "pt"}, {kSynthMarker, provenance}};
     uint64_t offset = 0;
     for (const TensorSpec* t : order) {
       const uint64_t n = static_cast<uint64_t>(numel(t->shape)) * dtype_size(synth_dtype(*t, cfg));

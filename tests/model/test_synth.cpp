@@ -725,6 +725,28 @@ TEST(Synth, DeterministicPerSeedAndReplacesEarlierOutput) {
   EXPECT_NE(std::memcmp(x->data, y->data, x->nbytes), 0);
 }
 
+TEST(Synth, RefusesToOverwriteARealCheckpoint) {
+  TempDir dir("foreign");
+  const fs::path golden = fs::path(DSV4_TEST_DATA) / "golden" / "tiny-a" / "checkpoint";
+  fs::copy(golden, dir.path(), fs::copy_options::recursive);
+  SynthOptions o;
+  o.like = "tiny";
+  o.out = dir.str();
+  try {
+    synth_checkpoint(o);
+    ADD_FAILURE() << "synth overwrote a checkpoint it did not write";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("did not write"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(dir.str()), std::string::npos) << e.what();
+  }
+  for (const auto& e : fs::directory_iterator(golden))
+    if (e.is_regular_file()) {
+      EXPECT_EQ(slurp(e.path()), slurp(dir.path() / e.path().filename())) << e.path();
+    }
+  Checkpoint ckpt(dir.str());  // still the golden model
+  bind_weights(ckpt);
+}
+
 TEST(Synth, BaseVariantHasFp8ExpertsWithF32Scales) {
   TempDir dir("fp8");
   SynthOptions o;
