@@ -1,7 +1,16 @@
 // Byte-level BPE tokenizer that loads a Hugging Face `tokenizer.json` (the
-// DeepSeek V3/V4 family) and reproduces Hugging Face `tokenizers` exactly:
-// added tokens are split off the raw text first, the remaining text goes
-// through the normalizer, the pre-tokenizer (Split regexes, ByteLevel) and BPE.
+// DeepSeek V3/V4 family) and reproduces Hugging Face `tokenizers` 0.23
+// exactly: added tokens are split off the raw text first, the remaining text
+// goes through the normalizer, the pre-tokenizer (Split regexes, ByteLevel)
+// and BPE. Like Hugging Face, added-token ids are assigned in file order (a
+// content in the vocab keeps its vocab id, the others count on from the
+// number of vocab entries); for a file Hugging Face wrote these are the ids
+// stored in it.
+//
+// Supported components (others are rejected at load, by name): normalizer
+// Sequence/Replace/Prepend; pre-tokenizer Sequence/Split/Digits/ByteLevel
+// (ByteLevel last); model BPE (unk_token, fuse_unk, byte_fallback,
+// ignore_merges; merges as "a b" or ["a", "b"]); decoder ByteLevel.
 #pragma once
 
 #include <cstdint>
@@ -37,13 +46,18 @@ class Tokenizer {
   // subpart). skip_special_tokens drops tokens whose `special` flag is true.
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
 
-  // The vocab string as in tokenizer.json (e.g. "Ġhello"); added tokens give
-  // their content. Throws dsv4::Error for an id not in the vocabulary.
+  // The vocab string as in tokenizer.json (e.g. "Ġhello"); an added token
+  // gives its content (normalized, if it is a `normalized` token and the
+  // normalizer changes it, as Hugging Face's id_to_token does). Throws
+  // dsv4::Error for an id not in the vocabulary.
   std::string token_string(int32_t id) const;
 
   // Exact vocab/added-token lookup (added tokens take precedence).
   std::optional<int32_t> token_id(std::string_view token) const;
 
+  // True if decode(skip_special_tokens) drops this id: Hugging Face decides by
+  // the token's string, i.e. it is the content of an added token marked
+  // `special`.
   bool is_special(int32_t id) const;
   // True if id names a vocab entry or an added token (there may be holes).
   bool is_valid_id(int32_t id) const;
