@@ -16,10 +16,55 @@ namespace dsv4::cli {
 
 using engine::FinishReason;
 
+class PrefixCachingModel::Sequence : public engine::ModelSequence {
+ public:
+  explicit Sequence(const PrefixCachingModel& owner) : owner_(owner) {}
+  ~Sequence() override {
+    if (seq_ && !broken_)
+      owner_.cached_ = std::make_unique<Cached>(Cached{std::move(seq_), std::move(fed_)});
+  }
+
+  void forward(std::span<const int32_t> tokens, std::vector<float>* last_logits) override {
+    if (!seq_) {
+      // The first call is the prompt. Reuse the kept state when everything it
+      // saw is a proper prefix of the prompt (the last prompt token must be
+      // fed to get its logits).
+      std::unique_ptr<Cached> cached = std::move(owner_.cached_);
+      owner_.last_reused_ = 0;
+      if (cached && cached->tokens.size() < tokens.size() &&
+          std::equal(cached->tokens.begin(), cached->tokens.end(), tokens.begin())) {
+        seq_ = std::move(cached->seq);
+        fed_ = std::move(cached->tokens);
+        owner_.last_reused_ = static_cast<int64_t>(fed_.size());
+        tokens = tokens.subspan(fed_.size());
+      } else {
+        seq_ = owner_.inner_.new_sequence();
+      }
+    }
+    // A failed step may leave the state half-updated: never reuse it.
+    broken_ = true;
+    seq_->forward(tokens, last_logits);
+    broken_ = false;
+    fed_.insert(fed_.end(), tokens.begin(), tokens.end());
+  }
+  int64_t position() const override { return seq_ ? seq_->position() : 0; }
+
+ private:
+  const PrefixCachingModel& owner_;
+  std::unique_ptr<engine::ModelSequence> seq_;
+  std::vector<int32_t> fed_;
+  bool broken_ = false;
+};
+
+std::unique_ptr<engine::ModelSequence> PrefixCachingModel::new_sequence() const {
+  return std::make_unique<Sequence>(*this);
+}
+
 struct ChatSession::Generation {
   engine::GenerationEvent last;
   OrderedJson message;                      // the assistant message as it joins the conversation
   std::vector<chat::ParsedToolCall> calls;  // complete, parsed tool calls
+  int64_t cached = 0;                       // prompt tokens reused from the last state
 };
 
 ChatSession::ChatSession(const engine::LanguageModel& model, const engine::Detokenizer& detok,
@@ -73,7 +118,7 @@ ChatSession::Generation ChatSession::generate_once(TurnView& view,
     g.last.error = str_cat("the conversation is ", request.prompt.size(),
                            " tokens and the model's context is ", model_.context_length(),
                            " tokens: /reset to start a new one");
-    view.generation_end(g.last);
+    view.generation_end(g.last, 0);
     return g;
   }
   request.stop_tokens = stop_tokens_;
@@ -145,9 +190,10 @@ ChatSession::Generation ChatSession::generate_once(TurnView& view,
   if (in_call) view.tool_call_end();
 
   if (g.last.finish == FinishReason::kError) {
-    view.generation_end(g.last);
+    view.generation_end(g.last, 0);
     return g;
   }
+  g.cached = model_.last_reused();
   g.message = {{"role", "assistant"}};
   if (!raw && parser.finished()) {
     const chat::ParsedMessage& r = parser.result();
@@ -167,7 +213,7 @@ ChatSession::Generation ChatSession::generate_once(TurnView& view,
     g.message["content"] = shown_content;
     if (thinking) g.message["reasoning_content"] = shown_reasoning;
   }
-  view.generation_end(g.last);
+  view.generation_end(g.last, g.cached);
   return g;
 }
 
@@ -182,6 +228,7 @@ TurnResult ChatSession::send(const std::string& user_text, TurnView& view,
       ++result.rounds;
       result.finish = g.last.finish;
       result.prompt_tokens = g.last.prompt_tokens;
+      result.cached_tokens = g.cached;
       result.completion_tokens += g.last.completion_tokens;
       if (g.last.finish == FinishReason::kError) {
         result.error = g.last.error;

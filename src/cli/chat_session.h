@@ -11,6 +11,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -60,7 +61,36 @@ class TurnView {
   // did not parse as V4 output and is shown as plain text from there on).
   virtual void notice(const std::string& text) = 0;
   // One generation ended (a turn with tool calls has several).
-  virtual void generation_end(const engine::GenerationEvent& last) = 0;
+  // cached_tokens: how many prompt tokens were already in the model's state
+  // from the previous generation (not prefilled again).
+  virtual void generation_end(const engine::GenerationEvent& last, int64_t cached_tokens) = 0;
+};
+
+// Keeps the model state of the last generation, so that a prompt extending
+// what that state has seen (the previous prompt + the answer, as in the next
+// turn of a chat or after a tool result) prefills only its new tokens. The
+// state cannot be rolled back: a prompt that diverges from it anywhere (e.g.
+// the encoder dropped earlier reasoning) starts a fresh sequence.
+class PrefixCachingModel : public engine::LanguageModel {
+ public:
+  explicit PrefixCachingModel(const engine::LanguageModel& inner) : inner_(inner) {}
+  int vocab_size() const override { return inner_.vocab_size(); }
+  int64_t context_length() const override { return inner_.context_length(); }
+  // One sequence at a time: its state is kept when it is destroyed.
+  std::unique_ptr<engine::ModelSequence> new_sequence() const override;
+  // Prompt tokens the last sequence found already fed.
+  int64_t last_reused() const { return last_reused_; }
+  void clear() const { cached_.reset(); }
+
+ private:
+  struct Cached {
+    std::unique_ptr<engine::ModelSequence> seq;
+    std::vector<int32_t> tokens;  // everything fed to seq
+  };
+  class Sequence;
+  const engine::LanguageModel& inner_;
+  mutable std::unique_ptr<Cached> cached_;
+  mutable int64_t last_reused_ = 0;
 };
 
 struct TurnResult {
@@ -69,7 +99,8 @@ struct TurnResult {
   int rounds = 0;                                             // generations run
   int tools_run = 0;                                          // tool calls executed
   int64_t prompt_tokens = 0;                                  // of the last generation
-  int64_t completion_tokens = 0;                              // all generations together
+  int64_t cached_tokens = 0;      // of those, already in the model state
+  int64_t completion_tokens = 0;  // all generations together
 };
 
 // A demo tool call -> the JSON text of its result (errors are results too:
@@ -110,7 +141,7 @@ class ChatSession {
   struct Generation;
   Generation generate_once(TurnView& view, const std::atomic<bool>& cancelled);
 
-  const engine::LanguageModel& model_;
+  PrefixCachingModel model_;
   const engine::Detokenizer& detok_;
   std::function<std::vector<int32_t>(const std::string&)> encode_;
   std::vector<int32_t> stop_tokens_;

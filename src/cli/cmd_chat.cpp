@@ -223,7 +223,7 @@ class TerminalView : public TurnView {
     write(str_cat(s_.yellow(), "[", text, "]", s_.reset(), "\n"));
   }
 
-  void generation_end(const engine::GenerationEvent& last) override {
+  void generation_end(const engine::GenerationEvent& last, int64_t cached_tokens) override {
     close_section();
     line_start();
     using engine::FinishReason;
@@ -246,10 +246,12 @@ class TerminalView : public TurnView {
     if (show_stats_ && last.finish != FinishReason::kError) {
       const double secs =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-      char line[160];
+      char line[256];
+      const std::string cached =
+          cached_tokens > 0 ? str_cat(" (", cached_tokens, " kept from the last answer)") : "";
       std::snprintf(
-          line, sizeof(line), "%s(%lld prompt + %lld generated tokens, %.1f s, %.1f tok/s)%s\n",
-          s_.dim(), static_cast<long long>(last.prompt_tokens),
+          line, sizeof(line), "%s(%lld prompt tokens%s + %lld generated, %.1f s, %.1f tok/s)%s\n",
+          s_.dim(), static_cast<long long>(last.prompt_tokens), cached.c_str(),
           static_cast<long long>(last.completion_tokens), secs,
           secs > 0 ? static_cast<double>(last.completion_tokens) / secs : 0.0, s_.reset());
       write(line);

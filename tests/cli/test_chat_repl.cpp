@@ -20,6 +20,8 @@
 #include <vector>
 
 #include "chat/encoder.h"
+#include "engine/v4_backend.h"
+#include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
 // The chat turn logic lives with the `dsv4` binary's sources (src/cli has no
@@ -156,7 +158,8 @@ std::string completion_for(OrderedJson input, const OrderedJson& assistant) {
 struct RecordingView : dsv4::cli::TurnView {
   std::vector<std::string> prompts;
   std::vector<size_t> prompt_tokens;
-  std::vector<std::string> log;  // "R:", "C:", "TB:", "TA:", "TE", "TR:", "N:", "END:"
+  std::vector<int64_t> cached_tokens;  // per generation
+  std::vector<std::string> log;        // "R:", "C:", "TB:", "TA:", "TE", "TR:", "N:", "END:"
   std::string reasoning_text, content_text;
   std::map<int, std::string> call_args;  // per tool call, in order
   int calls = 0;
@@ -188,7 +191,8 @@ struct RecordingView : dsv4::cli::TurnView {
     log.push_back("TR:" + name + ":" + result);
   }
   void notice(const std::string& text) override { log.push_back("N:" + text); }
-  void generation_end(const dsv4::engine::GenerationEvent& last) override {
+  void generation_end(const dsv4::engine::GenerationEvent& last, int64_t cached) override {
+    cached_tokens.push_back(cached);
     log.push_back(std::string("END:") + dsv4::engine::finish_reason_name(last.finish));
   }
   bool has(const std::string& prefix) const {
@@ -450,6 +454,95 @@ TEST(ChatSession, OutputThatBreaksTheFormatIsShownAsIs) {
   EXPECT_EQ(view.content_text.substr(0, 6), "Hello ");
   EXPECT_NE(view.content_text.find("!"), std::string::npos);
   EXPECT_EQ(session.messages()[1]["content"], view.content_text);
+}
+
+// One token per byte (id 2 + byte, as byte_ids), so re-encoding an answer in
+// the next prompt gives back the ids the model generated, as a real tokenizer
+// usually does: what prefix reuse needs. A forward of several tokens is a
+// prompt and starts the next answer (single tokens are decode steps).
+class ByteModel : public dsv4::engine::LanguageModel, public dsv4::engine::Detokenizer {
+ public:
+  explicit ByteModel(std::vector<std::string> answers) : answers_(std::move(answers)) {}
+  int vocab_size() const override { return 258; }
+  int64_t context_length() const override { return 1 << 20; }
+  std::unique_ptr<dsv4::engine::ModelSequence> new_sequence() const override {
+    ++sequences_;
+    return std::make_unique<Seq>(this);
+  }
+  std::unique_ptr<dsv4::engine::TextStream> new_stream() const override {
+    struct Stream : dsv4::engine::TextStream {
+      std::string push(int32_t t) override { return t >= 2 ? std::string(1, char(t - 2)) : ""; }
+      std::string flush() override { return {}; }
+    };
+    return std::make_unique<Stream>();
+  }
+  std::string token_bytes(int32_t t) const override {
+    return t >= 2 ? std::string(1, char(t - 2)) : "";
+  }
+  int sequences() const { return sequences_; }
+  int64_t fed() const { return fed_; }
+
+ private:
+  struct Seq : dsv4::engine::ModelSequence {
+    explicit Seq(const ByteModel* m) : m(m) {}
+    void forward(std::span<const int32_t> tokens, std::vector<float>* logits) override {
+      if (tokens.size() > 1) {
+        answer = m->answers_.at(static_cast<size_t>(m->answer_index_++));
+        k = 0;
+      } else {
+        ++k;
+      }
+      pos += static_cast<int64_t>(tokens.size());
+      m->fed_ += static_cast<int64_t>(tokens.size());
+      if (logits) {
+        logits->assign(258, -30.0f);
+        (*logits)[k < answer.size() ? 2 + static_cast<unsigned char>(answer[k]) : kEos] = 0.0f;
+      }
+    }
+    int64_t position() const override { return pos; }
+    const ByteModel* m;
+    std::string answer;
+    size_t k = 0;
+    int64_t pos = 0;
+  };
+  std::vector<std::string> answers_;
+  mutable int sequences_ = 0, answer_index_ = 0;
+  mutable int64_t fed_ = 0;
+};
+
+TEST(ChatSession, TheNextTurnPrefillsOnlyWhatIsNew) {
+  ByteModel model({"Hello!", "Four."});
+  ChatSettings settings;
+  settings.thinking = false;
+  ChatSession session(model, model, byte_ids, {kEos}, settings);
+  RecordingView v1, v2;
+  session.send("Hi", v1, kNotCancelled);
+  session.send("2+2?", v2, kNotCancelled);
+  EXPECT_EQ(v1.content_text, "Hello!");
+  EXPECT_EQ(v2.content_text, "Four.");
+  // The second prompt extends the first prompt + "Hello!": one sequence, and
+  // only the new tokens were fed.
+  EXPECT_EQ(model.sequences(), 1);
+  ASSERT_EQ(v2.cached_tokens.size(), 1u);
+  EXPECT_EQ(v1.cached_tokens.at(0), 0);
+  EXPECT_EQ(v2.cached_tokens[0], static_cast<int64_t>(v1.prompt_tokens.at(0) + 6));
+  EXPECT_LE(model.fed(), static_cast<int64_t>(v2.prompt_tokens.at(0) + 5));
+  EXPECT_EQ(v2.prompts[0].rfind(v1.prompts[0] + "Hello!", 0), 0u);
+}
+
+TEST(ChatSession, ADivergingPromptStartsAFreshSequence) {
+  // Thinking mode: the next turn drops the first answer's reasoning, so the
+  // kept state (which saw it) cannot be continued.
+  ByteModel model({str_cat("Hmm.", dsv4::chat::kThinkEnd, "Hello!"), "ok"});
+  ChatSettings settings;
+  ChatSession session(model, model, byte_ids, {kEos}, settings);
+  RecordingView v1, v2;
+  session.send("Hi", v1, kNotCancelled);
+  EXPECT_EQ(v1.reasoning_text, "Hmm.");
+  session.send("again", v2, kNotCancelled);
+  EXPECT_EQ(model.sequences(), 2);
+  EXPECT_EQ(v2.cached_tokens.at(0), 0);
+  EXPECT_EQ(v2.prompts[0].find("Hmm."), std::string::npos);
 }
 
 // ---------------------------------------------------------------------------
@@ -724,6 +817,87 @@ TEST_F(ChatBinary, SinglePromptAndErrors) {
   EXPECT_NE(c.err.find("unknown command /frobnicate"), std::string::npos) << c.err;
   EXPECT_NE(c.err.find("/think expects on or off"), std::string::npos) << c.err;
   EXPECT_NE(c.out.find("> hi\n"), std::string::npos);
+}
+
+// Feeds a prompt in the chunks of `schedule` (then the rest), so a fresh
+// sequence can be built exactly as a kept state was: the V4 forward pass is
+// frame-dependent in its last bits (bf16 rounding per call, as the reference),
+// so the session's answer on a kept state is compared with that, not with a
+// single-chunk prefill.
+class ChunkedPrefillModel : public dsv4::engine::LanguageModel {
+ public:
+  ChunkedPrefillModel(const dsv4::engine::LanguageModel& inner, std::vector<size_t> schedule)
+      : inner_(inner), schedule_(std::move(schedule)) {}
+  int vocab_size() const override { return inner_.vocab_size(); }
+  int64_t context_length() const override { return inner_.context_length(); }
+  std::unique_ptr<dsv4::engine::ModelSequence> new_sequence() const override {
+    struct Seq : dsv4::engine::ModelSequence {
+      Seq(std::unique_ptr<dsv4::engine::ModelSequence> s, std::vector<size_t> sched)
+          : s(std::move(s)), sched(std::move(sched)) {}
+      void forward(std::span<const int32_t> tokens, std::vector<float>* logits) override {
+        if (first) {
+          first = false;
+          for (size_t n : sched) {
+            s->forward(tokens.subspan(0, n), nullptr);
+            tokens = tokens.subspan(n);
+          }
+        }
+        s->forward(tokens, logits);
+      }
+      int64_t position() const override { return s->position(); }
+      std::unique_ptr<dsv4::engine::ModelSequence> s;
+      std::vector<size_t> sched;
+      bool first = true;
+    };
+    return std::make_unique<Seq>(inner_.new_sequence(), schedule_);
+  }
+
+ private:
+  const dsv4::engine::LanguageModel& inner_;
+  std::vector<size_t> schedule_;
+};
+
+TEST_F(ChatBinary, AKeptStateContinuesExactlyWhereTheAnswerEnded) {
+  auto tok = dsv4::Tokenizer::load(model_dir().string());
+  auto model = std::make_shared<const dsv4::Model>(model_dir().string());
+  dsv4::engine::V4LanguageModel lm(model);
+  dsv4::engine::TokenizerDetokenizer detok(tok);
+  ChatSettings settings;
+  settings.thinking = false;
+  settings.sampling.temperature = 0;
+  settings.max_tokens = 8;
+  const std::vector<int32_t> stops = {tok->eos_id()};
+  ChatSession session(
+      lm, detok, [&](const std::string& p) { return tok->encode(p); }, stops, settings);
+  RecordingView v1, v2;
+  const TurnResult r1 = session.send("Hello", v1, kNotCancelled);
+  session.send("Tell me more", v2, kNotCancelled);
+  ASSERT_EQ(v2.prompts.size(), 1u);
+  const size_t n1 = v1.prompt_tokens.at(0);
+  const int64_t kept = v2.cached_tokens.at(0);
+  // A random model's answer need not come back as the same ids when the next
+  // prompt is tokenized; then there is no state to keep (a fresh prefill).
+  if (kept == 0) GTEST_SKIP() << "the tokenizer re-encodes this answer differently";
+  // The state kept: the first prompt and the answer's tokens but its last
+  // (sampled, never fed).
+  EXPECT_EQ(kept, static_cast<int64_t>(n1) + r1.completion_tokens - 1);
+
+  // A fresh sequence fed the same way: the first prompt in one call, the
+  // answer's tokens one by one, then the rest, gives the same answer.
+  std::vector<size_t> schedule = {n1};
+  for (int64_t i = static_cast<int64_t>(n1); i < kept; ++i) schedule.push_back(1);
+  ChunkedPrefillModel replay(lm, schedule);
+  dsv4::engine::GenerationRequest request;
+  request.prompt = tok->encode(v2.prompts[0]);
+  request.sampling.temperature = 0;
+  request.max_tokens = 8;
+  request.stop_tokens = stops;
+  std::string text;
+  dsv4::engine::generate(replay, detok, request, kNotCancelled,
+                         [&](dsv4::engine::GenerationEvent&& ev) { text += ev.text; });
+  // The session shows the text through the parser (which may reject this
+  // gibberish), the characters are the same.
+  EXPECT_EQ(v2.content_text + v2.reasoning_text, text);
 }
 
 // A real terminal: colours, the prompt, Ctrl-C stopping an answer, Ctrl-D.
