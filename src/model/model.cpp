@@ -60,6 +60,9 @@ void Model::run_block(SequenceState& state, int64_t layer, int64_t pos,
                       std::span<const int32_t> tokens, float* x, ForwardObserver* observer) const {
   if (layer < 0 || layer >= config().n_layers)
     fail("block ", layer, " does not exist (the model has ", config().n_layers, ")");
+  if (static_cast<int64_t>(state.layers.size()) != config().n_layers)
+    fail("sequence state has ", state.layers.size(), " layers but the model has ",
+         config().n_layers, " (states come from Model::new_sequence of the same model)");
   block_forward(*ctx_, weights_.layers[layer], state.layers[layer], pos,
                 static_cast<int64_t>(tokens.size()), tokens, x, state.frame, observer);
 }

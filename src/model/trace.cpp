@@ -139,7 +139,15 @@ TraceTensors run_trace(const Model& model, const SafetensorsFile& golden,
                        const TraceOptions& options) {
   const ModelConfig& cfg = model.config();
   const std::vector<int32_t> tokens = read_i32(golden, "tokens");
-  const int64_t S = golden.get("prefill.hidden.layer0").dim(0);
+  const TensorView& h0 = golden.get("prefill.hidden.layer0");
+  if (h0.shape.size() != 3 || h0.dim(1) != cfg.hc_mult || h0.dim(2) != cfg.dim)
+    fail(golden.path(), ": prefill.hidden.layer0 has shape ", h0.shape_str(), " but the model has ",
+         cfg.hc_mult, " streams of ", cfg.dim, " (is this trace from another model?)");
+  for (int64_t i = 0; i < cfg.n_layers; ++i)
+    if (!golden.has(layer_name("prefill.hidden", i)))
+      fail(golden.path(), ": no ", layer_name("prefill.hidden", i), " for block ", i, " of ",
+           cfg.n_layers, " (is this trace from another model?)");
+  const int64_t S = h0.dim(0);
   const int64_t total = static_cast<int64_t>(tokens.size());
   if (S <= 0 || S > total)
     fail(golden.path(), ": prompt length ", S, " does not fit the ", total, " tokens");
