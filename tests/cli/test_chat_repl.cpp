@@ -907,20 +907,23 @@ class ChatTerminal : public ChatBinary {
     ChatBinary::SetUp();
     if (std::system("command -v tmux > /dev/null 2>&1") != 0)
       GTEST_SKIP() << "tmux is not installed";
-    session_ = "dsv4chat" + std::to_string(::getpid());
+    // A tmux server of its own per test: independent of the user's tmux and
+    // of the previous test's server shutting down.
+    static int n = 0;
+    session_ = str_cat("dsv4chat", ::getpid(), "_", ++n);
+    tmux_ = "tmux -L " + session_ + " ";
   }
   void TearDown() override {
-    if (!session_.empty())
-      (void)std::system(("tmux kill-session -t " + session_ + " > /dev/null 2>&1").c_str());
+    if (!session_.empty()) (void)std::system((tmux_ + "kill-server > /dev/null 2>&1").c_str());
   }
   std::string capture(bool escapes) {
     const fs::path f = *dir_ / "pane";
-    const std::string cmd = str_cat("tmux capture-pane -p ", escapes ? "-e " : "", "-t ", session_,
-                                    " > ", quote(f.string()));
+    const std::string cmd = str_cat(tmux_, "capture-pane -p ", escapes ? "-e " : "", "-t ",
+                                    session_, " > ", quote(f.string()));
     return std::system(cmd.c_str()) == 0 ? read_file(f) : "";
   }
   void keys(const std::string& k) {
-    (void)std::system(str_cat("tmux send-keys -t ", session_, " ", k).c_str());
+    (void)std::system(str_cat(tmux_, "send-keys -t ", session_, " ", k).c_str());
   }
   // Polls the pane until pred holds (tmux and the model need a moment).
   bool wait_for(const std::function<bool(const std::string&)>& pred, int seconds = 60) {
@@ -936,7 +939,7 @@ class ChatTerminal : public ChatBinary {
     for (size_t p = s.find(what); p != std::string::npos; p = s.find(what, p + 1)) ++n;
     return n;
   }
-  std::string session_;
+  std::string session_, tmux_;
 };
 
 TEST_F(ChatTerminal, InteractiveSession) {
@@ -944,9 +947,10 @@ TEST_F(ChatTerminal, InteractiveSession) {
   const std::string cmd =
       str_cat("env -u NO_COLOR TERM=xterm ", quote(DSV4_BINARY), " chat --model ",
               quote(model_dir().string()), " --seed 3; echo CHAT-EXITED-$?; sleep 60");
-  ASSERT_EQ(std::system(
-                str_cat("tmux new-session -d -x 160 -y 50 -s ", session_, " ", quote(cmd)).c_str()),
-            0);
+  ASSERT_EQ(
+      std::system(
+          str_cat(tmux_, "new-session -d -x 160 -y 50 -s ", session_, " ", quote(cmd)).c_str()),
+      0);
   ASSERT_TRUE(wait_for([](const std::string& p) {
     return p.find("dsv4 chat |") != std::string::npos &&
            p.find("\n>") != std::string::npos;  // tmux drops trailing blanks
@@ -976,6 +980,29 @@ TEST_F(ChatTerminal, InteractiveSession) {
     return p.find("/quit or Ctrl-D leaves") != std::string::npos;
   })) << capture(false);
   keys("C-d");
+  EXPECT_TRUE(wait_for([](const std::string& p) {
+    return p.find("CHAT-EXITED-0") != std::string::npos;
+  })) << capture(false);
+}
+
+TEST_F(ChatTerminal, NoColorMeansPlainMarkers) {
+  const std::string cmd = str_cat("NO_COLOR=1 TERM=xterm ", quote(DSV4_BINARY), " chat --model ",
+                                  quote(model_dir().string()),
+                                  " --max-tokens 4 --seed 3; echo CHAT-EXITED-$?; sleep 60");
+  ASSERT_EQ(
+      std::system(
+          str_cat(tmux_, "new-session -d -x 160 -y 50 -s ", session_, " ", quote(cmd)).c_str()),
+      0);
+  ASSERT_TRUE(wait_for([](const std::string& p) {
+    return p.find("dsv4 chat |") != std::string::npos && p.find("\n>") != std::string::npos;
+  })) << capture(false);
+  keys("'Hello' Enter");
+  ASSERT_TRUE(wait_for([](const std::string& p) { return p.find("tok/s)") != std::string::npos; }))
+      << capture(false);
+  EXPECT_NE(capture(false).find("\n[thinking]\n"), std::string::npos) << capture(false);
+  // tmux re-encodes what it draws; without colours it has no SGR to show.
+  EXPECT_EQ(capture(true).find("\x1b[2m"), std::string::npos);
+  keys("'/quit' Enter");
   EXPECT_TRUE(wait_for([](const std::string& p) {
     return p.find("CHAT-EXITED-0") != std::string::npos;
   })) << capture(false);
