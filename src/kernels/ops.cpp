@@ -151,6 +151,16 @@ std::vector<int32_t> topk(const float* s, int64_t n, int64_t k) {
 void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, const float* kv,
                       const int32_t* idx, int64_t width, const float* sink, float scale,
                       float* out) {
+  int32_t n_rows = 0;
+  for (int64_t i = 0; i < m * width; ++i) n_rows = std::max(n_rows, idx[i] + 1);
+  std::vector<const float*> rows(n_rows);
+  for (int32_t r = 0; r < n_rows; ++r) rows[r] = kv + static_cast<int64_t>(r) * dim;
+  sparse_attention(q, m, heads, dim, rows.data(), idx, width, sink, scale, out);
+}
+
+void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
+                      const float* const* kv_rows, const int32_t* idx, int64_t width,
+                      const float* sink, float scale, float* out) {
   constexpr int64_t kTile = 64;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   parallel_for(m * heads, [&](int64_t t0, int64_t t1, int) {
@@ -168,7 +178,7 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, con
         for (int64_t e = b0; e < b1; ++e) {
           float v = kNegInf;
           if (row[e] >= 0) {
-            const float* kr = kv + static_cast<int64_t>(row[e]) * dim;
+            const float* kr = kv_rows[row[e]];
             v = static_cast<float>(dot_f64(qv, kr, dim)) * scale;
           }
           z[e - b0] = v;
@@ -184,7 +194,7 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, con
           const float p = std::exp(z[e - b0] - new_max);
           denom += p;
           const float pb = bf16_round(p);
-          const float* vr = kv + static_cast<int64_t>(row[e]) * dim;
+          const float* vr = kv_rows[row[e]];
           for (int64_t d = 0; d < dim; ++d) acc[d] += static_cast<double>(pb) * vr[d];
         }
         run_max = new_max;

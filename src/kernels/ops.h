@@ -73,6 +73,12 @@ std::vector<int32_t> topk(const float* s, int64_t n, int64_t k);
 void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, const float* kv,
                       const int32_t* idx, int64_t width, const float* sink, float scale,
                       float* out);
+// The same over rows held anywhere (window ring, this chunk, compressed
+// cache): idx addresses `rows`, a table of pointers to dim-float rows, so
+// caches are read in place instead of being gathered into one buffer.
+void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
+                      const float* const* rows, const int32_t* idx, int64_t width,
+                      const float* sink, float scale, float* out);
 
 inline float silu(float x) {
   return x / (1.0f + __builtin_expf(-x));

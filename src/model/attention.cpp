@@ -73,11 +73,12 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   const int64_t n_prev = pos - first;
   const int64_t n_comp = state.num_compressed();
   const int64_t comp_base = n_prev + n;
-  std::vector<float> rows((comp_base + n_comp) * hd);
+  // (A table of row pointers: the caches are read in place.)
+  std::vector<const float*> rows(comp_base + n_comp);
   for (int64_t p = first; p < pos; ++p)
-    std::copy_n(state.window_kv.data() + (p % window) * hd, hd, rows.data() + (p - first) * hd);
-  std::copy(kv.begin(), kv.end(), rows.begin() + n_prev * hd);
-  std::copy(state.compressed_kv.begin(), state.compressed_kv.end(), rows.begin() + comp_base * hd);
+    rows[p - first] = state.window_kv.data() + (p % window) * hd;
+  for (int64_t i = 0; i < n; ++i) rows[n_prev + i] = kv.data() + i * hd;
+  for (int64_t j = 0; j < n_comp; ++j) rows[comp_base + j] = state.compressed_kv.data() + j * hd;
 
   // Index lists in the reference's layout: a window section (oldest → newest,
   // −1 padded) as wide as the reference's (min(S, window) in a prefill of S
