@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cli/chat_session.h"
+#include "cli/chat_view.h"
 #include "cli/command.h"
 #include "engine/v4_backend.h"
 #include "model/model.h"
@@ -135,164 +136,6 @@ class LineReader {
  private:
   std::string buf_;
   bool eof_ = false;
-};
-
-bool env_no_color() {
-  const char* v = std::getenv("NO_COLOR");
-  return v && *v;  // no-color.org: present and not empty
-}
-
-struct Style {
-  bool color = false;
-  const char* dim() const { return color ? "\x1b[2m" : ""; }
-  const char* bold() const { return color ? "\x1b[1m" : ""; }
-  const char* cyan() const { return color ? "\x1b[36m" : ""; }
-  const char* green() const { return color ? "\x1b[32m" : ""; }
-  const char* yellow() const { return color ? "\x1b[33m" : ""; }
-  const char* reset() const { return color ? "\x1b[0m" : ""; }
-};
-
-// Streams one turn to stdout as the parser releases it.
-class TerminalView : public TurnView {
- public:
-  TerminalView(Style style, bool show_prompt, bool show_stats)
-      : s_(style), show_prompt_(show_prompt), show_stats_(show_stats) {}
-
-  void prompt(const std::string& text, size_t tokens) override {
-    start_ = std::chrono::steady_clock::now();
-    if (!show_prompt_) return;
-    std::fflush(stdout);
-    std::fprintf(stderr, "[prompt %zu bytes, %zu tokens]\n", text.size(), tokens);
-    std::fwrite(text.data(), 1, text.size(), stderr);
-    std::fputc('\n', stderr);
-    std::fflush(stderr);
-  }
-
-  void reasoning(std::string_view text) override {
-    if (section_ != Section::kReasoning) {
-      close_section();
-      line_start();
-      section_ = Section::kReasoning;
-      write(s_.color ? s_.dim() : "[thinking]\n");
-    }
-    write(text);
-  }
-
-  void content(std::string_view text) override {
-    if (section_ != Section::kContent) {
-      close_section();
-      section_ = Section::kContent;
-      // Leading blank lines the model puts after </think> or a tool result.
-      size_t skip = text.find_first_not_of('\n');
-      text.remove_prefix(skip == std::string_view::npos ? text.size() : skip);
-      if (text.empty()) {
-        section_ = Section::kContentStart;
-        return;
-      }
-    }
-    if (section_ == Section::kContentStart) {
-      size_t skip = text.find_first_not_of('\n');
-      text.remove_prefix(skip == std::string_view::npos ? text.size() : skip);
-      if (text.empty()) return;
-      section_ = Section::kContent;
-    }
-    write(text);
-  }
-
-  void tool_call_begin(const std::string& name) override {
-    close_section();
-    line_start();
-    section_ = Section::kTool;
-    write(str_cat(s_.cyan(), "[tool call] ", s_.bold(), name, s_.reset(), s_.cyan(), "("));
-  }
-  void tool_call_arguments(std::string_view text) override { write(text); }
-  void tool_call_end() override {
-    write(str_cat(")", s_.reset(), "\n"));
-    section_ = Section::kNone;
-  }
-
-  void tool_result(const std::string& name, const std::string& result) override {
-    close_section();
-    line_start();
-    write(str_cat(s_.green(), "[tool result] ", name, " -> ", result, s_.reset(), "\n"));
-  }
-
-  void notice(const std::string& text) override {
-    close_section();
-    line_start();
-    write(str_cat(s_.yellow(), "[", text, "]", s_.reset(), "\n"));
-  }
-
-  void generation_end(const engine::GenerationEvent& last, int64_t cached_tokens) override {
-    close_section();
-    line_start();
-    using engine::FinishReason;
-    switch (last.finish) {
-      case FinishReason::kLength:
-        notice(str_cat(
-            "stopped: ", last.completion_tokens, " tokens, the ",
-            last.prompt_tokens + last.completion_tokens >= context_ ? "context" : "--max-tokens",
-            " limit"));
-        break;
-      case FinishReason::kCancelled:
-        notice("interrupted");
-        break;
-      case FinishReason::kInsufficientResource:
-        notice(str_cat("the model failed: ", last.error));
-        break;
-      default:
-        break;
-    }
-    if (show_stats_ && last.finish != FinishReason::kError) {
-      const double secs =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
-      char line[256];
-      const std::string cached =
-          cached_tokens > 0 ? str_cat(" (", cached_tokens, " kept from the last answer)") : "";
-      std::snprintf(
-          line, sizeof(line), "%s(%lld prompt tokens%s + %lld generated, %.1f s, %.1f tok/s)%s\n",
-          s_.dim(), static_cast<long long>(last.prompt_tokens), cached.c_str(),
-          static_cast<long long>(last.completion_tokens), secs,
-          secs > 0 ? static_cast<double>(last.completion_tokens) / secs : 0.0, s_.reset());
-      write(line);
-    }
-  }
-
-  void set_context(int64_t context) { context_ = context; }
-
- private:
-  enum class Section { kNone, kReasoning, kContentStart, kContent, kTool };
-
-  void write(std::string_view text) {
-    if (text.empty()) return;
-    std::fwrite(text.data(), 1, text.size(), stdout);
-    std::fflush(stdout);
-    at_line_start_ = text.back() == '\n';
-  }
-  void line_start() {
-    if (!at_line_start_) write("\n");
-  }
-  void close_section() {
-    if (section_ == Section::kReasoning) {
-      if (s_.color) {
-        write(s_.reset());
-        line_start();
-      } else {
-        line_start();
-        write("[/thinking]\n");
-      }
-    } else if (section_ == Section::kTool) {
-      tool_call_end();
-    }
-    section_ = Section::kNone;
-  }
-
-  Style s_;
-  bool show_prompt_, show_stats_;
-  Section section_ = Section::kNone;
-  bool at_line_start_ = true;
-  int64_t context_ = 0;
-  std::chrono::steady_clock::time_point start_;
 };
 
 bool parse_on_off(const std::string& v, const std::string& what) {
@@ -484,7 +327,7 @@ int run_chat(int argc, char** argv) {
 
   ChatSession session(
       lm, detok, [&](const std::string& prompt) { return tok->encode(prompt); }, stops, settings);
-  TerminalView view(style, args.has("show-prompt"), tty_out);
+  TerminalView view(stdout, stderr, style, args.has("show-prompt"), tty_out);
   view.set_context(lm.context_length());
   Repl repl(session, view, style);
 

@@ -27,6 +27,7 @@
 // The chat turn logic lives with the `dsv4` binary's sources (src/cli has no
 // library of its own), so the test compiles it in.
 #include "cli/chat_session.cpp"
+#include "cli/chat_view.cpp"
 
 namespace fs = std::filesystem;
 using dsv4::str_cat;
@@ -284,6 +285,58 @@ TEST(ChatSession, ExecutesADsmlToolCallAndContinues) {
   second["messages"].push_back({{"role", "tool"}, {"tool_call_id", "x"}, {"content", tool_json}});
   EXPECT_EQ(view.prompts[1], dsv4::chat::render(second));
   EXPECT_NE(view.prompts[1].find(tool_json), std::string::npos);
+}
+
+// The scripted tool-call turn through the terminal view, plain and styled.
+std::string shown_tool_turn(bool color) {
+  const std::string question = "What is (2+3)*4?";
+  OrderedJson input = tools_input("thinking");
+  input["messages"].push_back(user(question));
+  const std::string call_text =
+      completion_for(input, {{"role", "assistant"},
+                             {"reasoning_content", "I should use the calculator."},
+                             {"content", ""},
+                             {"tool_calls", {calculator_call("(2+3)*4")}}});
+  ScriptedChatModel model(
+      {split_text(call_text, 3),
+       split_text(str_cat("It returned 20.", dsv4::chat::kThinkEnd, "\n\n(2+3)*4 = 20."), 2)});
+  ChatSettings settings;
+  settings.tools = true;
+  ChatSession session(model, model, byte_ids, {kEos}, settings);
+  char* buf = nullptr;
+  size_t len = 0;
+  std::FILE* out = open_memstream(&buf, &len);
+  {
+    dsv4::cli::Style style;
+    style.color = color;
+    dsv4::cli::TerminalView view(out, out, style, false, false);
+    session.send(question, view, kNotCancelled);
+  }
+  std::fclose(out);
+  std::string text(buf, len);
+  std::free(buf);
+  return text;
+}
+
+TEST(ChatView, ShowsReasoningToolCallsAndResultsReadably) {
+  EXPECT_EQ(shown_tool_turn(false),
+            "[thinking]\n"
+            "I should use the calculator.\n"
+            "[/thinking]\n"
+            "[tool call] calculator({\"expression\": \"(2+3)*4\"})\n"
+            "[tool result] calculator -> {\"expression\":\"(2+3)*4\",\"result\":20}\n"
+            "[thinking]\n"
+            "It returned 20.\n"
+            "[/thinking]\n"
+            "(2+3)*4 = 20.\n");
+  EXPECT_EQ(
+      shown_tool_turn(true),
+      "\x1b[2mI should use the calculator.\x1b[0m\n"
+      "\x1b[36m[tool call] \x1b[1mcalculator\x1b[0m\x1b[36m({\"expression\": "
+      "\"(2+3)*4\"})\x1b[0m\n"
+      "\x1b[32m[tool result] calculator -> {\"expression\":\"(2+3)*4\",\"result\":20}\x1b[0m\n"
+      "\x1b[2mIt returned 20.\x1b[0m\n"
+      "(2+3)*4 = 20.\n");
 }
 
 TEST(ChatSession, ToolCallsAreShownButNotRunWhenToolsAreOff) {
