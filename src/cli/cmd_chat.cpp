@@ -173,8 +173,9 @@ std::string trim(const std::string& s) {
 // The state of one `dsv4 chat` run.
 class Repl {
  public:
-  Repl(ChatSession& session, TerminalView& view, Style style)
-      : session_(session), view_(view), s_(style) {}
+  // style: of stdout; err_style: of stderr (either may be redirected).
+  Repl(ChatSession& session, TerminalView& view, Style style, Style err_style)
+      : session_(session), view_(view), s_(style), e_(err_style) {}
 
   // A user message: one turn; false if it failed.
   bool send(const std::string& text) {
@@ -185,7 +186,7 @@ class Repl {
     g_interrupted.store(false);
     if (r.finish == engine::FinishReason::kError) {
       std::fflush(stdout);
-      std::fprintf(stderr, "%serror: %s%s\n", s_.yellow(), r.error.c_str(), s_.reset());
+      std::fprintf(stderr, "%serror: %s%s\n", e_.yellow(), r.error.c_str(), e_.reset());
       return false;
     }
     return true;
@@ -220,7 +221,8 @@ class Repl {
       } else if (name == "/save") {
         if (arg.empty()) fail("/save needs a file name");
         std::ofstream out(arg, std::ios::binary);
-        out << session_.render_input().dump(2) << "\n";
+        out << session_.render_input().dump(2, ' ', false, nlohmann::json::error_handler_t::replace)
+            << "\n";
         if (!out.flush()) fail("cannot write ", arg);
         say(str_cat("conversation saved to ", arg, " (`dsv4 render < ", arg,
                     "` shows its prompt)"));
@@ -229,7 +231,7 @@ class Repl {
       }
     } catch (const Error& e) {
       std::fflush(stdout);
-      std::fprintf(stderr, "%s%s%s\n", s_.yellow(), e.what(), s_.reset());
+      std::fprintf(stderr, "%s%s%s\n", e_.yellow(), e.what(), e_.reset());
       failed_commands_ = true;
     }
     return true;
@@ -248,7 +250,7 @@ class Repl {
 
   ChatSession& session_;
   TerminalView& view_;
-  Style s_;
+  Style s_, e_;
   bool failed_commands_ = false;
 };
 
@@ -309,8 +311,11 @@ int run_chat(int argc, char** argv) {
   const bool tty_out = ::isatty(STDOUT_FILENO);
   Style style;
   style.color = tty_out && !env_no_color();
-  if (tty_out)
-    std::fprintf(stderr, "%sloading %s ...%s\r", style.dim(), model_dir.c_str(), style.reset());
+  const bool tty_err = ::isatty(STDERR_FILENO);
+  Style err_style;
+  err_style.color = tty_err && !env_no_color();
+  // Loading a large checkpoint takes a while: say so, then erase the line.
+  if (tty_err) std::fprintf(stderr, "loading %s ...\r", model_dir.c_str());
 
   std::shared_ptr<const Tokenizer> tok = Tokenizer::load(tok_path.string());
   auto model = std::make_shared<const Model>(model_dir);
@@ -323,13 +328,13 @@ int run_chat(int argc, char** argv) {
   std::vector<int32_t> stops;
   if (tok->eos_id() >= 0) stops.push_back(tok->eos_id());
   if (stops.empty()) stops.push_back(static_cast<int32_t>(cfg.eos_token_id));
-  if (tty_out) std::fprintf(stderr, "\x1b[2K");  // erase the loading line
+  if (tty_err) std::fprintf(stderr, "\x1b[2K");
 
   ChatSession session(
       lm, detok, [&](const std::string& prompt) { return tok->encode(prompt); }, stops, settings);
   TerminalView view(stdout, stderr, style, args.has("show-prompt"), tty_out);
   view.set_context(lm.context_length());
-  Repl repl(session, view, style);
+  Repl repl(session, view, style, err_style);
 
   const std::string name =
       fs::path(model_dir).lexically_normal().filename().string().empty()
