@@ -70,6 +70,11 @@ class ChatBackend {
   // the answer.
   virtual std::unique_ptr<OutputParser> new_output_parser(bool thinking) const = 0;
 
+  // The bytes of every token id (constrained decoding), shared, built once.
+  virtual std::shared_ptr<const std::vector<std::string>> token_table() const = 0;
+  // The single token that ends the reasoning section, -1 if there is none.
+  virtual int32_t think_end_token() const = 0;
+
   // Generated tokens -> text, and the raw bytes of one token (logprobs).
   virtual std::shared_ptr<const engine::Detokenizer> detokenizer() const = 0;
 };

@@ -408,7 +408,10 @@ ChatJob parse_openai_chat(const json& body, bool beta, const ModelNames& names) 
                      "response_format.type: unknown variant `" +
                          type + "`, expected `text` or `json_object`",
                      "response_format");
-    if (type == "json_object") response_format = {{"type", "json_object"}};
+    if (type == "json_object") {
+      response_format = {{"type", "json_object"}};
+      job.json_mode = true;
+    }
   }
 
   // Tools.

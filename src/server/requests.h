@@ -57,6 +57,7 @@ struct ChatJob {
   bool logprobs = false;
   int top_logprobs = 0;
   bool has_tools = false;
+  bool json_mode = false;             // response_format json_object: constrained decoding
   std::optional<int64_t> max_tokens;  // as requested (validated range)
   engine::GenerationRequest gen;      // prompt is filled in after rendering
   std::string user_id;

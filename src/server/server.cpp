@@ -10,6 +10,7 @@
 #include <random>
 #include <set>
 
+#include "engine/json_constraint.h"
 #include "server/api_error.h"
 #include "server/auth.h"
 #include "server/ledger.h"
@@ -507,6 +508,10 @@ struct ApiServer::Impl {
                                      ctx, kMaxOutputTokens);
     job.gen.prompt = std::move(prompt);
     job.gen.stop_tokens = backend->stop_tokens();
+    if (job.json_mode)
+      job.gen.constraint = std::make_shared<engine::JsonObjectConstraint>(
+          backend->token_table(), job.gen.stop_tokens,
+          job.parser_thinking ? backend->think_end_token() : -1);
     auto handle = submit(*sched, job.gen);
     auto state = std::make_shared<Run>(this, std::move(job), key, handle, backend, t0);
     if (state->job.stream) {

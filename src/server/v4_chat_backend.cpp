@@ -147,6 +147,19 @@ std::vector<int32_t> V4ChatBackend::stop_tokens() const {
   return {tok_->eos_id()};
 }
 
+std::shared_ptr<const std::vector<std::string>> V4ChatBackend::token_table() const {
+  std::call_once(table_once_, [&] {
+    auto t = std::make_shared<std::vector<std::string>>(tok_->vocab_size());
+    for (int32_t i = 0; i < tok_->vocab_size(); ++i) (*t)[i] = tok_->token_bytes(i);
+    table_ = std::move(t);
+  });
+  return table_;
+}
+
+int32_t V4ChatBackend::think_end_token() const {
+  return tok_->token_id(chat::kThinkEnd).value_or(-1);
+}
+
 std::unique_ptr<OutputParser> V4ChatBackend::new_output_parser(bool thinking) const {
   return std::make_unique<V4OutputParser>(thinking);
 }

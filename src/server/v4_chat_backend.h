@@ -4,6 +4,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 
 #include "server/chat_backend.h"
 #include "tokenizer/tokenizer.h"
@@ -23,6 +24,8 @@ class V4ChatBackend : public ChatBackend {
   std::vector<int32_t> stop_tokens() const override;
   std::unique_ptr<OutputParser> new_output_parser(bool thinking) const override;
   std::shared_ptr<const engine::Detokenizer> detokenizer() const override { return detok_; }
+  std::shared_ptr<const std::vector<std::string>> token_table() const override;
+  int32_t think_end_token() const override;
 
   // The prompt text encode_chat tokenizes (the official encoder's output).
   std::string render_chat(const Json& conversation) const;
@@ -30,6 +33,8 @@ class V4ChatBackend : public ChatBackend {
  private:
   std::shared_ptr<const Tokenizer> tok_;
   std::shared_ptr<const engine::Detokenizer> detok_;
+  mutable std::once_flag table_once_;
+  mutable std::shared_ptr<const std::vector<std::string>> table_;
 };
 
 }  // namespace dsv4::server

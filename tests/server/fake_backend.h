@@ -148,6 +148,12 @@ class FakeChatBackend : public ChatBackend {
     return std::make_unique<FakeParser>(thinking);
   }
   std::shared_ptr<const engine::Detokenizer> detokenizer() const override { return detok_; }
+  std::shared_ptr<const std::vector<std::string>> token_table() const override {
+    auto t = std::make_shared<std::vector<std::string>>();
+    for (int32_t i = 0; i < kVocab; ++i) t->push_back(detok_->token_bytes(i));
+    return t;
+  }
+  int32_t think_end_token() const override { return -1; }  // "</think>" is 8 byte tokens here
 
   mutable Json last_conversation;
 

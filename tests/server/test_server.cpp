@@ -16,6 +16,7 @@
 #include <mutex>
 #include <thread>
 
+#include "engine/json_constraint.h"
 #include "engine/scheduler.h"
 #include "fake_backend.h"
 #include "server/requests.h"
@@ -394,6 +395,33 @@ TEST(Server, StopSequencesMaxTokensSeedLogprobs) {
   EXPECT_NEAR(lp[0]["logprob"].get<double>(), 0.0, 1e-6);  // the fake puts all mass on it
   EXPECT_EQ(lp[0]["top_logprobs"].size(), 2u);
   EXPECT_EQ(lp[0]["top_logprobs"][0]["token"], "o");
+}
+
+TEST(Server, JsonObjectOutputIsConstrained) {
+  TestServer s;
+  json req = chat();
+  req["thinking"] = {{"type", "disabled"}};
+  req["response_format"] = {{"type", "json_object"}};
+  // Valid JSON from the model passes through unchanged.
+  s.model->set("{\"a\": [1, true]}");
+  json j = parse(s.post("/chat/completions", req));
+  EXPECT_EQ(j["choices"][0]["message"]["content"], "{\"a\": [1, true]}");
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(s.backend->last_conversation["response_format"]["type"], "json_object");
+  // A model that wants to write prose is held to the grammar: whatever it
+  // writes is a prefix of a JSON object, and a complete one if it stopped.
+  s.model->set("Hello, here is your JSON!");
+  for (int seed = 0; seed < 5; ++seed) {
+    req["seed"] = seed;
+    req["max_tokens"] = 40;
+    j = parse(s.post("/chat/completions", req));
+    const std::string content = j["choices"][0]["message"]["content"];
+    engine::JsonMachine m;
+    EXPECT_TRUE(m.feed(content)) << content;
+    if (j["choices"][0]["finish_reason"] == "stop") {
+      EXPECT_TRUE(m.complete()) << content;
+    }
+  }
 }
 
 // ------------------------------------------------------------------ errors

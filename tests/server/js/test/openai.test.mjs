@@ -106,6 +106,23 @@ describe('chat completions', () => {
     assert.ok(answer.usage.prompt_tokens > first.usage.prompt_tokens);
   });
 
+  test('json_object output is valid JSON even from random weights', async () => {
+    for (const seed of [1, 2, 3]) {
+      const r = await client.chat.completions.create({
+        model: 'deepseek-v4-flash', max_tokens: 24, seed, thinking: { type: 'disabled' },
+        response_format: { type: 'json_object' },
+        messages: [{ role: 'user', content: 'Answer in json: {"greeting": ...}' }],
+      });
+      const content = r.choices[0].message.content;
+      assert.match(content, /^\s*\{/);
+      if (r.choices[0].finish_reason === 'stop') {
+        const v = JSON.parse(content);
+        assert.equal(typeof v, 'object');
+        assert.ok(!Array.isArray(v));
+      }
+    }
+  });
+
   test('legacy aliases', async () => {
     const r = await client.chat.completions.create({ model: 'deepseek-chat', messages, max_tokens: 2 });
     assert.equal(r.choices[0].message.reasoning_content, undefined);
