@@ -523,8 +523,21 @@ struct ApiServer::Impl {
             return true;
           },
           [state](bool) { state->handle->cancel(); });
+    } else if (handle->state() == engine::RequestHandle::State::kQueued) {
+      // Queued behind other requests: answer 200 now and send blank lines
+      // while waiting, as the platform does for non-streaming requests (JSON
+      // parsers skip leading whitespace). Clients' idle timers hold, and a
+      // client that leaves is noticed and dropped from the queue.
+      res.set_chunked_content_provider(
+          "application/json",
+          [state](size_t, httplib::DataSink& sink) {
+            if (state->collect_all(&sink)) Run::write(sink, dump(state->final_or_error()));
+            sink.done();
+            return true;
+          },
+          [state](bool) { state->handle->cancel(); });
     } else {
-      state->collect_all();
+      state->collect_all(nullptr);
       if (state->final_ev.finish == engine::FinishReason::kError)
         throw ApiError(ErrorKind::kServer, "generation failed: " + state->final_ev.error);
       if (state->final_ev.finish == engine::FinishReason::kInsufficientResource &&
@@ -649,14 +662,38 @@ struct ApiServer::Impl {
         srv->record_usage(key, job.model.price_key, ev.prompt_tokens, ev.completion_tokens);
     }
 
-    void collect_all() {
+    // Waits for the whole generation. With a sink, writes a blank line at
+    // every keep-alive interval; false if the client went away (cancelled).
+    bool collect_all(httplib::DataSink* sink) {
       while (true) {
-        auto ev = handle->next_event(std::chrono::milliseconds(1000));
-        if (!ev) continue;
+        auto ev = handle->next_event(sink ? srv->opt.keepalive_interval
+                                          : std::chrono::milliseconds(1000));
+        if (!ev) {
+          if (sink && !write(*sink, "\n")) {
+            handle->cancel();
+            return false;
+          }
+          continue;
+        }
         json a = json::array(), b = json::array();
         absorb(*ev, &a, &b);
-        if (ev->done) return;
+        if (ev->done) return ev->finish != engine::FinishReason::kCancelled;
       }
+    }
+
+    // The response body once the status is already 200: the result, or the
+    // route's error body for a failed generation.
+    json final_or_error() const {
+      if (final_ev.finish == engine::FinishReason::kError)
+        return error_body(ErrorKind::kServer, "generation failed: " + final_ev.error, "",
+                          job.style);
+      if (final_ev.finish == engine::FinishReason::kInsufficientResource &&
+          job.style == ApiStyle::kAnthropic)
+        return error_body(ErrorKind::kOverloaded,
+                          "The request is interrupted due to insufficient resource of the "
+                          "inference system",
+                          "", job.style);
+      return final_body();
     }
 
     bool tool_calls() const { return !out.calls.empty(); }

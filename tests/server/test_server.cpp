@@ -807,5 +807,47 @@ TEST(Server, KeepAliveWhileQueuedAndCancelOnDisconnect) {
   EXPECT_EQ(s.model->steps.load(), steps) << "the abandoned request kept generating";
 }
 
+TEST(Server, QueuedNonStreamGetsBlankLinesAndIsDroppedOnDisconnect) {
+  ServerOptions o;
+  o.keepalive_interval = 30ms;
+  TestServer s(o);
+  s.model->delay = 2ms;
+  s.model->set("y", /*forever=*/true);
+  json long_req = chat();
+  long_req["thinking"] = {{"type", "disabled"}};
+  long_req["max_tokens"] = 100;
+  std::thread first([&] { EXPECT_EQ(s.post("/chat/completions", long_req)->status, 200); });
+  while (s.model->steps < 2) std::this_thread::sleep_for(1ms);
+  // Queued: blank lines first, then the JSON body.
+  json req = chat();
+  req["max_tokens"] = 2;
+  auto r = s.post("/chat/completions", req);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(r->body.front(), '\n');
+  json j = json::parse(r->body);
+  EXPECT_EQ(j["object"], "chat.completion");
+  EXPECT_EQ(j["usage"]["completion_tokens"], 2);
+  first.join();
+
+  // A queued client that goes away is dropped without ever running.
+  std::thread second([&] { s.post("/chat/completions", long_req); });
+  while (s.model->steps < 110) std::this_thread::sleep_for(1ms);
+  {
+    httplib::Client c("127.0.0.1", s.port);
+    httplib::Request hr;
+    hr.method = "POST";
+    hr.path = "/chat/completions";
+    hr.body = long_req.dump();
+    hr.set_header("Content-Type", "application/json");
+    hr.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return false; };
+    c.send(hr);  // gives up at the first blank line
+  }
+  second.join();
+  const int steps = s.model->steps;
+  std::this_thread::sleep_for(200ms);
+  EXPECT_EQ(s.model->steps.load(), steps) << "the abandoned queued request ran";
+  EXPECT_EQ(steps, 1 + 99 + 1 + 99 + 1 + 1);  // two 100-token runs and the 2-token one
+}
+
 }  // namespace
 }  // namespace dsv4::server
