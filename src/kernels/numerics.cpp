@@ -61,7 +61,8 @@ uint8_t fp8_e4m3_encode(float x) {
 
 float e8m0_decode(uint8_t b) {
   if (b == 255) return std::numeric_limits<float>::quiet_NaN();
-  return std::ldexp(1.0f, static_cast<int>(b) - 127);
+  if (b == 0) return bits_float(0x00400000u);  // 2^-127 is subnormal
+  return bits_float(static_cast<uint32_t>(b) << 23);
 }
 
 const float* fp4_e2m1_table() {
