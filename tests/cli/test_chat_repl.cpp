@@ -24,10 +24,8 @@
 #include "model/model.h"
 #include "tokenizer/tokenizer.h"
 
-// The chat turn logic lives with the `dsv4` binary's sources (src/cli has no
-// library of its own), so the test compiles it in.
-#include "cli/chat_session.cpp"
-#include "cli/chat_view.cpp"
+#include "cli/chat_session.h"
+#include "cli/chat_view.h"
 
 namespace fs = std::filesystem;
 using dsv4::str_cat;
