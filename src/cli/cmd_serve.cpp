@@ -88,6 +88,8 @@ int run_serve(int argc, char** argv) {
   }
   if (!args.positional().empty()) fail("unexpected argument \"", args.positional()[0], "\"");
   const std::string model_dir = args.has("model") ? args.get("model") : default_model_dir();
+  if (!std::filesystem::exists(std::filesystem::path(model_dir) / "config.json"))
+    fail("no config.json in ", model_dir, ": --model must name a V4 checkpoint folder");
   const std::string tok_dir = args.get("tokenizer", model_dir);
   if (!std::filesystem::exists(std::filesystem::path(tok_dir) / "tokenizer.json") &&
       !std::filesystem::is_regular_file(tok_dir))
