@@ -58,9 +58,13 @@ Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
       for (const auto& [name, t] : s->tensors())
         if (!listed.count(name))
           fail(s->path(), ": tensor ", name, " is not listed in ", index.string());
-    if (j.contains("metadata") && j["metadata"].contains("total_size") &&
-        j["metadata"]["total_size"].is_number_unsigned()) {
-      const size_t declared = j["metadata"]["total_size"].get<size_t>();
+    if (j.contains("metadata") && j["metadata"].is_object() &&
+        j["metadata"].contains("total_size")) {
+      const auto& ts = j["metadata"]["total_size"];
+      if (!ts.is_number_unsigned() && !(ts.is_number_float() && ts.get<double>() >= 0 &&
+                                        ts.get<double>() == static_cast<double>(ts.get<uint64_t>())))
+        fail(index.string(), ": metadata.total_size must be a non-negative integer, got ", ts.dump());
+      const size_t declared = ts.get<size_t>();
       if (declared != total_bytes())
         fail(index.string(), ": metadata.total_size = ", declared, " but the shards hold ",
              total_bytes(), " tensor bytes");

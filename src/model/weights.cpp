@@ -141,9 +141,11 @@ class Walker {
     m.hash = layer_id < c.n_hash_layers;
     m.gate_weight = tensor(p + ".gate.weight", {DType::BF16}, {c.n_routed_experts, c.dim},
                            Role::kWeight, c.dim);
-    if (m.hash)
+    if (m.hash) {
       m.tid2eid = tensor(p + ".gate.tid2eid", {DType::I64, DType::I32},
                          {c.vocab_size, c.n_activated_experts}, Role::kTable);
+      if (ckpt_) check_expert_table(m.tid2eid);
+    }
     else
       m.gate_bias = tensor(p + ".gate.bias", {DType::F32}, {c.n_routed_experts}, Role::kBias);
     for (int64_t e = 0; e < c.n_routed_experts; ++e)
@@ -153,6 +155,18 @@ class Walker {
       m.shared = expert(p + ".shared_experts", false);
     }
     return m;
+  }
+
+  // Hash routing indexes experts by these entries: reject out-of-range ones at
+  // load rather than reading outside the expert list later.
+  void check_expert_table(const TensorView& t) const {
+    const int64_t n = t.numel(), k = cfg_.n_activated_experts;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t e = t.dtype == DType::I64 ? t.as<int64_t>()[i] : t.as<int32_t>()[i];
+      if (e < 0 || e >= cfg_.n_routed_experts)
+        fail(t.file, ": tensor ", t.name, " maps token ", i / k, " to expert ", e,
+             ", outside [0, ", cfg_.n_routed_experts, ")");
+    }
   }
 
   BlockWeights block(const std::string& p, int64_t layer_id) {

@@ -111,7 +111,12 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
   if (!header.is_object()) fail(path, ": safetensors header is not a JSON object");
   const std::byte* data_begin = map_->data() + 8 + header_len;
   const size_t data_size = size - 8 - header_len;
-  std::vector<std::pair<uint64_t, uint64_t>> ranges;
+  struct Range {
+    uint64_t begin, end;
+    std::string name;
+    bool operator<(const Range& o) const { return begin < o.begin || (begin == o.begin && end < o.end); }
+  };
+  std::vector<Range> ranges;
   for (auto it = header.begin(); it != header.end(); ++it) {
     if (it.key() == "__metadata__") {
       if (!it.value().is_object()) fail(path, ": __metadata__ is not an object");
@@ -155,13 +160,14 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
            expect, " bytes but data_offsets give ", e - b);
     t.data = data_begin + b;
     t.nbytes = e - b;
-    ranges.emplace_back(b, e);
+    ranges.push_back({b, e, name});
     tensors_.emplace(name, std::move(t));
   }
   std::sort(ranges.begin(), ranges.end());
   for (size_t i = 1; i < ranges.size(); ++i)
-    if (ranges[i].first < ranges[i - 1].second && ranges[i].first != ranges[i].second)
-      fail(path, ": tensor data ranges overlap (corrupt header)");
+    if (ranges[i].begin < ranges[i - 1].end && ranges[i].begin != ranges[i].end)
+      fail(path, ": tensors ", ranges[i - 1].name, " and ", ranges[i].name,
+           " have overlapping data ranges (corrupt header)");
 }
 
 const TensorView& SafetensorsFile::get(const std::string& name) const {

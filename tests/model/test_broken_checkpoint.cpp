@@ -309,6 +309,29 @@ TEST_F(BrokenCheckpoint, IndexTotalSizeDisagrees) {
   expect_rejected({"model.safetensors.index.json", "metadata.total_size"});
 }
 
+TEST_F(BrokenCheckpoint, IndexTotalSizeNotAnInteger) {
+  ojson j = index();
+  j["metadata"]["total_size"] = "12345";
+  set_index(j);
+  expect_rejected({"model.safetensors.index.json", "metadata.total_size", "integer"});
+}
+
+TEST_F(BrokenCheckpoint, HashTableNamesAnExpertOutOfRange) {
+  const std::string name = "layers.0.ffn.gate.tid2eid";
+  const fs::path shard = shard_of(name);
+  Shard s = read_shard(shard);
+  const uint64_t begin = s.header[name]["data_offsets"][0].get<uint64_t>();
+  const std::string dtype = s.header[name]["dtype"].get<std::string>();
+  const int64_t bad = config()["n_routed_experts"].get<int64_t>();  // one past the last expert
+  // Row 3, column 1 (k = num_experts_per_tok entries per row).
+  const int64_t k = config()["num_experts_per_tok"].get<int64_t>();
+  const size_t width = dtype == "I64" ? 8 : 4;
+  const size_t at = begin + static_cast<size_t>(3 * k + 1) * width;
+  std::memcpy(s.data.data() + at, &bad, width);  // little-endian: low bytes first
+  write_shard(shard, s);
+  expect_rejected({shard.filename().string(), name, "token 3", "expert " + std::to_string(bad)});
+}
+
 TEST_F(BrokenCheckpoint, IndexNotJson) {
   spit(index_path(), "{\"weight_map\": {");
   expect_rejected({"model.safetensors.index.json", "not valid JSON"});
