@@ -8,3 +8,11 @@ foreach(check determinism split render_golden tokenizer_golden tokenizer_train r
                    --dsv4 $<TARGET_FILE:dsv4>)
   set_tests_properties(demo_${check} PROPERTIES LABELS demo TIMEOUT 120 SKIP_RETURN_CODE 77)
 endforeach()
+
+# Training driver + export + engine load on a tiny config (tools/demo/train.py, export_demo.py,
+# compare_engine.py): a few dozen steps, well under a minute on two idle cores.
+add_test(NAME demo_train_pipeline
+         COMMAND /usr/bin/python3 ${CMAKE_CURRENT_LIST_DIR}/test_train_pipeline.py
+                 --dsv4 $<TARGET_FILE:dsv4>)
+set_tests_properties(demo_train_pipeline PROPERTIES LABELS "demo;python" TIMEOUT 600
+                     SKIP_RETURN_CODE 77)
