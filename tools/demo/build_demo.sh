@@ -25,14 +25,18 @@ PY=/usr/bin/python3
 [ -x "$DSV4" ] || { echo "build_demo.sh: $DSV4 is not an executable dsv4 binary" >&2; exit 1; }
 mkdir -p "$WORK"
 
-if [ ! -f "$WORK/train.npz" ]; then
+# Each data step runs only when its output is missing (delete $WORK to regenerate everything).
+[ -f "$WORK/train.jsonl" ] ||
   $PY tools/demo/gen_data.py --seed 1 --n 40000 --out "$WORK/train.jsonl" --meta "$WORK/train.meta.jsonl"
+[ -f "$WORK/eval.jsonl" ] ||
   $PY tools/demo/gen_data.py --seed 2 --n 1000 --split eval --out "$WORK/eval.jsonl" --meta "$WORK/eval.meta.jsonl"
+[ -f "$WORK/tokenizer/tokenizer.json" ] ||
   $PY tools/demo/train_tokenizer.py --data "$WORK/train.jsonl" --vocab-size 2048 --out "$WORK/tokenizer"
+[ -f "$WORK/eval.npz" ] ||
   $PY tools/demo/prepare_data.py --data "$WORK/eval.jsonl" --tokenizer "$WORK/tokenizer" --out "$WORK/eval.npz"
+[ -f "$WORK/train.npz" ] ||
   $PY tools/demo/prepare_data.py --data "$WORK/train.jsonl" --tokenizer "$WORK/tokenizer" \
       --max-tokens 768 --out "$WORK/train.npz"
-fi
 
 $PY tools/demo/train.py --data "$WORK/train.npz" --eval-data "$WORK/eval.npz" --out "$WORK/run" \
     --threads "$THREADS" --time-budget "$TIME_BUDGET" --steps "$STEPS" \
