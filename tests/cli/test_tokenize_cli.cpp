@@ -1,5 +1,6 @@
-// `dsv4 tokenize` / `dsv4 detokenize` on a sample of the golden tokenizer
-// cases, and their error handling.
+// `dsv4 tokenize` / `dsv4 detokenize` on every golden tokenizer case (batch
+// mode, one process per mode) and a sample one process per text, and their
+// error handling.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -59,7 +60,7 @@ TEST(TokenizeCli, SampleOfGoldenCases) {
   const auto cases = read_jsonl(std::string(DSV4_TEST_DATA) + "/tokenizer/cases.jsonl");
   ASSERT_GT(cases.size(), 50u);
   int checked = 0;
-  for (size_t i = 0; i < cases.size(); i += 45) {
+  for (size_t i = 0; i < cases.size(); i += 90) {
     const json& c = cases[i];
     SCOPED_TRACE(c["id"].get<std::string>());
     const Result enc = run("tokenize --model " + kModelDir, c["text"].get<std::string>());
@@ -76,7 +77,49 @@ TEST(TokenizeCli, SampleOfGoldenCases) {
     EXPECT_EQ(skip.out, c["decoded_skip_special"].get<std::string>());
     ++checked;
   }
-  EXPECT_GT(checked, 8);
+  EXPECT_GT(checked, 4);
+}
+
+// Every golden case through the binary: one --jsonl process per mode.
+TEST(TokenizeCli, EveryGoldenCaseInBatchMode) {
+  const auto cases = read_jsonl(std::string(DSV4_TEST_DATA) + "/tokenizer/cases.jsonl");
+  ASSERT_GT(cases.size(), 50u);
+  std::string texts, id_lists;
+  for (const json& c : cases) {
+    texts += c["text"].dump() + "\n";
+    id_lists += c["ids"].dump() + "\n";
+  }
+  auto lines = [](const std::string& out) {
+    std::vector<json> rows;
+    std::istringstream in(out);
+    std::string line;
+    while (std::getline(in, line)) rows.push_back(json::parse(line));
+    return rows;
+  };
+  const Result enc = run("tokenize --jsonl --model " + kModelDir, texts);
+  ASSERT_EQ(enc.status, 0) << enc.err;
+  const Result toks = run("tokenize --jsonl --tokens --model " + kModelDir, texts);
+  ASSERT_EQ(toks.status, 0) << toks.err;
+  const Result dec = run("detokenize --jsonl --model " + kModelDir, id_lists);
+  ASSERT_EQ(dec.status, 0) << dec.err;
+  const Result skip = run("detokenize --jsonl --skip-special --model " + kModelDir, id_lists);
+  ASSERT_EQ(skip.status, 0) << skip.err;
+  const auto ids = lines(enc.out), strs = lines(toks.out), decs = lines(dec.out),
+             skips = lines(skip.out);
+  ASSERT_EQ(ids.size(), cases.size());
+  ASSERT_EQ(strs.size(), cases.size());
+  ASSERT_EQ(decs.size(), cases.size());
+  ASSERT_EQ(skips.size(), cases.size());
+  for (size_t i = 0; i < cases.size(); ++i) {
+    SCOPED_TRACE(cases[i]["id"].get<std::string>());
+    EXPECT_EQ(ids[i], cases[i]["ids"]);
+    EXPECT_EQ(strs[i], cases[i]["tokens"]);
+    EXPECT_EQ(decs[i], cases[i]["decoded"]);
+    EXPECT_EQ(skips[i], cases[i]["decoded_skip_special"]);
+  }
+  const Result bad = run("detokenize --jsonl --model " + kModelDir, "[1,2]\n[1,-5]\n");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.err.find("line 2"), std::string::npos) << bad.err;
 }
 
 TEST(TokenizeCli, CasesWithAddedTokenStrings) {
