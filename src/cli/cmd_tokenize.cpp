@@ -163,8 +163,8 @@ int run_detokenize(int argc, char** argv) {
     std::string out;
     for_each_jsonl_line(read_stdin(), [&](size_t line_no, const nlohmann::json& v) {
       const auto ids = parse_ids(*tok, v, "--jsonl: line " + std::to_string(line_no));
-      out += nlohmann::json(tok->decode(ids, skip)).dump(-1, ' ', false,
-                                                        nlohmann::json::error_handler_t::replace) +
+      out += nlohmann::json(tok->decode(ids, skip))
+                 .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) +
              "\n";
     });
     write_stdout(out);

@@ -40,8 +40,7 @@ Args::Args(const std::string& command, int argc, char** argv, std::vector<Option
         fail("option --", name, " takes no value");
       }
       auto& slot = values_[name];
-      if (!slot.empty() && !spec->repeatable)
-        fail("option --", name, " given more than once");
+      if (!slot.empty() && !spec->repeatable) fail("option --", name, " given more than once");
       slot.push_back(value);
     } else {
       positional_.push_back(a);
@@ -81,8 +80,7 @@ double Args::get_double(const std::string& name, double fallback) const {
   const std::string v = get(name);
   char* end = nullptr;
   double x = std::strtod(v.c_str(), &end);
-  if (v.empty() || *end != '\0')
-    fail("option --", name, " expects a number, got \"", v, "\"");
+  if (v.empty() || *end != '\0') fail("option --", name, " expects a number, got \"", v, "\"");
   return x;
 }
 
@@ -91,7 +89,8 @@ std::vector<int64_t> parse_id_list(const std::string& text, const std::string& o
   size_t pos = 0;
   while (pos <= text.size()) {
     size_t comma = text.find(',', pos);
-    std::string item = text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+    std::string item =
+        text.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
     char* end = nullptr;
     errno = 0;
     long long x = std::strtoll(item.c_str(), &end, 10);
@@ -109,7 +108,7 @@ std::string default_model_dir() {
   if (const char* env = std::getenv("DSV4_MODEL")) return env;
   // Next to the binary's source tree (build dir) or installed share dir.
   for (const fs::path& p : {fs::path(DSV4_SOURCE_DIR) / "models" / "dsv4-demo",
-                           fs::path("/usr/local/share/dsv4/models/dsv4-demo")})
+                            fs::path("/usr/local/share/dsv4/models/dsv4-demo")})
     if (fs::exists(p / "config.json")) return p.string();
   fail("no --model given and the bundled demo model was not found (looked in ", DSV4_SOURCE_DIR,
        "/models/dsv4-demo); pass --model DIR");

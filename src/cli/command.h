@@ -31,8 +31,8 @@ struct CommandRegistrar {
 // Minimal option parser: --name value, --name=value, boolean --flag.
 // Unknown options and missing values are errors naming the option.
 struct OptionSpec {
-  std::string name;   // without the leading dashes
-  bool takes_value;   // false: a boolean flag
+  std::string name;  // without the leading dashes
+  bool takes_value;  // false: a boolean flag
   bool repeatable = false;
 };
 

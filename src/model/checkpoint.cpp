@@ -39,7 +39,8 @@ Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
         fail(index.string(), ": weight_map entry for ", it.key(), " is not a file name");
       const std::string file = it.value().get<std::string>();
       if (file.find('/') != std::string::npos || file.find("..") != std::string::npos)
-        fail(index.string(), ": weight_map entry for ", it.key(), " names a file outside the folder: ", file);
+        fail(index.string(), ": weight_map entry for ", it.key(),
+             " names a file outside the folder: ", file);
       auto f = by_file.find(file);
       if (f == by_file.end()) {
         const fs::path p = root / file;
@@ -61,9 +62,11 @@ Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
     if (j.contains("metadata") && j["metadata"].is_object() &&
         j["metadata"].contains("total_size")) {
       const auto& ts = j["metadata"]["total_size"];
-      if (!ts.is_number_unsigned() && !(ts.is_number_float() && ts.get<double>() >= 0 &&
-                                        ts.get<double>() == static_cast<double>(ts.get<uint64_t>())))
-        fail(index.string(), ": metadata.total_size must be a non-negative integer, got ", ts.dump());
+      if (!ts.is_number_unsigned() &&
+          !(ts.is_number_float() && ts.get<double>() >= 0 &&
+            ts.get<double>() == static_cast<double>(ts.get<uint64_t>())))
+        fail(index.string(), ": metadata.total_size must be a non-negative integer, got ",
+             ts.dump());
       const size_t declared = ts.get<size_t>();
       if (declared != total_bytes())
         fail(index.string(), ": metadata.total_size = ", declared, " but the shards hold ",

@@ -76,7 +76,9 @@ class Reader {
   const std::string& source_;
 };
 
-bool is_pow2(int64_t x) { return x > 0 && (x & (x - 1)) == 0; }
+bool is_pow2(int64_t x) {
+  return x > 0 && (x & (x - 1)) == 0;
+}
 
 }  // namespace
 
@@ -98,11 +100,13 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     bool ok = a->is_array() && !a->empty();
     for (const auto& x : *a) ok = ok && x.is_string() && x == "DeepseekV4ForCausalLM";
     if (!ok)
-      fail(source, ": architectures ", a->dump(), " is not supported (expected DeepseekV4ForCausalLM)");
+      fail(source, ": architectures ", a->dump(),
+           " is not supported (expected DeepseekV4ForCausalLM)");
   }
   // Later releases (V4.1: Engram, kv_source_layer_ids) are different models.
   for (const char* k : {"engram_layer_ids", "kv_source_layer_ids"})
-    if (r.find(k)) fail(source, ": field \"", k, "\" belongs to a later model family (V4.1), not supported");
+    if (r.find(k))
+      fail(source, ": field \"", k, "\" belongs to a later model family (V4.1), not supported");
 
   c.vocab_size = r.integer("vocab_size", 1);
   c.dim = r.integer("hidden_size", 1);
@@ -156,28 +160,37 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   }
 
   const std::string sf = r.string_or("scoring_func", "sqrtsoftplus");
-  if (sf == "sqrtsoftplus") c.score_func = ScoreFunc::kSqrtSoftplus;
-  else if (sf == "sigmoid") c.score_func = ScoreFunc::kSigmoid;
-  else if (sf == "softmax") c.score_func = ScoreFunc::kSoftmax;
-  else fail(source, ": scoring_func \"", sf, "\" is not supported (sqrtsoftplus, sigmoid, softmax)");
+  if (sf == "sqrtsoftplus")
+    c.score_func = ScoreFunc::kSqrtSoftplus;
+  else if (sf == "sigmoid")
+    c.score_func = ScoreFunc::kSigmoid;
+  else if (sf == "softmax")
+    c.score_func = ScoreFunc::kSoftmax;
+  else
+    fail(source, ": scoring_func \"", sf, "\" is not supported (sqrtsoftplus, sigmoid, softmax)");
 
   const std::string tm = r.string_or("topk_method", "noaux_tc");
   if (tm != "noaux_tc")
     fail(source, ": topk_method \"", tm, "\" is not supported (expected \"noaux_tc\")");
   const std::string act = r.string_or("hidden_act", "silu");
-  if (act != "silu") fail(source, ": hidden_act \"", act, "\" is not supported (expected \"silu\")");
+  if (act != "silu")
+    fail(source, ": hidden_act \"", act, "\" is not supported (expected \"silu\")");
   if (r.boolean_or("tie_word_embeddings", false))
     fail(source, ": tie_word_embeddings = true is not supported (V4 has a separate head)");
   if (r.boolean_or("attention_bias", false))
     fail(source, ": attention_bias = true is not supported");
   const int64_t kv_heads = r.integer_or("num_key_value_heads", 1, 1);
   if (kv_heads != 1)
-    fail(source, ": num_key_value_heads = ", kv_heads, " is not supported (V4 uses one shared KV head)");
+    fail(source, ": num_key_value_heads = ", kv_heads,
+         " is not supported (V4 uses one shared KV head)");
 
   const std::string ed = r.string_or("expert_dtype", "fp4");
-  if (ed == "fp4") c.expert_dtype = ExpertDType::kFP4;
-  else if (ed == "fp8") c.expert_dtype = ExpertDType::kFP8;
-  else fail(source, ": expert_dtype \"", ed, "\" is not supported (fp4 or fp8)");
+  if (ed == "fp4")
+    c.expert_dtype = ExpertDType::kFP4;
+  else if (ed == "fp8")
+    c.expert_dtype = ExpertDType::kFP8;
+  else
+    fail(source, ": expert_dtype \"", ed, "\" is not supported (fp4 or fp8)");
 
   if (const json* q = r.find("quantization_config")) {
     if (!q->is_object()) fail(source, ": quantization_config must be an object");
@@ -192,8 +205,7 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
     if (q->contains("scale_fmt") && !(*q)["scale_fmt"].is_null() && (*q)["scale_fmt"] != "ue8m0")
       fail(source, ": quantization_config.scale_fmt = ", (*q)["scale_fmt"].dump(),
            " is not supported (expected \"ue8m0\")");
-    if (q->contains("weight_block_size") &&
-        (*q)["weight_block_size"] != json::array({128, 128}))
+    if (q->contains("weight_block_size") && (*q)["weight_block_size"] != json::array({128, 128}))
       fail(source, ": quantization_config.weight_block_size = ", (*q)["weight_block_size"].dump(),
            " is not supported (expected [128, 128])");
   }
@@ -225,9 +237,9 @@ ModelConfig parse_model_config(const std::string& json_text, const std::string& 
   require(c.nope_head_dim() % 64 == 0,
           "head_dim - qk_rope_head_dim must be a multiple of 64 (FP8 KV blocks of 64)");
   require(c.n_heads % c.o_groups == 0, "num_attention_heads must be divisible by o_groups");
-  require(c.index_head_dim > c.rope_head_dim && is_pow2(c.index_head_dim) &&
-              c.index_head_dim % 32 == 0,
-          "index_head_dim must be a power of two >= 32 and exceed qk_rope_head_dim");
+  require(
+      c.index_head_dim > c.rope_head_dim && is_pow2(c.index_head_dim) && c.index_head_dim % 32 == 0,
+      "index_head_dim must be a power of two >= 32 and exceed qk_rope_head_dim");
   require(c.n_activated_experts <= c.n_routed_experts,
           "num_experts_per_tok must not exceed n_routed_experts");
   require(c.n_shared_experts <= 1, "at most one shared expert is supported");
@@ -279,8 +291,10 @@ std::string model_config_to_json(const ModelConfig& c) {
   j["o_lora_rank"] = c.o_lora_rank;
   j["q_lora_rank"] = c.q_lora_rank;
   j["qk_rope_head_dim"] = c.rope_head_dim;
-  j["quantization_config"] = {{"activation_scheme", "dynamic"}, {"fmt", "e4m3"},
-                              {"quant_method", "fp8"},          {"scale_fmt", "ue8m0"},
+  j["quantization_config"] = {{"activation_scheme", "dynamic"},
+                              {"fmt", "e4m3"},
+                              {"quant_method", "fp8"},
+                              {"scale_fmt", "ue8m0"},
                               {"weight_block_size", {128, 128}}};
   j["rms_norm_eps"] = c.norm_eps;
   if (c.yarn) {

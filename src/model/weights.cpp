@@ -8,7 +8,9 @@ namespace dsv4 {
 
 namespace {
 
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
 // Walks the model's tensor layout once; each visit either records the spec
 // (expected_tensors) or fetches and validates the tensor (bind_weights). Both
@@ -21,8 +23,8 @@ class Walker {
   std::vector<TensorSpec> specs;
   std::set<std::string> used;
 
-  TensorView tensor(const std::string& name, std::vector<DType> dtypes,
-                    std::vector<int64_t> shape, Role role, int64_t fan_in = 0) {
+  TensorView tensor(const std::string& name, std::vector<DType> dtypes, std::vector<int64_t> shape,
+                    Role role, int64_t fan_in = 0) {
     specs.push_back({name, dtypes, shape, role, fan_in});
     if (!ckpt_) return {};
     used.insert(name);
@@ -86,7 +88,8 @@ class Walker {
     c.rotate = rotate;
     const int64_t width = (c.overlap ? 2 : 1) * head_dim;
     c.ape = tensor(prefix + ".ape", {DType::F32, DType::BF16}, {ratio, width}, Role::kApe);
-    c.wkv = tensor(prefix + ".wkv.weight", {DType::BF16}, {width, cfg_.dim}, Role::kWeight, cfg_.dim);
+    c.wkv =
+        tensor(prefix + ".wkv.weight", {DType::BF16}, {width, cfg_.dim}, Role::kWeight, cfg_.dim);
     c.wgate =
         tensor(prefix + ".wgate.weight", {DType::BF16}, {width, cfg_.dim}, Role::kWeight, cfg_.dim);
     c.norm = norm(prefix + ".norm.weight", head_dim);
@@ -111,8 +114,8 @@ class Walker {
     }
     if (ratio == 4) {
       a.has_indexer = true;
-      a.indexer.wq_b = fp8_linear(p + ".indexer.wq_b", c.index_n_heads * c.index_head_dim,
-                                  c.q_lora_rank);
+      a.indexer.wq_b =
+          fp8_linear(p + ".indexer.wq_b", c.index_n_heads * c.index_head_dim, c.q_lora_rank);
       a.indexer.weights_proj = tensor(p + ".indexer.weights_proj.weight", {DType::BF16},
                                       {c.index_n_heads, c.dim}, Role::kWeight, c.dim);
       a.indexer.compressor = compressor(p + ".indexer.compressor", ratio, c.index_head_dim, true);
@@ -145,8 +148,7 @@ class Walker {
       m.tid2eid = tensor(p + ".gate.tid2eid", {DType::I64, DType::I32},
                          {c.vocab_size, c.n_activated_experts}, Role::kTable);
       if (ckpt_) check_expert_table(m.tid2eid);
-    }
-    else
+    } else
       m.gate_bias = tensor(p + ".gate.bias", {DType::F32}, {c.n_routed_experts}, Role::kBias);
     for (int64_t e = 0; e < c.n_routed_experts; ++e)
       m.experts.push_back(expert(p + ".experts." + std::to_string(e), true));
@@ -164,8 +166,8 @@ class Walker {
     for (int64_t i = 0; i < n; ++i) {
       const int64_t e = t.dtype == DType::I64 ? t.as<int64_t>()[i] : t.as<int32_t>()[i];
       if (e < 0 || e >= cfg_.n_routed_experts)
-        fail(t.file, ": tensor ", t.name, " maps token ", i / k, " to expert ", e,
-             ", outside [0, ", cfg_.n_routed_experts, ")");
+        fail(t.file, ": tensor ", t.name, " maps token ", i / k, " to expert ", e, ", outside [0, ",
+             cfg_.n_routed_experts, ")");
     }
   }
 

@@ -16,9 +16,9 @@
 namespace dsv4 {
 
 // A linear layer's weight in its stored format.
-//   kFP8:  weight F8_E4M3 [out, in], scale [ceil(out/128), ceil(in/128)] (E8M0, or F32 in Base checkpoints)
-//   kFP4:  weight I8 [out, in/2] (two E2M1 codes, low nibble first), scale E8M0 [out, in/32]
-//   kBF16: weight BF16 [out, in], no scale
+//   kFP8:  weight F8_E4M3 [out, in], scale [ceil(out/128), ceil(in/128)] (E8M0, or F32 in Base
+//   checkpoints) kFP4:  weight I8 [out, in/2] (two E2M1 codes, low nibble first), scale E8M0 [out,
+//   in/32] kBF16: weight BF16 [out, in], no scale
 struct QuantLinear {
   enum class Format { kFP8, kFP4, kBF16 };
   Format format = Format::kFP8;
@@ -34,16 +34,16 @@ struct HyperConnection {
 
 struct CompressorWeights {
   int64_t ratio = 0, head_dim = 0;
-  bool overlap = false;  // ratio == 4: two blocks' halves pooled together
-  bool rotate = false;   // indexer keys: Hadamard + FP4
+  bool overlap = false;   // ratio == 4: two blocks' halves pooled together
+  bool rotate = false;    // indexer keys: Hadamard + FP4
   TensorView wkv, wgate;  // BF16 [coff*head_dim, D]
   TensorView ape;         // F32 (or BF16) [ratio, coff*head_dim]
   TensorView norm;        // BF16 [head_dim]
 };
 
 struct IndexerWeights {
-  QuantLinear wq_b;          // FP8 [index_n_heads*index_head_dim, q_lora]
-  TensorView weights_proj;   // BF16 [index_n_heads, D]
+  QuantLinear wq_b;         // FP8 [index_n_heads*index_head_dim, q_lora]
+  TensorView weights_proj;  // BF16 [index_n_heads, D]
   CompressorWeights compressor;
 };
 

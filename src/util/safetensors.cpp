@@ -64,7 +64,9 @@ int64_t TensorView::numel() const {
   return n;
 }
 
-std::string TensorView::shape_str() const { return shape_to_string(shape); }
+std::string TensorView::shape_str() const {
+  return shape_to_string(shape);
+}
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -114,7 +116,9 @@ SafetensorsFile::SafetensorsFile(const std::string& path)
   struct Range {
     uint64_t begin, end;
     std::string name;
-    bool operator<(const Range& o) const { return begin < o.begin || (begin == o.begin && end < o.end); }
+    bool operator<(const Range& o) const {
+      return begin < o.begin || (begin == o.begin && end < o.end);
+    }
   };
   std::vector<Range> ranges;
   for (auto it = header.begin(); it != header.end(); ++it) {
