@@ -1,6 +1,8 @@
 #include "kernels/linear.h"
 
 #include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <vector>
 
 #include "kernels/numerics.h"
@@ -15,7 +17,11 @@ constexpr int64_t kFp8Block = 128;
 constexpr int64_t kFp4Block = 32;
 
 float block_scale(const WeightRef& w, int64_t index) {
-  if (w.scale_is_f32) return static_cast<const float*>(w.scale)[index];
+  if (w.scale_is_f32) {  // checkpoint data need not be 4-byte aligned
+    float s;
+    std::memcpy(&s, static_cast<const std::byte*>(w.scale) + index * 4, 4);
+    return s;
+  }
   return e8m0_decode(static_cast<const uint8_t*>(w.scale)[index]);
 }
 
@@ -56,13 +62,17 @@ void dequant_row(const WeightRef& w, int64_t row, float* out) {
       break;
     }
     case WeightFormat::kBF16: {
-      const uint16_t* v = static_cast<const uint16_t*>(w.data) + row * in;
-      for (int64_t k = 0; k < in; ++k) out[k] = bf16_to_float(v[k]);
+      const std::byte* v = static_cast<const std::byte*>(w.data) + row * in * 2;
+      for (int64_t k = 0; k < in; ++k) {
+        uint16_t b;
+        std::memcpy(&b, v + k * 2, 2);
+        out[k] = bf16_to_float(b);
+      }
       break;
     }
     case WeightFormat::kF32: {
-      const float* v = static_cast<const float*>(w.data) + row * in;
-      std::copy(v, v + in, out);
+      std::memcpy(out, static_cast<const std::byte*>(w.data) + row * in * 4,
+                  static_cast<size_t>(in) * 4);
       break;
     }
   }

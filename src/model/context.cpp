@@ -18,10 +18,10 @@ std::vector<float> to_f32(const TensorView& t) {
   std::vector<float> v(n);
   switch (t.dtype) {
     case DType::F32:
-      for (int64_t i = 0; i < n; ++i) v[i] = t.as<float>()[i];
+      t.copy<float>(0, n, v.data());
       break;
     case DType::BF16:
-      for (int64_t i = 0; i < n; ++i) v[i] = kernels::bf16_to_float(t.as<uint16_t>()[i]);
+      for (int64_t i = 0; i < n; ++i) v[i] = kernels::bf16_to_float(t.at<uint16_t>(i));
       break;
     default:
       fail(t.file, ": tensor ", t.name, " has dtype ", dtype_name(t.dtype),

@@ -33,8 +33,9 @@ void hc_pre(const ModelContext& ctx, const HyperConnection& w, const float* x, i
   const int64_t hc = ctx.cfg.hc_mult, dim = ctx.cfg.dim;
   const std::vector<float> mix = hc_mix(ctx, w, x, n);
   const int64_t m = ctx.cfg.hc_mix_dim();
-  const float* scale = w.scale.as<float>();
-  const float* base = w.base.as<float>();
+  const std::vector<float> scale_v = to_f32(w.scale), base_v = to_f32(w.base);
+  const float* scale = scale_v.data();
+  const float* base = base_v.data();
   out_mix->post.resize(n * hc);
   out_mix->comb.resize(n * hc * hc);
   std::vector<float> pre(hc);
@@ -72,8 +73,9 @@ void hc_head_reduce(const ModelContext& ctx, const HyperConnection& w, const flo
                     float* y) {
   const int64_t hc = ctx.cfg.hc_mult, dim = ctx.cfg.dim;
   const std::vector<float> mix = hc_mix(ctx, w, x, n);
-  const float scale = w.scale.as<float>()[0];
-  const float* base = w.base.as<float>();
+  const float scale = w.scale.at<float>(0);
+  const std::vector<float> base_v = to_f32(w.base);
+  const float* base = base_v.data();
   for (int64_t i = 0; i < n; ++i) {
     std::vector<float> pre(hc);
     for (int64_t s = 0; s < hc; ++s)

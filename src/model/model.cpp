@@ -49,7 +49,8 @@ void Model::embed(std::span<const int32_t> tokens, float* x) const {
     const int64_t tok = tokens[i];
     if (tok < 0 || tok >= cfg.vocab_size)
       fail("token id ", tok, " is outside the vocabulary (", cfg.vocab_size, " ids)");
-    const uint16_t* row = weights_.embed.as<uint16_t>() + tok * dim;
+    std::vector<uint16_t> row(dim);
+    weights_.embed.copy<uint16_t>(tok * dim, dim, row.data());
     for (int64_t s = 0; s < cfg.hc_mult; ++s)
       for (int64_t c = 0; c < dim; ++c)
         x[(i * cfg.hc_mult + s) * dim + c] = kernels::bf16_to_float(row[c]);

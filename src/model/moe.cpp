@@ -68,8 +68,8 @@ void moe_forward(const ModelContext& ctx, const MoeWeights& w, int64_t layer, in
       if (tok < 0 || tok >= cfg.vocab_size)
         fail("token id ", tok, " is outside the vocabulary (", cfg.vocab_size, " ids)");
       for (int64_t j = 0; j < k; ++j) {
-        const int64_t e = w.tid2eid.dtype == DType::I64 ? w.tid2eid.as<int64_t>()[tok * k + j]
-                                                        : w.tid2eid.as<int32_t>()[tok * k + j];
+        const int64_t e = w.tid2eid.dtype == DType::I64 ? w.tid2eid.at<int64_t>(tok * k + j)
+                                                        : w.tid2eid.at<int32_t>(tok * k + j);
         if (e < 0 || e >= n_exp)
           fail(w.tid2eid.file, ": ", w.tid2eid.name, " maps token ", tok, " to expert ", e,
                ", outside 0..", n_exp - 1);

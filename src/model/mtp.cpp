@@ -20,7 +20,8 @@ void mtp_forward(const ModelContext& ctx, const MtpWeights& w, const TensorView&
     const int64_t tok = next[i];
     if (tok < 0 || tok >= cfg.vocab_size)
       fail("token id ", tok, " is outside the vocabulary (", cfg.vocab_size, " ids)");
-    const uint16_t* row = embed.as<uint16_t>() + tok * dim;
+    std::vector<uint16_t> row(dim);
+    embed.copy<uint16_t>(tok * dim, dim, row.data());
     for (int64_t c = 0; c < dim; ++c) e[i * dim + c] = kernels::bf16_to_float(row[c]);
   }
   const std::vector<float> enorm = to_f32(w.enorm), hnorm = to_f32(w.hnorm);

@@ -16,13 +16,17 @@ namespace {
 std::vector<float> read_f32(const SafetensorsFile& f, const std::string& name) {
   const TensorView& t = f.get(name);
   if (t.dtype != DType::F32) fail(f.path(), ": tensor ", name, " is not F32");
-  return std::vector<float>(t.as<float>(), t.as<float>() + t.numel());
+  std::vector<float> v(t.numel());
+  t.copy<float>(0, t.numel(), v.data());
+  return v;
 }
 
 std::vector<int32_t> read_i32(const SafetensorsFile& f, const std::string& name) {
   const TensorView& t = f.get(name);
   if (t.dtype != DType::I32) fail(f.path(), ": tensor ", name, " is not I32");
-  return std::vector<int32_t>(t.as<int32_t>(), t.as<int32_t>() + t.numel());
+  std::vector<int32_t> v(t.numel());
+  t.copy<int32_t>(0, t.numel(), v.data());
+  return v;
 }
 
 std::string layer_name(const char* prefix, int64_t layer) {

@@ -164,7 +164,7 @@ class Walker {
   void check_expert_table(const TensorView& t) const {
     const int64_t n = t.numel(), k = cfg_.n_activated_experts;
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t e = t.dtype == DType::I64 ? t.as<int64_t>()[i] : t.as<int32_t>()[i];
+      const int64_t e = t.dtype == DType::I64 ? t.at<int64_t>(i) : t.at<int32_t>(i);
       if (e < 0 || e >= cfg_.n_routed_experts)
         fail(t.file, ": tensor ", t.name, " maps token ", i / k, " to expert ", e, ", outside [0, ",
              cfg_.n_routed_experts, ")");

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -52,9 +53,24 @@ struct TensorView {
   bool valid() const { return !name.empty(); }
   int64_t numel() const;
   int64_t dim(size_t i) const { return shape.at(i); }
+  // A typed pointer to the data. Official files do not align tensors to their
+  // element size, so read elements of 2 bytes or more through at() or copy().
   template <typename T>
   const T* as() const {
     return reinterpret_cast<const T*>(data);
+  }
+  // Element i, read without assuming alignment.
+  template <typename T>
+  T at(int64_t i) const {
+    T v;
+    std::memcpy(&v, data + static_cast<size_t>(i) * sizeof(T), sizeof(T));
+    return v;
+  }
+  // Elements [begin, begin + n) into out, without assuming alignment.
+  template <typename T>
+  void copy(int64_t begin, int64_t n, T* out) const {
+    std::memcpy(out, data + static_cast<size_t>(begin) * sizeof(T),
+                static_cast<size_t>(n) * sizeof(T));
   }
   std::string shape_str() const;
 };
