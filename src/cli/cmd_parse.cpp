@@ -28,20 +28,6 @@ options:
   --piece N   with --events, feed the text N bytes at a time (default 1)
 )";
 
-std::string read_all_stdin() {
-  std::string data;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), stdin)) > 0) data.append(buf, n);
-  if (std::ferror(stdin)) fail("cannot read stdin");
-  return data;
-}
-
-void write_all_stdout(const std::string& s) {
-  if (std::fwrite(s.data(), 1, s.size(), stdout) != s.size() || std::fflush(stdout) != 0)
-    fail("cannot write to stdout");
-}
-
 std::string event_json(const chat::ParseEvent& ev) {
   using T = chat::ParseEvent::Type;
   const char* names[] = {
@@ -68,7 +54,7 @@ int run_parse(int argc, char** argv) {
 
   chat::PyJson input;
   try {
-    input = chat::py_json_loads(read_all_stdin());
+    input = chat::py_json_loads(read_stdin());
   } catch (const chat::PyJsonError& e) {
     fail("stdin is not valid JSON (expected {\"text\": ..., \"thinking_mode\": ...}): ", e.what());
   }
@@ -84,12 +70,12 @@ int run_parse(int argc, char** argv) {
     std::string_view t(text->as_string());
     for (size_t i = 0; i < t.size(); i += static_cast<size_t>(piece))
       for (const auto& ev : parser.feed(t.substr(i, static_cast<size_t>(piece))))
-        write_all_stdout(event_json(ev));
-    for (const auto& ev : parser.finish()) write_all_stdout(event_json(ev));
+        write_stdout(event_json(ev));
+    for (const auto& ev : parser.finish()) write_stdout(event_json(ev));
     return parser.failed() ? 2 : 0;
   }
   try {
-    write_all_stdout(chat::parse(text->as_string(), thinking).to_json_text() + "\n");
+    write_stdout(chat::parse(text->as_string(), thinking).to_json_text() + "\n");
   } catch (const chat::ParseError& e) {
     std::fprintf(stderr, "dsv4 parse: the V4 parser rejects this text (%s): %s\n",
                  e.python_type().c_str(), e.what());

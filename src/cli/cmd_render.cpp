@@ -32,20 +32,6 @@ options:
                  "tools", "thinking"}), mapped onto the same conversation first
 )";
 
-std::string read_all_stdin() {
-  std::string data;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), stdin)) > 0) data.append(buf, n);
-  if (std::ferror(stdin)) fail("cannot read stdin");
-  return data;
-}
-
-void write_all_stdout(const std::string& s) {
-  if (std::fwrite(s.data(), 1, s.size(), stdout) != s.size() || std::fflush(stdout) != 0)
-    fail("cannot write to stdout");
-}
-
 int run_render(int argc, char** argv) {
   Args args("render", argc, argv,
             {{"model", true}, {"ids", false}, {"anthropic", false}, {"help", false}});
@@ -62,7 +48,7 @@ int run_render(int argc, char** argv) {
 
   chat::PyJson input;
   try {
-    input = chat::py_json_loads(read_all_stdin());
+    input = chat::py_json_loads(read_stdin());
   } catch (const chat::PyJsonError& e) {
     fail("stdin is not valid JSON (expected a conversation object): ", e.what());
   }
@@ -80,9 +66,9 @@ int run_render(int argc, char** argv) {
   }
   if (tok) {
     nlohmann::json ids = tok->encode(prompt);
-    write_all_stdout(ids.dump() + "\n");
+    write_stdout(ids.dump() + "\n");
   } else {
-    write_all_stdout(prompt);
+    write_stdout(prompt);
   }
   return 0;
 }

@@ -44,20 +44,6 @@ options:
                     decoded text of each as one JSON string per line
 )";
 
-std::string read_stdin() {
-  std::string data;
-  char buf[1 << 16];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), stdin)) > 0) data.append(buf, n);
-  if (std::ferror(stdin)) fail("cannot read stdin");
-  return data;
-}
-
-void write_stdout(const std::string& s) {
-  if (std::fwrite(s.data(), 1, s.size(), stdout) != s.size() || std::fflush(stdout) != 0)
-    fail("cannot write to stdout");
-}
-
 // The ids (or token strings) of one text, as a JSON array.
 nlohmann::json tokenize_one(const Tokenizer& tok, const Args& args, const std::string& text) {
   std::vector<int32_t> ids;

@@ -1,5 +1,6 @@
 #include "cli/command.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 
@@ -101,6 +102,20 @@ std::vector<int64_t> parse_id_list(const std::string& text, const std::string& o
     pos = comma + 1;
   }
   return ids;
+}
+
+std::string read_stdin() {
+  std::string data;
+  char buf[1 << 16];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), stdin)) > 0) data.append(buf, n);
+  if (std::ferror(stdin)) fail("cannot read stdin");
+  return data;
+}
+
+void write_stdout(const std::string& s) {
+  if (std::fwrite(s.data(), 1, s.size(), stdout) != s.size() || std::fflush(stdout) != 0)
+    fail("cannot write to stdout");
 }
 
 std::string default_model_dir() {

@@ -56,6 +56,10 @@ class Args {
 // Parses "1,2,3" into integers; errors name the option.
 std::vector<int64_t> parse_id_list(const std::string& text, const std::string& option);
 
+// All of stdin, byte for byte / all of `s` to stdout (flushed); errors throw.
+std::string read_stdin();
+void write_stdout(const std::string& s);
+
 // The folder of the bundled demo model (used when --model is not given).
 std::string default_model_dir();
 
