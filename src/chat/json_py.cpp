@@ -5,6 +5,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "tokenizer/utf8.h"
+
 namespace dsv4::chat {
 
 PyJson PyJson::boolean(bool b) {
@@ -143,26 +145,6 @@ bool PyJson::truthy() const {
 // json.loads
 
 namespace {
-
-void append_utf8(uint32_t cp, std::string& out) {
-  // Surrogates (lone \ud800 escapes that Python keeps) are written in the
-  // generalised 3-byte form (WTF-8): there is no valid UTF-8 for them.
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
 
 class Loader {
  public:
@@ -336,7 +318,8 @@ class Loader {
               pos_ += 6;
             }
           }
-          append_utf8(code, out);
+          // Lone surrogates (which Python keeps) come out in the 3-byte form (WTF-8).
+          utf8::append(out, static_cast<char32_t>(code));
           break;
         }
         default:
