@@ -2,9 +2,14 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <vector>
 
+#include "kernels/isa.h"
+#include "kernels/linear_simd.h"
 #include "kernels/numerics.h"
 #include "util/error.h"
 #include "util/threadpool.h"
@@ -16,7 +21,113 @@ namespace {
 constexpr int64_t kFp8Block = 128;
 constexpr int64_t kFp4Block = 32;
 
-float block_scale(const WeightRef& w, int64_t index) {
+// Bytes of weight data per row, for sizing parallel tasks.
+int64_t row_bytes(const WeightRef& w) {
+  switch (w.format) {
+    case WeightFormat::kFP8:
+      return w.in;
+    case WeightFormat::kFP4:
+      return w.in / 2;
+    case WeightFormat::kBF16:
+      return w.in * 2;
+    case WeightFormat::kF32:
+      return w.in * 4;
+  }
+  return w.in;
+}
+
+// Output rows per parallel task: at least ~256 KB of weights (so a decode
+// step, m = 1, is not dominated by dispatch), scaled down by m because each
+// decoded row then serves m activation rows; a multiple of `multiple`.
+int64_t row_grain(const WeightRef& w, int64_t m, int64_t multiple) {
+  const int64_t bytes = std::max<int64_t>(1, row_bytes(w) * std::max<int64_t>(1, m));
+  int64_t rows = std::max<int64_t>(1, (256 * 1024) / bytes);
+  rows = std::max(rows, multiple);
+  return (rows + multiple - 1) / multiple * multiple;
+}
+
+void check_weight(const WeightRef& w) {
+  if (w.format == WeightFormat::kFP4 && w.in % kFp4Block != 0)
+    fail("FP4 weight with ", w.in, " input columns: FP4 rows must be a multiple of ", kFp4Block);
+}
+
+// The scalar reference: decode a row into floats, then linear_dot_f64.
+void scalar_rows(const detail::LinearTask& t, int64_t r0, int64_t r1) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in;
+  std::vector<float> row(static_cast<size_t>(in));
+  for (int64_t r = r0; r < r1; ++r) {
+    dequant_row(w, r, row.data());
+    for (int64_t i = 0; i < t.m; ++i) {
+      const float* a = t.x + i * t.ldx;
+      float v;
+      if (t.tile > 0) {
+        v = 0;
+        for (int64_t k0 = 0; k0 < in; k0 += t.tile) {
+          const int64_t k1 = std::min(in, k0 + t.tile);
+          // Products are exact and a tile's sum is exact in double, so it
+          // rounds once to fp32; the tiles add in fp32 in ascending K.
+          v += static_cast<float>(linear_dot_f64(a + k0, row.data() + k0, k1 - k0));
+        }
+      } else {
+        v = static_cast<float>(linear_dot_f64(a, row.data(), in));
+      }
+      t.y[i * t.ldy + (r - t.row_begin)] = t.round_bf16 ? bf16_round(v) : v;
+    }
+  }
+}
+
+void run_rows(const detail::LinearTask& t, int64_t row_begin, int64_t row_end) {
+  const Isa isa = active_isa();
+  // SIMD kernels work on blocks of 4 rows (AVX-512) or 2 (AVX2); keep task
+  // boundaries on those multiples.
+  const int64_t multiple = 4;
+  const int64_t grain = row_grain(*t.w, t.m, multiple);
+  parallel_for(
+      row_end - row_begin,
+      [&](int64_t a, int64_t b, int) {
+        switch (isa) {
+          case Isa::kAvx512:
+            detail::linear_rows_avx512(t, row_begin + a, row_begin + b);
+            break;
+          case Isa::kAvx2:
+            detail::linear_rows_avx2(t, row_begin + a, row_begin + b);
+            break;
+          case Isa::kScalar:
+            scalar_rows(t, row_begin + a, row_begin + b);
+            break;
+        }
+      },
+      grain);
+}
+
+}  // namespace
+
+namespace detail {
+
+int64_t decode_block_rows(int64_t in, int64_t row_multiple) {
+  const int64_t padded = (in + 15) / 16 * 16;
+  int64_t rows = (192 * 1024) / (padded * 8);
+  rows = std::clamp<int64_t>(rows / row_multiple * row_multiple, row_multiple, 64);
+  return rows;
+}
+
+double* thread_scratch(int64_t n) {
+  struct Free {
+    void operator()(double* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<double, Free> buffer;
+  thread_local int64_t capacity = 0;
+  if (n > capacity) {
+    const size_t bytes = (static_cast<size_t>(n) * sizeof(double) + 63) / 64 * 64;
+    buffer.reset(static_cast<double*>(std::aligned_alloc(64, bytes)));
+    if (!buffer) throw std::bad_alloc();
+    capacity = n;
+  }
+  return buffer.get();
+}
+
+float weight_block_scale(const WeightRef& w, int64_t index) {
   if (w.scale_is_f32) {  // checkpoint data need not be 4-byte aligned
     float s;
     std::memcpy(&s, static_cast<const std::byte*>(w.scale) + index * 4, 4);
@@ -25,13 +136,7 @@ float block_scale(const WeightRef& w, int64_t index) {
   return e8m0_decode(static_cast<const uint8_t*>(w.scale)[index]);
 }
 
-// Output rows per parallel task: enough work to amortise the dispatch.
-int64_t row_grain(int64_t m, int64_t in) {
-  const int64_t work = std::max<int64_t>(1, m * in);
-  return std::clamp<int64_t>(65536 / work, 1, 64);
-}
-
-}  // namespace
+}  // namespace detail
 
 void dequant_row(const WeightRef& w, int64_t row, float* out) {
   const int64_t in = w.in;
@@ -41,7 +146,7 @@ void dequant_row(const WeightRef& w, int64_t row, float* out) {
       const uint8_t* codes = static_cast<const uint8_t*>(w.data) + row * in;
       const int64_t scale_cols = (in + kFp8Block - 1) / kFp8Block;
       for (int64_t b = 0; b < scale_cols; ++b) {
-        const float s = block_scale(w, (row / kFp8Block) * scale_cols + b);
+        const float s = detail::weight_block_scale(w, (row / kFp8Block) * scale_cols + b);
         const int64_t end = std::min(in, (b + 1) * kFp8Block);
         for (int64_t k = b * kFp8Block; k < end; ++k) out[k] = table[codes[k]] * s;
       }
@@ -52,7 +157,7 @@ void dequant_row(const WeightRef& w, int64_t row, float* out) {
       const uint8_t* packed = static_cast<const uint8_t*>(w.data) + row * (in / 2);
       const int64_t scale_cols = in / kFp4Block;
       for (int64_t b = 0; b < scale_cols; ++b) {
-        const float s = block_scale(w, row * scale_cols + b);
+        const float s = detail::weight_block_scale(w, row * scale_cols + b);
         for (int64_t k = b * kFp4Block; k < (b + 1) * kFp4Block; k += 2) {
           const uint8_t byte = packed[k / 2];
           out[k] = table[byte & 0xf] * s;
@@ -81,49 +186,38 @@ void dequant_row(const WeightRef& w, int64_t row, float* out) {
 void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y) {
   if (w.format != WeightFormat::kFP8 && w.format != WeightFormat::kFP4)
     fail("quant_linear needs an FP8 or FP4 weight");
-  const int64_t in = w.in, out = w.out;
+  check_weight(w);
+  const int64_t in = w.in;
   // Activation fake-quant: FP8 values times their block scale (exact in fp32).
   std::vector<float> xq(x, x + m * in);
   for (int64_t i = 0; i < m; ++i) fp8_fake_quant(xq.data() + i * in, in, kFp8Block);
-  const int64_t tile = w.format == WeightFormat::kFP8 ? kFp8Block : kFp4Block;
-  parallel_for(
-      out,
-      [&](int64_t r0, int64_t r1, int) {
-        std::vector<float> row(in);
-        for (int64_t r = r0; r < r1; ++r) {
-          dequant_row(w, r, row.data());
-          for (int64_t i = 0; i < m; ++i) {
-            const float* a = xq.data() + i * in;
-            float acc = 0;
-            for (int64_t k0 = 0; k0 < in; k0 += tile) {
-              const int64_t k1 = std::min(in, k0 + tile);
-              // Products are exact; each tile's sum rounds once to fp32.
-              acc += static_cast<float>(dot_f64(a + k0, row.data() + k0, k1 - k0));
-            }
-            y[i * out + r] = bf16_round(acc);
-          }
-        }
-      },
-      row_grain(m, in));
+  detail::LinearTask t;
+  t.w = &w;
+  t.x = xq.data();
+  t.m = m;
+  t.ldx = in;
+  t.tile = w.format == WeightFormat::kFP8 ? kFp8Block : kFp4Block;
+  t.y = y;
+  t.ldy = w.out;
+  t.row_begin = 0;
+  t.round_bf16 = true;
+  run_rows(t, 0, w.out);
 }
 
 void plain_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, int64_t row_begin,
                   int64_t row_end, float* y, int64_t ldy, bool round_bf16) {
-  const int64_t in = w.in;
-  parallel_for(
-      row_end - row_begin,
-      [&](int64_t r0, int64_t r1, int) {
-        std::vector<float> row(in);
-        for (int64_t r = r0; r < r1; ++r) {
-          dequant_row(w, row_begin + r, row.data());
-          for (int64_t i = 0; i < m; ++i) {
-            const float* a = x + i * ldx;
-            const float v = static_cast<float>(dot_f64(a, row.data(), in));
-            y[i * ldy + r] = round_bf16 ? bf16_round(v) : v;
-          }
-        }
-      },
-      row_grain(m, in));
+  check_weight(w);
+  detail::LinearTask t;
+  t.w = &w;
+  t.x = x;
+  t.m = m;
+  t.ldx = ldx;
+  t.tile = 0;
+  t.y = y;
+  t.ldy = ldy;
+  t.row_begin = row_begin;
+  t.round_bf16 = round_bf16;
+  run_rows(t, row_begin, row_end);
 }
 
 }  // namespace dsv4::kernels

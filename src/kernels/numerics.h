@@ -50,6 +50,23 @@ inline double dot_f64(const float* a, const float* b, int64_t n) {
   return (s0 + s1) + (s2 + s3);
 }
 
+// Σ a[k]·b[k] in double, in the one association order every linear path
+// (scalar, AVX2, AVX-512) uses, so they agree bit for bit: sixteen partial
+// sums, lane j taking the k ≡ j (mod 16) in ascending k, combined as
+// ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)) with v_j = s_j + s_(j+8) — the tree a
+// pair of 8-double registers (or four 4-double ones) reduces in. Products of
+// floats are exact in double, so fused multiply-adds give the same sums.
+inline double linear_dot_f64(const float* a, const float* b, int64_t n) {
+  double s[16] = {};
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16)
+    for (int j = 0; j < 16; ++j) s[j] += static_cast<double>(a[k + j]) * b[k + j];
+  for (int j = 0; k + j < n; ++j) s[j] += static_cast<double>(a[k + j]) * b[k + j];
+  double v[8];
+  for (int j = 0; j < 8; ++j) v[j] = s[j] + s[j + 8];
+  return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
+
 // Rounds every element of x[0..n) to bf16 in place.
 void bf16_round_inplace(float* x, int64_t n);
 

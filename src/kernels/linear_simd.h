@@ -1,0 +1,38 @@
+// Internal interface between linear.cpp (argument checks, activation
+// quantisation, threading) and the per-ISA kernels in linear_avx2.cpp and
+// linear_avx512.cpp. Not part of the kernels' public API.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/linear.h"
+
+namespace dsv4::kernels::detail {
+
+// One linear over weight rows; the kernels compute rows [r0, r1) of it.
+struct LinearTask {
+  const WeightRef* w = nullptr;
+  const float* x = nullptr;  // [m, ldx]; only the first w->in columns are read
+  int64_t m = 0, ldx = 0;
+  // K tile whose sum is rounded to fp32 before the fp32 accumulation over
+  // tiles (quant_linear: 128 for FP8, 32 for FP4), or 0: one double sum over
+  // the whole row, rounded once (plain_linear).
+  int64_t tile = 0;
+  float* y = nullptr;  // y[i * ldy + (r - row_begin)]
+  int64_t ldy = 0, row_begin = 0;
+  bool round_bf16 = false;
+};
+
+// Rows decoded per block: the decoded block (doubles) should stay in L2.
+int64_t decode_block_rows(int64_t in, int64_t row_multiple);
+
+// Per-thread scratch of at least n doubles (64-byte aligned, reused).
+double* thread_scratch(int64_t n);
+
+// The FP8 or FP4 block scale `index` as the scalar path decodes it.
+float weight_block_scale(const WeightRef& w, int64_t index);
+
+void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1);
+void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1);
+
+}  // namespace dsv4::kernels::detail

@@ -1,0 +1,377 @@
+// The SIMD linear kernels against the scalar reference (bit for bit, every
+// ISA this CPU runs) and the scalar reference against independent sums.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/isa.h"
+#include "kernels/linear.h"
+#include "kernels/numerics.h"
+#include "util/error.h"
+#include "util/threadpool.h"
+
+namespace dsv4::kernels {
+namespace {
+
+// A weight with its own storage (unaligned on purpose: checkpoint tensors
+// need not be aligned, and the kernels must not assume it).
+struct TestWeight {
+  std::vector<uint8_t> data, scale;
+  WeightRef ref;
+};
+
+constexpr size_t kMisalign = 3;
+
+std::vector<int64_t> g_fp8_codes = [] {
+  std::vector<int64_t> codes;
+  for (int c = 0; c < 256; ++c)
+    if ((c & 0x7f) != 0x7f) codes.push_back(c);  // every code but NaN
+  return codes;
+}();
+
+// FP8 codes: uniform over the finite codes, with extra subnormals and ±0.
+uint8_t random_fp8_code(std::mt19937& rng) {
+  const uint32_t pick = rng() % 8;
+  if (pick == 0) return static_cast<uint8_t>((rng() & 0x80) | (rng() & 7));  // subnormal or ±0
+  return static_cast<uint8_t>(g_fp8_codes[rng() % g_fp8_codes.size()]);
+}
+
+TestWeight make_weight(WeightFormat format, int64_t out, int64_t in, uint32_t seed,
+                       bool f32_scale = false) {
+  std::mt19937 rng(seed);
+  TestWeight w;
+  w.ref.format = format;
+  w.ref.out = out;
+  w.ref.in = in;
+  auto put_f32 = [](std::vector<uint8_t>& v, size_t index, float f) {
+    std::memcpy(v.data() + kMisalign + index * 4, &f, 4);
+  };
+  switch (format) {
+    case WeightFormat::kFP8: {
+      w.data.resize(kMisalign + out * in);
+      for (int64_t i = 0; i < out * in; ++i) w.data[kMisalign + i] = random_fp8_code(rng);
+      const int64_t n_scale = ((out + 127) / 128) * ((in + 127) / 128);
+      if (f32_scale) {
+        // Base checkpoints: arbitrary positive F32 scales (not powers of
+        // two), so the weight floats are rounded and the sums inexact.
+        w.scale.resize(kMisalign + n_scale * 4);
+        std::uniform_real_distribution<float> d(1e-4f, 3e-2f);
+        for (int64_t i = 0; i < n_scale; ++i) put_f32(w.scale, i, d(rng));
+        w.ref.scale_is_f32 = true;
+      } else {
+        w.scale.resize(kMisalign + n_scale);
+        for (int64_t i = 0; i < n_scale; ++i)
+          w.scale[kMisalign + i] = static_cast<uint8_t>(127 - 16 + rng() % 20);
+      }
+      break;
+    }
+    case WeightFormat::kFP4: {
+      w.data.resize(kMisalign + out * in / 2);
+      for (size_t i = kMisalign; i < w.data.size(); ++i) w.data[i] = static_cast<uint8_t>(rng());
+      const int64_t n_scale = out * (in / 32);
+      w.scale.resize(kMisalign + n_scale);
+      for (int64_t i = 0; i < n_scale; ++i)
+        w.scale[kMisalign + i] = static_cast<uint8_t>(127 - 12 + rng() % 16);
+      break;
+    }
+    case WeightFormat::kBF16: {
+      w.data.resize(kMisalign + out * in * 2);
+      std::normal_distribution<float> d(0.0f, 0.05f);
+      for (int64_t i = 0; i < out * in; ++i) {
+        float f = d(rng);
+        if (rng() % 50 == 0) f = (rng() & 1) ? 0.0f : -0.0f;
+        const uint16_t b = float_to_bf16_bits(f);
+        std::memcpy(w.data.data() + kMisalign + i * 2, &b, 2);
+      }
+      break;
+    }
+    case WeightFormat::kF32: {
+      w.data.resize(kMisalign + out * in * 4);
+      std::normal_distribution<float> d(0.0f, 0.05f);
+      for (int64_t i = 0; i < out * in; ++i) put_f32(w.data, i, d(rng));
+      break;
+    }
+  }
+  w.ref.data = w.data.data() + kMisalign;
+  w.ref.scale = w.scale.empty() ? nullptr : w.scale.data() + kMisalign;
+  return w;
+}
+
+// Activations with magnitudes that vary by block (so the per-128 FP8 scales
+// differ), some exact zeros of both signs, and an all −0 row.
+std::vector<float> make_activations(int64_t m, int64_t ld, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  std::vector<float> x(m * ld);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t k = 0; k < ld; ++k) {
+      const float block_mag = std::ldexp(1.0f, static_cast<int>((k / 128 + i) % 7) - 3);
+      float v = d(rng) * block_mag;
+      if (rng() % 40 == 0) v = (rng() & 1) ? 0.0f : -0.0f;
+      if (i == 3) v = -0.0f;
+      x[i * ld + k] = v;
+    }
+  return x;
+}
+
+// Restores the ISA chosen at start-up when a test ends.
+class IsaGuard {
+ public:
+  IsaGuard() : saved_(active_isa()) {}
+  ~IsaGuard() { set_isa(saved_); }
+
+ private:
+  Isa saved_;
+};
+
+std::vector<Isa> simd_isas() {
+  std::vector<Isa> isas;
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512})
+    if (isa_supported(isa)) isas.push_back(isa);
+  return isas;
+}
+
+std::vector<float> run_quant(Isa isa, const std::vector<float>& x, int64_t m, const WeightRef& w) {
+  set_isa(isa);
+  std::vector<float> y(m * w.out, 12345.0f);
+  quant_linear(x.data(), m, w, y.data());
+  return y;
+}
+
+// Compares bit patterns (so −0 vs +0 and NaN payloads count).
+void expect_bits_equal(const std::vector<float>& want, const std::vector<float>& got,
+                       const std::string& what) {
+  ASSERT_EQ(want.size(), got.size());
+  int64_t mismatches = 0;
+  for (size_t i = 0; i < want.size(); ++i)
+    if (float_bits(want[i]) != float_bits(got[i]) && mismatches++ < 5)
+      ADD_FAILURE() << what << " element " << i << ": scalar " << want[i] << " simd " << got[i];
+  EXPECT_EQ(mismatches, 0) << what;
+}
+
+const int64_t kMs[] = {1, 2, 5, 17, 64};
+
+TEST(QuantLinear, SimdMatchesScalarBitForBitFp8) {
+  IsaGuard guard;
+  // (out, in): partial 128-blocks in both directions, out not a multiple of
+  // any SIMD width, a single column, more than one 128-row scale block.
+  const int64_t shapes[][2] = {{1, 1}, {3, 100}, {7, 128}, {131, 300}, {260, 257}, {33, 1000}};
+  uint32_t seed = 1;
+  for (const auto& s : shapes)
+    for (bool f32_scale : {false, true}) {
+      const TestWeight w = make_weight(WeightFormat::kFP8, s[0], s[1], seed++, f32_scale);
+      for (int64_t m : kMs) {
+        const std::vector<float> x = make_activations(m, s[1], seed++);
+        const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+        for (Isa isa : simd_isas())
+          expect_bits_equal(want, run_quant(isa, x, m, w.ref),
+                            std::string("fp8 ") + isa_name(isa) + " out=" + std::to_string(s[0]) +
+                                " in=" + std::to_string(s[1]) + " m=" + std::to_string(m) +
+                                (f32_scale ? " f32 scales" : ""));
+      }
+    }
+}
+
+TEST(QuantLinear, SimdMatchesScalarBitForBitFp4) {
+  IsaGuard guard;
+  const int64_t shapes[][2] = {{1, 32}, {5, 96}, {19, 320}, {70, 2048}};
+  uint32_t seed = 100;
+  for (const auto& s : shapes) {
+    const TestWeight w = make_weight(WeightFormat::kFP4, s[0], s[1], seed++);
+    for (int64_t m : kMs) {
+      const std::vector<float> x = make_activations(m, s[1], seed++);
+      const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+      for (Isa isa : simd_isas())
+        expect_bits_equal(want, run_quant(isa, x, m, w.ref),
+                          std::string("fp4 ") + isa_name(isa) + " out=" + std::to_string(s[0]) +
+                              " in=" + std::to_string(s[1]) + " m=" + std::to_string(m));
+    }
+  }
+}
+
+// The reference semantics computed independently: per K tile the exact sum
+// (long double holds it: ≤ 53 significant bits) of fake-quantized activation
+// × decoded code × scale, rounded to float, tiles added in float, then bf16.
+std::vector<float> independent_quant(const std::vector<float>& x, int64_t m, const TestWeight& w) {
+  const WeightRef& r = w.ref;
+  const int64_t tile = r.format == WeightFormat::kFP8 ? 128 : 32;
+  std::vector<float> y(m * r.out);
+  for (int64_t i = 0; i < m; ++i) {
+    std::vector<float> a(x.begin() + i * r.in, x.begin() + (i + 1) * r.in);
+    fp8_fake_quant(a.data(), r.in, 128);
+    for (int64_t o = 0; o < r.out; ++o) {
+      float acc = 0;
+      for (int64_t k0 = 0; k0 < r.in; k0 += tile) {
+        long double sum = 0;
+        for (int64_t k = k0; k < std::min(r.in, k0 + tile); ++k) {
+          long double wv;
+          if (r.format == WeightFormat::kFP8) {
+            const uint8_t code = w.data[kMisalign + o * r.in + k];
+            const int64_t sc = (o / 128) * ((r.in + 127) / 128) + k / 128;
+            wv = static_cast<long double>(fp8_e4m3_decode(code)) *
+                 std::ldexp(1.0L, static_cast<int>(w.scale[kMisalign + sc]) - 127);
+          } else {
+            const uint8_t byte = w.data[kMisalign + (o * r.in + k) / 2];
+            const uint8_t code = (k % 2 == 0) ? (byte & 0xf) : (byte >> 4);
+            wv = static_cast<long double>(fp4_e2m1_decode(code)) *
+                 std::ldexp(1.0L,
+                            static_cast<int>(w.scale[kMisalign + o * (r.in / 32) + k / 32]) - 127);
+          }
+          sum += static_cast<long double>(a[k]) * wv;
+        }
+        acc += static_cast<float>(static_cast<double>(sum));
+      }
+      y[i * r.out + o] = bf16_round(acc);
+    }
+  }
+  return y;
+}
+
+TEST(QuantLinear, ScalarMatchesIndependentExactSums) {
+  IsaGuard guard;
+  uint32_t seed = 200;
+  for (WeightFormat f : {WeightFormat::kFP8, WeightFormat::kFP4}) {
+    const int64_t out = 45, in = f == WeightFormat::kFP8 ? 300 : 256;
+    const TestWeight w = make_weight(f, out, in, seed++);
+    for (int64_t m : {1, 5}) {
+      const std::vector<float> x = make_activations(m, in, seed++);
+      expect_bits_equal(independent_quant(x, m, w), run_quant(Isa::kScalar, x, m, w.ref),
+                        f == WeightFormat::kFP8 ? "fp8 independent" : "fp4 independent");
+    }
+  }
+}
+
+// Makes column b of every weight row equal to column a (same code, same
+// scale block), non-zero. With activations +2^30 at a and -2^30 at b the two
+// products cancel exactly, but only where their lanes meet in the reduction
+// tree: the partial sums they sat in have already rounded the small products
+// at 2^30 magnitude, so the float result depends on the association order,
+// which a bit-for-bit comparison then checks (random data alone would almost
+// never show a double-order difference after rounding to float).
+constexpr int64_t kBig1 = 1, kBig2 = 6;
+void tie_columns(TestWeight& w, int64_t a, int64_t b) {
+  const WeightRef& r = w.ref;
+  const size_t elem = r.format == WeightFormat::kFP8 ? 1 : r.format == WeightFormat::kBF16 ? 2 : 4;
+  for (int64_t o = 0; o < r.out; ++o) {
+    uint8_t* row = w.data.data() + kMisalign + o * r.in * elem;
+    if (r.format == WeightFormat::kFP8) {
+      if ((row[a] & 0x7f) == 0) row[a] = 0x38;  // 1.0
+    } else {
+      std::vector<float> v(r.in);
+      dequant_row(r, o, v.data());
+      if (v[a] == 0) {
+        const float half = 0.5f;
+        const uint16_t bf = float_to_bf16_bits(half);
+        std::memcpy(row + a * elem, elem == 2 ? static_cast<const void*>(&bf) : &half, elem);
+      }
+    }
+    std::memcpy(row + b * elem, row + a * elem, elem);
+  }
+}
+
+TEST(PlainLinear, SimdMatchesScalarBitForBit) {
+  IsaGuard guard;
+  // (out, in, row_begin, row_end); ldx and ldy wider than needed.
+  const int64_t shapes[][4] = {{1, 1, 0, 1},     {9, 100, 2, 9},    {64, 257, 0, 64},
+                               {37, 512, 5, 36}, {20, 4096, 0, 20}, {3, 17, 1, 2}};
+  uint32_t seed = 300;
+  for (WeightFormat f : {WeightFormat::kBF16, WeightFormat::kF32, WeightFormat::kFP8})
+    for (const auto& s : shapes) {
+      const uint32_t weight_seed = seed++;
+      TestWeight w = make_weight(f, s[0], s[1], weight_seed, /*f32_scale=*/weight_seed % 2 == 0);
+      const bool cancel = s[1] >= 7;
+      if (cancel) tie_columns(w, kBig1, kBig2);
+      const int64_t width = s[3] - s[2], ldx = s[1] + 3, ldy = width + 2;
+      for (int64_t m : kMs)
+        for (bool round : {false, true}) {
+          std::vector<float> x = make_activations(m, ldx, seed++);
+          if (cancel)
+            for (int64_t i = 0; i < m; ++i) {
+              x[i * ldx + kBig1] = std::ldexp(1.0f, 30);
+              x[i * ldx + kBig2] = -std::ldexp(1.0f, 30);
+            }
+          auto run = [&](Isa isa) {
+            set_isa(isa);
+            std::vector<float> y(m * ldy, 777.0f);  // gaps between rows must stay untouched
+            plain_linear(x.data(), m, ldx, w.ref, s[2], s[3], y.data(), ldy, round);
+            return y;
+          };
+          const std::vector<float> want = run(Isa::kScalar);
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t c = width; c < ldy; ++c) EXPECT_EQ(want[i * ldy + c], 777.0f);
+          for (Isa isa : simd_isas())
+            expect_bits_equal(want, run(isa),
+                              std::string("plain ") + isa_name(isa) +
+                                  " format=" + std::to_string(static_cast<int>(f)) +
+                                  " in=" + std::to_string(s[1]) + " m=" + std::to_string(m));
+        }
+    }
+}
+
+TEST(PlainLinear, ScalarIsTheRoundedDotProduct) {
+  IsaGuard guard;
+  set_isa(Isa::kScalar);
+  const int64_t out = 13, in = 777, m = 3;
+  const TestWeight w = make_weight(WeightFormat::kBF16, out, in, 400);
+  const std::vector<float> x = make_activations(m, in, 401);
+  std::vector<float> y(m * out);
+  plain_linear(x.data(), m, in, w.ref, 0, out, y.data(), out, false);
+  std::vector<float> row(in);
+  for (int64_t o = 0; o < out; ++o) {
+    dequant_row(w.ref, o, row.data());
+    for (int64_t i = 0; i < m; ++i) {
+      long double exact = 0;
+      for (int64_t k = 0; k < in; ++k) exact += static_cast<long double>(x[i * in + k]) * row[k];
+      // Double accumulation, then one rounding to float: within half an ulp
+      // of float plus a negligible double error.
+      const double want = static_cast<double>(exact);
+      EXPECT_NEAR(y[i * out + o], want, std::fabs(want) * 1e-7 + 1e-30) << o << "," << i;
+    }
+  }
+}
+
+TEST(LinearDot, FixedAssociationOrder) {
+  // Lanes 4 and 12 meet (v_4 = s_4 + s_12 = 2^-52) before joining lane 0's 1,
+  // so 1 + 2^-52 survives; a sequential sum (or the 4-lane dot_f64) adds each
+  // 2^-53 to 1 separately and rounds both away (ties to even): 1.
+  std::vector<float> a(32, 0.0f), b(32, 1.0f);
+  a[0] = 1.0f;
+  a[4] = std::ldexp(1.0f, -53);
+  a[12] = std::ldexp(1.0f, -53);
+  EXPECT_EQ(linear_dot_f64(a.data(), b.data(), 32), 1.0 + std::ldexp(1.0, -52));
+  // A tail shorter than 16 goes to lanes 0.. of the same tree.
+  std::vector<float> c(20, 0.0f), d(20, 1.0f);
+  c[0] = 1.0f;
+  c[4] = std::ldexp(1.0f, -53);
+  c[12] = std::ldexp(1.0f, -53);
+  EXPECT_EQ(linear_dot_f64(c.data(), d.data(), 20), 1.0 + std::ldexp(1.0, -52));
+}
+
+TEST(Isa, NamesParseAndUnknownNamesFail) {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) EXPECT_EQ(parse_isa(isa_name(isa)), isa);
+  EXPECT_THROW(parse_isa("sse2"), Error);
+  EXPECT_TRUE(isa_supported(Isa::kScalar));
+  EXPECT_TRUE(isa_supported(best_isa()));
+}
+
+TEST(Isa, EnvironmentSetting) {
+  EXPECT_EQ(isa_for_setting(nullptr), best_isa());
+  EXPECT_EQ(isa_for_setting(""), best_isa());
+  EXPECT_EQ(isa_for_setting("scalar"), Isa::kScalar);
+  if (isa_supported(Isa::kAvx2)) {
+    EXPECT_EQ(isa_for_setting("avx2"), Isa::kAvx2);
+  }
+  if (!isa_supported(Isa::kAvx512)) {
+    EXPECT_THROW(isa_for_setting("avx512"), Error);
+  }
+  EXPECT_THROW(isa_for_setting("fast"), Error);
+}
+
+}  // namespace
+}  // namespace dsv4::kernels
