@@ -1,5 +1,8 @@
 #include "model/checkpoint.h"
 
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -11,6 +14,61 @@
 namespace dsv4 {
 
 namespace fs = std::filesystem;
+
+namespace {
+
+// Routed-expert tensors are read only when the router selects the expert.
+bool is_routed_expert(const std::string& name) {
+  return name.find(".ffn.experts.") != std::string::npos;
+}
+
+MapAdvice expert_advice() {
+  // DSV4_EXPERT_ADVICE=normal|random|sequential overrides the default, for
+  // measuring (docs/bench.md).
+  const char* env = std::getenv("DSV4_EXPERT_ADVICE");
+  if (!env || !*env) return MapAdvice::Normal;
+  if (!std::strcmp(env, "normal")) return MapAdvice::Normal;
+  if (!std::strcmp(env, "random")) return MapAdvice::Random;
+  if (!std::strcmp(env, "sequential")) return MapAdvice::Sequential;
+  fail("DSV4_EXPERT_ADVICE must be normal, random or sequential, got \"", env, "\"");
+}
+
+// Paging advice per shard: the dense weights (read for every token) are
+// prefetched with MADV_WILLNEED; routed experts get expert_advice() and are
+// otherwise left to fault in when selected, so a model larger than RAM only
+// needs its dense part and the working set of experts resident. Advice is
+// given per run of neighbouring tensors of one kind, not per tensor: each
+// distinct advice splits the mapping's VMA and the kernel caps VMAs per
+// process (vm.max_map_count, 65530 by default).
+void advise_shard(const SafetensorsFile& shard) {
+  struct Span {
+    size_t begin, end;
+    bool expert;
+  };
+  std::vector<Span> spans;
+  const std::byte* base = shard.map().data();
+  for (const auto& [name, t] : shard.tensors())
+    if (t.nbytes)
+      spans.push_back({static_cast<size_t>(t.data - base),
+                       static_cast<size_t>(t.data - base) + t.nbytes, is_routed_expert(name)});
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  const MapAdvice expert = expert_advice();
+  for (size_t i = 0; i < spans.size();) {
+    size_t j = i + 1;
+    size_t end = spans[i].end;
+    while (j < spans.size() && spans[j].expert == spans[i].expert) end = spans[j++].end;
+    if (spans[i].expert) {
+      if (expert != MapAdvice::Normal)
+        shard.map().advise(spans[i].begin, end - spans[i].begin, expert);
+    } else {
+      shard.map().advise(spans[i].begin, end - spans[i].begin, MapAdvice::WillNeed);
+    }
+    i = j;
+  }
+}
+
+}  // namespace
 
 Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
   if (!fs::is_directory(dir)) fail(dir, ": not a model folder (no such directory)");
@@ -79,6 +137,7 @@ Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
     shards_.push_back(std::make_unique<SafetensorsFile>(single.string()));
     for (const auto& [name, t] : shards_.back()->tensors()) tensors_[name] = &t;
   }
+  for (const auto& s : shards_) advise_shard(*s);
 }
 
 const TensorView* Checkpoint::find(const std::string& name) const {

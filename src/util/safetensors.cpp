@@ -6,11 +6,18 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
 
 #include "util/error.h"
 
@@ -68,6 +75,172 @@ std::string TensorView::shape_str() const {
   return shape_to_string(shape);
 }
 
+namespace {
+
+// The live maps and the budget watcher. One function-local static, so the
+// watcher thread is stopped and joined before the registry goes away at exit.
+class Residency {
+ public:
+  static Residency& get() {
+    static Residency r;
+    return r;
+  }
+  ~Residency() { set_budget(0); }
+
+  void add(const MappedFile* m) {
+    std::call_once(env_once_, [this] {
+      if (const char* env = std::getenv("DSV4_MAX_RESIDENT_BYTES"); env && *env)
+        set_budget(parse_byte_size(env, "DSV4_MAX_RESIDENT_BYTES"));
+    });
+    std::lock_guard<std::mutex> lock(maps_mu_);
+    maps_.insert(m);
+  }
+  void remove(const MappedFile* m) {
+    std::lock_guard<std::mutex> lock(maps_mu_);
+    maps_.erase(m);
+  }
+
+  void set_budget(uint64_t bytes) {
+    std::unique_lock<std::mutex> lock(thread_mu_);
+    budget_ = bytes;
+    if (bytes == 0 && watcher_.joinable()) {
+      stop_ = true;
+      cv_.notify_all();
+      lock.unlock();
+      watcher_.join();
+      lock.lock();
+      stop_ = false;
+    } else if (bytes != 0 && !watcher_.joinable()) {
+      watcher_ = std::thread([this] { watch(); });
+    }
+  }
+
+  ResidencyStats stats() {
+    ResidencyStats s;
+    {
+      std::lock_guard<std::mutex> lock(thread_mu_);
+      s.budget = budget_;
+    }
+    s.trims = trims_.load();
+    s.max_file_rss = max_file_rss_.load();
+    std::lock_guard<std::mutex> lock(maps_mu_);
+    for (const MappedFile* m : maps_) s.mapped_bytes += m->size();
+    return s;
+  }
+
+ private:
+  // File-backed resident bytes: statm's "shared" field counts resident file
+  // and shmem pages (RssFile + RssShmem); reading it is O(1) in the kernel.
+  static uint64_t file_rss() {
+    std::FILE* f = std::fopen("/proc/self/statm", "r");
+    if (!f) return 0;
+    unsigned long long size = 0, resident = 0, shared = 0;
+    const int got = std::fscanf(f, "%llu %llu %llu", &size, &resident, &shared);
+    std::fclose(f);
+    return got == 3 ? shared * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)) : 0;
+  }
+
+  void watch() {
+    std::unique_lock<std::mutex> lock(thread_mu_);
+    while (!stop_) {
+      const uint64_t budget = budget_;
+      lock.unlock();
+      const uint64_t rss = file_rss();
+      uint64_t seen = max_file_rss_.load();
+      while (rss > seen && !max_file_rss_.compare_exchange_weak(seen, rss)) {
+      }
+      if (rss > budget) {
+        std::lock_guard<std::mutex> maps_lock(maps_mu_);  // no munmap while we drop
+        for (const MappedFile* m : maps_) m->drop_resident();
+        trims_.fetch_add(1);
+      }
+      lock.lock();
+      // 1 ms: a forward pass faults pages in at well under 10 GB/s on a CPU,
+      // so the overshoot between checks stays within a few megabytes.
+      cv_.wait_for(lock, std::chrono::milliseconds(1), [this] { return stop_; });
+    }
+  }
+
+  std::once_flag env_once_;
+  std::mutex maps_mu_;
+  std::set<const MappedFile*> maps_;
+  std::mutex thread_mu_;
+  std::condition_variable cv_;
+  std::thread watcher_;
+  uint64_t budget_ = 0;
+  bool stop_ = false;
+  std::atomic<uint64_t> trims_{0}, max_file_rss_{0};
+};
+
+}  // namespace
+
+void set_max_resident_bytes(uint64_t bytes) {
+  Residency::get().set_budget(bytes);
+}
+
+ResidencyStats residency_stats() {
+  return Residency::get().stats();
+}
+
+uint64_t parse_byte_size(const std::string& text, const std::string& what) {
+  size_t end = 0;
+  unsigned long long v = 0;
+  try {
+    v = std::stoull(text, &end);
+  } catch (const std::exception&) {
+    fail(what, ": expected a byte count like 512M, got \"", text, "\"");
+  }
+  uint64_t mult = 1;
+  if (end + 1 == text.size()) {
+    switch (text[end]) {
+      case 'K':
+      case 'k':
+        mult = 1ull << 10;
+        break;
+      case 'M':
+      case 'm':
+        mult = 1ull << 20;
+        break;
+      case 'G':
+      case 'g':
+        mult = 1ull << 30;
+        break;
+      default:
+        fail(what, ": unknown size suffix in \"", text, "\" (use K, M or G)");
+    }
+  } else if (end != text.size() || text[0] == '-') {
+    fail(what, ": expected a byte count like 512M, got \"", text, "\"");
+  }
+  return static_cast<uint64_t>(v) * mult;
+}
+
+void MappedFile::advise(size_t offset, size_t len, MapAdvice advice) const {
+  if (!data_ || len == 0 || offset >= size_) return;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const size_t begin = offset / page * page;
+  const size_t end = std::min(size_, offset + len);
+  int a = MADV_NORMAL;
+  switch (advice) {
+    case MapAdvice::Normal:
+      a = MADV_NORMAL;
+      break;
+    case MapAdvice::Random:
+      a = MADV_RANDOM;
+      break;
+    case MapAdvice::Sequential:
+      a = MADV_SEQUENTIAL;
+      break;
+    case MapAdvice::WillNeed:
+      a = MADV_WILLNEED;
+      break;
+  }
+  ::madvise(const_cast<std::byte*>(data_) + begin, end - begin, a);
+}
+
+void MappedFile::drop_resident() const {
+  if (data_) ::madvise(const_cast<std::byte*>(data_), size_, MADV_DONTNEED);
+}
+
 MappedFile::MappedFile(const std::string& path) : path_(path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail(path, ": cannot open: ", std::strerror(errno));
@@ -88,9 +261,11 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     data_ = static_cast<const std::byte*>(p);
   }
   ::close(fd);
+  Residency::get().add(this);
 }
 
 MappedFile::~MappedFile() {
+  Residency::get().remove(this);
   if (data_) ::munmap(const_cast<std::byte*>(data_), size_);
 }
 

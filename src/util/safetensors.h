@@ -24,7 +24,16 @@ size_t dtype_size(DType t);
 // Parses a safetensors dtype string; returns false when unknown.
 bool parse_dtype(std::string_view s, DType* out);
 
-// A read-only memory map of a whole file.
+// How the kernel should page a range of a mapping in (madvise advice).
+enum class MapAdvice : uint8_t {
+  Normal,      // default read-around on a fault
+  Random,      // no read-ahead: fault in only the pages touched
+  Sequential,  // aggressive read-ahead, pages dropped soon after use
+  WillNeed,    // start reading the range into the page cache now (asynchronous)
+};
+
+// A read-only memory map of a whole file. Live maps are registered so that a
+// resident-memory budget (set_max_resident_bytes) can drop their pages.
 class MappedFile {
  public:
   explicit MappedFile(const std::string& path);
@@ -34,12 +43,38 @@ class MappedFile {
   const std::byte* data() const { return data_; }
   size_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // Advice for the bytes [offset, offset + len), widened to whole pages.
+  // Advice is a hint: failures are ignored (the mapping works without it).
+  void advise(size_t offset, size_t len, MapAdvice advice) const;
+  // Drops this process's page-table entries of the whole map
+  // (madvise MADV_DONTNEED). Safe on a read-only file mapping: a later read
+  // faults the page back in from the page cache or the file.
+  void drop_resident() const;
 
  private:
   std::string path_;
   const std::byte* data_ = nullptr;
   size_t size_ = 0;
 };
+
+// Resident memory of weight mappings. With a budget set, a background thread
+// checks the process's file-backed resident set (/proc/self/statm: resident
+// − anonymous ≈ RssFile + RssShmem) every millisecond and, when it exceeds the
+// budget, drops the pages of every live MappedFile (drop_resident). This keeps
+// the weights' share of RSS near the budget for a model larger than RAM; the
+// page cache itself is the kernel's to reclaim. The budget is also read from
+// the environment variable DSV4_MAX_RESIDENT_BYTES (bytes, or with a K/M/G
+// suffix) when the first file is mapped, so every command honours it.
+void set_max_resident_bytes(uint64_t bytes);  // 0 = no budget (stops the thread)
+struct ResidencyStats {
+  uint64_t budget = 0;        // 0 = none
+  uint64_t trims = 0;         // times the mappings were dropped
+  uint64_t max_file_rss = 0;  // largest file-backed RSS the watcher saw (sampled)
+  uint64_t mapped_bytes = 0;  // bytes of all live MappedFiles
+};
+ResidencyStats residency_stats();
+// Parses "123", "64K", "512M", "2G" (powers of 1024); throws Error naming `what`.
+uint64_t parse_byte_size(const std::string& text, const std::string& what);
 
 // A view of one tensor inside a mapped file.
 struct TensorView {
@@ -86,6 +121,7 @@ class SafetensorsFile {
   const std::string& path() const { return map_->path(); }
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const MappedFile& map() const { return *map_; }
   bool has(const std::string& name) const { return tensors_.count(name) != 0; }
   // Throws Error naming the file when absent.
   const TensorView& get(const std::string& name) const;

@@ -1,0 +1,179 @@
+// The measurement pieces of `dsv4 bench` (src/cli/roofline.h): the triad
+// computes what it claims, the FMA peak beats a plain dependent FMA chain by
+// the parallelism it claims to use, the state's KV bytes match counts made
+// from the config, and a repeated context has the caches a real prefill
+// would have.
+#include "cli/roofline.h"
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "model/state.h"
+#include "util/error.h"
+#include "util/safetensors.h"
+
+namespace dsv4::cli {
+namespace {
+
+const std::string kTiny = std::string(DSV4_TEST_DATA) + "/golden/tiny-a/checkpoint";
+
+TEST(Roofline, ParsesSysfsCacheSizes) {
+  EXPECT_EQ(parse_cache_size("32768K"), 32768ull * 1024);
+  EXPECT_EQ(parse_cache_size("1M"), 1ull << 20);
+  EXPECT_EQ(parse_cache_size("48K\n"), 48ull * 1024);
+  EXPECT_EQ(parse_cache_size("512"), 512u);
+  EXPECT_EQ(parse_cache_size(""), 0u);
+  EXPECT_EQ(parse_cache_size("abc"), 0u);
+  EXPECT_EQ(parse_cache_size("12Q"), 0u);
+}
+
+TEST(Roofline, ParsesByteSizes) {
+  EXPECT_EQ(parse_byte_size("64M", "x"), 64ull << 20);
+  EXPECT_EQ(parse_byte_size("2G", "x"), 2ull << 30);
+  EXPECT_EQ(parse_byte_size("4096", "x"), 4096u);
+  EXPECT_THROW(parse_byte_size("12X", "x"), Error);
+  EXPECT_THROW(parse_byte_size("-5", "x"), Error);
+  EXPECT_THROW(parse_byte_size("M", "x"), Error);
+}
+
+TEST(Roofline, TriadComputesTheTriadOverTheRequestedBytes) {
+  const TriadResult r = measure_triad(48ull << 20, 2);
+  // Whole 16 Ki-element chunks, about 48 MB / 24 B.
+  EXPECT_EQ(r.elements % (1 << 14), 0u);
+  EXPECT_NEAR(static_cast<double>(r.elements), 48.0 * (1 << 20) / 24, 1 << 14);
+  EXPECT_EQ(r.bytes_per_run, 24 * r.elements);
+  // b = 1, c = 2, s = 3: every a[i] is 7, summed exactly in double.
+  EXPECT_EQ(r.check, 7.0 * static_cast<double>(r.elements));
+  EXPECT_GT(r.bytes_per_second, 0);
+  EXPECT_DOUBLE_EQ(r.bytes_per_second, static_cast<double>(r.bytes_per_run) / r.best_seconds);
+}
+
+// One dependent scalar FMA chain: latency bound, 2 FLOP per FMA latency.
+double dependent_chain_flops_per_second() {
+  volatile float seed = 0.5f;
+  float x = seed;
+  const int64_t n = 20'000'000;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int64_t i = 0; i < n; ++i) x = std::fma(x, 0.999999f, 1e-6f);
+  const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  seed = x;
+  return 2.0 * static_cast<double>(n) / dt;
+}
+
+TEST(Roofline, FmaPeakExceedsOneDependentChainByTheParallelismItUses) {
+  const FmaPeakResult r = measure_fma_peak(0.1);
+  EXPECT_TRUE(r.isa == "avx512f" || r.isa == "avx2") << r.isa;
+  EXPECT_GE(r.threads, 1);
+  EXPECT_GE(r.seconds, 0.1);
+  EXPECT_DOUBLE_EQ(r.flops_per_second, r.flops / r.seconds);
+  // 8 or 16 lanes × 12 or 16 independent chains per thread: at least 96×
+  // the work per latency of a single scalar chain. Asserting 8× leaves room
+  // for a loaded machine (the two are measured under the same load).
+  const double chain = dependent_chain_flops_per_second();
+  EXPECT_GT(r.flops_per_second, 8 * chain) << "peak " << r.flops_per_second << " chain " << chain;
+}
+
+TEST(Roofline, MemoryStatusIsReadAndCheckpointMappingsAreFound) {
+  const Model model(kTiny);
+  auto state = model.new_sequence();
+  std::vector<float> logits;
+  const std::vector<int32_t> tokens = {0, 17, 42};
+  model.forward(*state, tokens, &logits);  // touches the weights
+  const MemoryStatus m = read_memory_status();
+  EXPECT_GT(m.vm_rss, 0u);
+  EXPECT_GE(m.vm_hwm, m.vm_rss);
+  EXPECT_GE(m.peak_rss, m.vm_rss / 2);  // ru_maxrss vs VmHWM: same high-water mark
+  EXPECT_GT(m.rss_file, 0u);
+  const uint64_t resident = mapped_resident_bytes(kTiny);
+  EXPECT_GT(resident, 0u);
+  EXPECT_LE(resident, m.rss_file);
+  EXPECT_LE(resident, model.checkpoint().total_bytes() + (1u << 20) * 3);
+  EXPECT_EQ(mapped_resident_bytes("/nonexistent-dsv4-dir"), 0u);
+}
+
+// Compressed rows / indexer keys a real prefill of p tokens leaves, counted
+// from the config: floor(p / ratio) per compressed layer, fp32 values.
+uint64_t expected_growing_bytes(const ModelConfig& cfg, int64_t p) {
+  uint64_t b = 0;
+  for (int64_t i = 0; i < cfg.n_layers; ++i) {
+    const int64_t r = cfg.ratio(i);
+    if (r == 0) continue;
+    b += static_cast<uint64_t>(p / r) * cfg.head_dim * 4;
+    if (r == 4) b += static_cast<uint64_t>(p / r) * cfg.index_head_dim * 4;
+  }
+  return b;
+}
+
+TEST(Roofline, RepeatedContextHasTheCachesOfARealPrefill) {
+  const Model model(kTiny);
+  const ModelConfig& cfg = model.config();
+  const int64_t align = context_alignment(cfg);
+  int64_t expect_align = cfg.window_size;
+  for (int64_t i = 0; i < cfg.n_layers; ++i)
+    if (cfg.ratio(i)) expect_align = std::lcm(expect_align, cfg.ratio(i));
+  EXPECT_EQ(align, expect_align);
+
+  std::vector<int32_t> tokens(static_cast<size_t>(3 * align) + 5);
+  for (size_t i = 0; i < tokens.size(); ++i)
+    tokens[i] = static_cast<int32_t>((i * 7919 + 13) % static_cast<size_t>(cfg.vocab_size));
+  const int64_t fill = align + 5;
+  const std::span<const int32_t> all(tokens);
+  std::vector<float> logits;
+
+  auto repeated = model.new_sequence();
+  model.forward(*repeated, all.first(static_cast<size_t>(fill)), &logits);
+  EXPECT_EQ(state_bytes(*repeated).growing, expected_growing_bytes(cfg, fill));
+  const SequenceState filled = *repeated;
+  EXPECT_THROW(replicate_context(cfg, *repeated, fill + align - 1), Error);
+  replicate_context(cfg, *repeated, fill + 2 * align);
+
+  auto real = model.new_sequence();
+  model.forward(*real, all.first(static_cast<size_t>(fill)), &logits);
+  model.forward(*real, all.subspan(static_cast<size_t>(fill), static_cast<size_t>(2 * align)),
+                &logits);
+
+  EXPECT_EQ(repeated->pos, real->pos);
+  EXPECT_EQ(state_bytes(*repeated).growing, state_bytes(*real).growing);
+  EXPECT_EQ(state_bytes(*repeated).growing, expected_growing_bytes(cfg, fill + 2 * align));
+  EXPECT_EQ(state_bytes(*repeated).fixed, state_bytes(*real).fixed);
+  for (size_t l = 0; l < real->layers.size(); ++l) {
+    const LayerState& a = repeated->layers[l];
+    const LayerState& b = real->layers[l];
+    const LayerState& f = filled.layers[l];
+    ASSERT_EQ(a.compressed_kv.size(), b.compressed_kv.size()) << l;
+    ASSERT_EQ(a.index_keys.size(), b.index_keys.size()) << l;
+    // Window ring and compressor buffers are the forward's own, untouched.
+    EXPECT_EQ(a.window_kv, f.window_kv) << l;
+    EXPECT_EQ(a.compressor.kv, f.compressor.kv) << l;
+    EXPECT_EQ(a.index_compressor.kv, f.index_compressor.kv) << l;
+    // Extended rows repeat the filled ones.
+    const int64_t n = f.num_compressed();
+    for (int64_t j = 0; j < a.num_compressed(); ++j)
+      for (int64_t d = 0; d < a.head_dim; ++d)
+        ASSERT_EQ(a.compressed_kv[j * a.head_dim + d], f.compressed_kv[(j % n) * a.head_dim + d])
+            << "layer " << l << " row " << j;
+  }
+  // A decode step runs on the extended state and yields finite logits.
+  const int32_t next = 3;
+  model.forward(*repeated, std::span<const int32_t>(&next, 1), &logits);
+  for (float v : logits) ASSERT_TRUE(std::isfinite(v));
+}
+
+TEST(Roofline, RepeatingNeedsACompressedRowInEveryCompressedLayer) {
+  const Model model(kTiny);
+  auto state = model.new_sequence();
+  std::vector<float> logits;
+  const std::vector<int32_t> tokens = {1, 2, 3};
+  model.forward(*state, tokens, &logits);
+  EXPECT_THROW(replicate_context(model.config(), *state, 3 + context_alignment(model.config())),
+               Error);
+}
+
+}  // namespace
+}  // namespace dsv4::cli
