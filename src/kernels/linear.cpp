@@ -77,28 +77,56 @@ void scalar_rows(const detail::LinearTask& t, int64_t r0, int64_t r1) {
   }
 }
 
-void run_rows(const detail::LinearTask& t, int64_t row_begin, int64_t row_end) {
+void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
   const Isa isa = active_isa();
-  // SIMD kernels work on blocks of 4 rows (AVX-512) or 2 (AVX2); keep task
-  // boundaries on those multiples.
-  const int64_t multiple = 4;
-  const int64_t grain = row_grain(*t.w, t.m, multiple);
-  parallel_for(
-      row_end - row_begin,
-      [&](int64_t a, int64_t b, int) {
-        switch (isa) {
-          case Isa::kAvx512:
-            detail::linear_rows_avx512(t, row_begin + a, row_begin + b);
-            break;
-          case Isa::kAvx2:
-            detail::linear_rows_avx2(t, row_begin + a, row_begin + b);
-            break;
-          case Isa::kScalar:
-            scalar_rows(t, row_begin + a, row_begin + b);
-            break;
-        }
-      },
-      grain);
+  // SIMD kernels work on blocks of up to 8 rows; keep task boundaries on
+  // multiples of 8.
+  const int64_t grain = row_grain(*t.w, t.m, 8);
+  auto rows = [&](const detail::LinearTask& task) {
+    parallel_for(
+        row_end - row_begin,
+        [&](int64_t a, int64_t b, int) {
+          switch (isa) {
+            case Isa::kAvx512:
+              detail::linear_rows_avx512(task, row_begin + a, row_begin + b);
+              break;
+            case Isa::kAvx2:
+              detail::linear_rows_avx2(task, row_begin + a, row_begin + b);
+              break;
+            case Isa::kScalar:
+              scalar_rows(task, row_begin + a, row_begin + b);
+              break;
+          }
+        },
+        grain);
+  };
+  if (isa == Isa::kScalar) return rows(t);
+  // The SIMD kernels read activations as zero-padded doubles (converted once
+  // here, not once per weight row); chunks of activation rows bound the copy.
+  const int64_t in = t.w->in, ld = detail::padded_in(in);
+  const int64_t chunk = std::max<int64_t>(1, (int64_t{32} << 20) / (ld * 8));
+  // 64-byte aligned: the kernels use aligned loads (rows are 128-byte multiples).
+  struct Free {
+    void operator()(double* p) const { std::free(p); }
+  };
+  const size_t xd_bytes = static_cast<size_t>(std::max<int64_t>(1, std::min(t.m, chunk) * ld)) * 8;
+  std::unique_ptr<double, Free> xd(static_cast<double*>(std::aligned_alloc(64, xd_bytes)));
+  if (!xd) throw std::bad_alloc();
+  const int64_t m = t.m;
+  for (int64_t i0 = 0; i0 < m; i0 += chunk) {
+    detail::LinearTask c = t;
+    c.m = std::min(chunk, m - i0);
+    c.x = t.x + i0 * t.ldx;
+    c.y = t.y + i0 * t.ldy;
+    for (int64_t i = 0; i < c.m; ++i) {
+      const float* src = c.x + i * t.ldx;
+      double* dst = xd.get() + i * ld;
+      for (int64_t k = 0; k < in; ++k) dst[k] = src[k];
+      for (int64_t k = in; k < ld; ++k) dst[k] = 0.0;
+    }
+    c.xd = xd.get();
+    rows(c);
+  }
 }
 
 }  // namespace
@@ -106,8 +134,7 @@ void run_rows(const detail::LinearTask& t, int64_t row_begin, int64_t row_end) {
 namespace detail {
 
 int64_t decode_block_rows(int64_t in, int64_t row_multiple) {
-  const int64_t padded = (in + 15) / 16 * 16;
-  int64_t rows = (192 * 1024) / (padded * 8);
+  int64_t rows = (192 * 1024) / (padded_in(in) * 8);
   rows = std::clamp<int64_t>(rows / row_multiple * row_multiple, row_multiple, 64);
   return rows;
 }

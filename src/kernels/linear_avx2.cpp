@@ -109,36 +109,21 @@ void decode_row(const WeightRef& w, int64_t r, double* dst) {
   for (int64_t k = in; k < padded; ++k) dst[k] = 0.0;
 }
 
-// Mask of the first n (0..8) float lanes, for maskload.
-inline __m256i lane_mask(int64_t n) {
-  const __m256i iota = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), iota);
-}
-
 // Sums of x[k0, k0+len) · w_j[k0, k0+len) for NR weight rows, with
-// linear_dot_f64's lanes (four 4-double accumulators per row) and tree.
+// linear_dot_f64's lanes (four 4-double accumulators per row) and tree. Both
+// operands are zero-padded doubles, so whole 16-groups are read.
 template <int NR>
-inline void tile_sums(const float* x, const double* const* ws, int64_t k0, int64_t len,
+inline void tile_sums(const double* x, const double* const* ws, int64_t k0, int64_t len,
                       double* out) {
   __m256d acc[NR][4];
   for (int j = 0; j < NR; ++j)
     for (int q = 0; q < 4; ++q) acc[j][q] = _mm256_setzero_pd();
-  auto step = [&](int64_t k, __m256 f0, __m256 f1) {
-    const __m256d xv[4] = {
-        _mm256_cvtps_pd(_mm256_castps256_ps128(f0)), _mm256_cvtps_pd(_mm256_extractf128_ps(f0, 1)),
-        _mm256_cvtps_pd(_mm256_castps256_ps128(f1)), _mm256_cvtps_pd(_mm256_extractf128_ps(f1, 1))};
+  for (int64_t k = k0; k < k0 + len; k += kGroup) {
+    const __m256d xv[4] = {_mm256_load_pd(x + k), _mm256_load_pd(x + k + 4),
+                           _mm256_load_pd(x + k + 8), _mm256_load_pd(x + k + 12)};
     for (int j = 0; j < NR; ++j)
       for (int q = 0; q < 4; ++q)
         acc[j][q] = _mm256_fmadd_pd(xv[q], _mm256_load_pd(ws[j] + k + 4 * q), acc[j][q]);
-  };
-  const int64_t end = k0 + len;
-  int64_t k = k0;
-  for (; k + kGroup <= end; k += kGroup)
-    step(k, _mm256_loadu_ps(x + k), _mm256_loadu_ps(x + k + 8));
-  if (k < end) {
-    const int64_t n = end - k;
-    step(k, _mm256_maskload_ps(x + k, lane_mask(std::min<int64_t>(n, 8))),
-         _mm256_maskload_ps(x + k + 8, lane_mask(std::max<int64_t>(n - 8, 0))));
   }
   // Per row: v_j = s_j + s_(j+8) is acc0+acc2 (lanes 0-3) and acc1+acc3
   // (lanes 4-7); u_j = v_j + v_(j+4); then (u0+u2) + (u1+u3).
@@ -155,7 +140,7 @@ inline void tile_sums(const float* x, const double* const* ws, int64_t k0, int64
 template <int NR>
 void block(const LinearTask& t, const double* wbuf, int64_t ldw, int64_t i, int64_t rb,
            int64_t j0) {
-  const float* x = t.x + i * t.ldx;
+  const double* x = t.xd + i * ldw;
   const double* ws[NR];
   for (int j = 0; j < NR; ++j) ws[j] = wbuf + (j0 + j) * ldw;
   const int64_t in = t.w->in;
@@ -179,7 +164,7 @@ void block(const LinearTask& t, const double* wbuf, int64_t ldw, int64_t i, int6
 
 void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
   const int64_t in = t.w->in;
-  const int64_t ldw = (in + kGroup - 1) / kGroup * kGroup;
+  const int64_t ldw = padded_in(in);
   const int64_t block_rows = decode_block_rows(in, kNR);
   double* wbuf = thread_scratch(block_rows * ldw);
   for (int64_t rb = r0; rb < r1; rb += block_rows) {

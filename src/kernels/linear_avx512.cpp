@@ -150,19 +150,18 @@ inline __m512d reduce8(const __m512d v[8]) {
 }
 
 // Sums of x_i[k0, k0+len) · w_j[k0, k0+len) for MI×NR pairs (lane i·NR + j).
-// w rows are zero-padded decoded doubles; x rows are floats read with a mask
-// past len, so nothing beyond the tile is touched.
+// Both operands are zero-padded doubles, so whole 16-groups are read.
 template <int MI, int NR>
-inline __m512d tile_sums(const float* const* xs, const double* const* ws, int64_t k0, int64_t len) {
+inline __m512d tile_sums(const double* const* xs, const double* const* ws, int64_t k0,
+                         int64_t len) {
   __m512d lo[MI][NR], hi[MI][NR];
   for (int i = 0; i < MI; ++i)
     for (int j = 0; j < NR; ++j) lo[i][j] = hi[i][j] = _mm512_setzero_pd();
-  auto step = [&](int64_t k, __mmask16 mask) {
+  for (int64_t k = k0; k < k0 + len; k += kGroup) {
     __m512d x_lo[MI], x_hi[MI];
     for (int i = 0; i < MI; ++i) {
-      const __m512 f = _mm512_maskz_loadu_ps(mask, xs[i] + k);
-      x_lo[i] = _mm512_cvtps_pd(_mm512_castps512_ps256(f));
-      x_hi[i] = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+      x_lo[i] = _mm512_load_pd(xs[i] + k);
+      x_hi[i] = _mm512_load_pd(xs[i] + k + 8);
     }
     for (int j = 0; j < NR; ++j) {
       const __m512d w_lo = _mm512_load_pd(ws[j] + k);
@@ -172,11 +171,7 @@ inline __m512d tile_sums(const float* const* xs, const double* const* ws, int64_
         hi[i][j] = _mm512_fmadd_pd(x_hi[i], w_hi, hi[i][j]);
       }
     }
-  };
-  const int64_t end = k0 + len;
-  int64_t k = k0;
-  for (; k + kGroup <= end; k += kGroup) step(k, 0xffff);
-  if (k < end) step(k, static_cast<__mmask16>((1u << (end - k)) - 1));
+  }
   __m512d v[8];
   for (int p = 0; p < 8; ++p) v[p] = _mm512_setzero_pd();
   for (int i = 0; i < MI; ++i)
@@ -184,14 +179,26 @@ inline __m512d tile_sums(const float* const* xs, const double* const* ws, int64_
   return reduce8(v);
 }
 
+// Stores the MI×NR results (lane i·NR + j) into y.
+inline void store_results(const LinearTask& t, __m256 result, int mi, int nr, int64_t i0,
+                          int64_t r) {
+  alignas(32) float out[8];
+  _mm256_store_ps(out, result);
+  for (int i = 0; i < mi; ++i)
+    for (int j = 0; j < nr; ++j) {
+      const float v = out[i * nr + j];
+      t.y[(i0 + i) * t.ldy + (r + j - t.row_begin)] = t.round_bf16 ? bf16_round(v) : v;
+    }
+}
+
 // y for activation rows [i0, i0+MI) and decoded weight rows [j0, j0+NR) of
 // the block starting at weight row rb.
 template <int MI, int NR>
 void block(const LinearTask& t, const double* wbuf, int64_t ldw, int64_t i0, int64_t rb,
            int64_t j0) {
-  const float* xs[MI];
+  const double* xs[MI];
   const double* ws[NR];
-  for (int i = 0; i < MI; ++i) xs[i] = t.x + (i0 + i) * t.ldx;
+  for (int i = 0; i < MI; ++i) xs[i] = t.xd + (i0 + i) * ldw;
   for (int j = 0; j < NR; ++j) ws[j] = wbuf + (j0 + j) * ldw;
   const int64_t in = t.w->in;
   __m256 result;
@@ -204,13 +211,98 @@ void block(const LinearTask& t, const double* wbuf, int64_t ldw, int64_t i0, int
   } else {
     result = _mm512_cvtpd_ps(tile_sums<MI, NR>(xs, ws, 0, in));
   }
-  alignas(32) float out[8];
-  _mm256_store_ps(out, result);
-  for (int i = 0; i < MI; ++i)
+  store_results(t, result, MI, NR, i0, rb + j0);
+}
+
+// ---- Matrix-vector (m = 1): weights decoded in registers, no buffer. ----
+
+constexpr int kGemvRows = 8;  // weight rows at once: 16 accumulators, one full reduce8
+
+// 16 weights of one row starting at element k (n valid, the rest +0), as the
+// floats dequant_row produces.
+template <WeightFormat F>
+inline __m512 weights16(const uint8_t* row, int64_t k, int64_t n, __m512 scale, __m512 table) {
+  const __mmask16 mask = n >= kGroup ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
+  __m512 v;
+  if constexpr (F == WeightFormat::kFP8) {
+    v = _mm512_mul_ps(fp8_values(_mm_maskz_loadu_epi8(mask, row + k)), scale);
+  } else if constexpr (F == WeightFormat::kFP4) {
+    v = _mm512_mul_ps(fp4_values(row + k / 2, table), scale);  // FP4 rows are whole 32-groups
+  } else if constexpr (F == WeightFormat::kBF16) {
+    const __m256i b = _mm256_maskz_loadu_epi16(mask, row + 2 * k);
+    v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+  } else {
+    v = _mm512_maskz_loadu_ps(mask, row + 4 * k);
+  }
+  // Lanes past the row end must be +0 whatever the scale (0 × inf is NaN).
+  return n >= kGroup ? v : _mm512_maskz_mov_ps(mask, v);
+}
+
+// Sums over [k0, k0+len) of x · w_j for NR rows (lane j), decoding as it goes.
+template <WeightFormat F, int NR>
+inline __m512d gemv_tile(const uint8_t* const* rows, const double* x, int64_t k0, int64_t len,
+                         const __m512* scales, __m512 table) {
+  __m512d lo[NR], hi[NR];
+  for (int j = 0; j < NR; ++j) lo[j] = hi[j] = _mm512_setzero_pd();
+  const int64_t end = k0 + len;
+  for (int64_t k = k0; k < end; k += kGroup) {
+    const int64_t n = end - k;
+    const __m512d x_lo = _mm512_load_pd(x + k);
+    const __m512d x_hi = _mm512_load_pd(x + k + 8);
     for (int j = 0; j < NR; ++j) {
-      const float v = out[i * NR + j];
-      t.y[(i0 + i) * t.ldy + (rb + j0 + j - t.row_begin)] = t.round_bf16 ? bf16_round(v) : v;
+      const __m512 f = weights16<F>(rows[j], k, n, scales[j], table);
+      const __m256 f_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1));
+      lo[j] = _mm512_fmadd_pd(x_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(f)), lo[j]);
+      hi[j] = _mm512_fmadd_pd(x_hi, _mm512_cvtps_pd(f_hi), hi[j]);
     }
+  }
+  __m512d v[8];
+  for (int p = 0; p < 8; ++p) v[p] = p < NR ? _mm512_add_pd(lo[p], hi[p]) : _mm512_setzero_pd();
+  return reduce8(v);
+}
+
+template <WeightFormat F, int NR>
+void gemv_rows(const LinearTask& t, int64_t r) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in;
+  const int64_t row_bytes = F == WeightFormat::kFP8    ? in
+                            : F == WeightFormat::kFP4  ? in / 2
+                            : F == WeightFormat::kBF16 ? in * 2
+                                                       : in * 4;
+  const uint8_t* rows[NR];
+  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * row_bytes;
+  const __m512 table = _mm512_loadu_ps(fp4_e2m1_table());
+  __m512 scales[NR];
+  __m256 result;
+  if constexpr (F == WeightFormat::kFP8 || F == WeightFormat::kFP4) {
+    // quant_linear: the K tile is the scale block (128 for FP8, 32 for FP4).
+    const int64_t scale_cols = F == WeightFormat::kFP8 ? (in + 127) / 128 : in / 32;
+    result = _mm256_setzero_ps();
+    for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += t.tile) {
+      for (int j = 0; j < NR; ++j) {
+        const int64_t block_row = F == WeightFormat::kFP8 ? (r + j) / 128 : r + j;
+        scales[j] = _mm512_set1_ps(weight_block_scale(w, block_row * scale_cols + b));
+      }
+      const __m512d sums =
+          gemv_tile<F, NR>(rows, t.xd, k0, std::min(t.tile, in - k0), scales, table);
+      result = _mm256_add_ps(result, _mm512_cvtpd_ps(sums));
+    }
+  } else {
+    for (int j = 0; j < NR; ++j) scales[j] = _mm512_set1_ps(1.0f);
+    result = _mm512_cvtpd_ps(gemv_tile<F, NR>(rows, t.xd, 0, in, scales, table));
+  }
+  store_results(t, result, 1, NR, 0, r);
+}
+
+template <WeightFormat F>
+void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
+  using RowsFn = void (*)(const LinearTask&, int64_t);
+  static constexpr RowsFn kTails[kGemvRows] = {gemv_rows<F, 1>, gemv_rows<F, 2>, gemv_rows<F, 3>,
+                                               gemv_rows<F, 4>, gemv_rows<F, 5>, gemv_rows<F, 6>,
+                                               gemv_rows<F, 7>, gemv_rows<F, 8>};
+  int64_t r = r0;
+  for (; r + kGemvRows <= r1; r += kGemvRows) gemv_rows<F, kGemvRows>(t, r);
+  if (r < r1) kTails[r1 - r - 1](t, r);
 }
 
 using BlockFn = void (*)(const LinearTask&, const double*, int64_t, int64_t, int64_t, int64_t);
@@ -222,13 +314,29 @@ constexpr BlockFn kBlocks[kMI][kNR] = {
 }  // namespace
 
 void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
+  const WeightFormat format = t.w->format;
+  const bool quantized = format == WeightFormat::kFP8 || format == WeightFormat::kFP4;
+  // Matrix-vector: decode in registers. (A quantized weight in plain_linear,
+  // where scale blocks do not match the single K tile, takes the general path.)
+  if (t.m == 1 && quantized == (t.tile > 0)) {
+    switch (format) {
+      case WeightFormat::kFP8:
+        return gemv<WeightFormat::kFP8>(t, r0, r1);
+      case WeightFormat::kFP4:
+        return gemv<WeightFormat::kFP4>(t, r0, r1);
+      case WeightFormat::kBF16:
+        return gemv<WeightFormat::kBF16>(t, r0, r1);
+      case WeightFormat::kF32:
+        return gemv<WeightFormat::kF32>(t, r0, r1);
+    }
+  }
+  // Matrix-matrix: decode a block of rows once, apply it to every activation row.
   const int64_t in = t.w->in;
-  const int64_t ldw = (in + kGroup - 1) / kGroup * kGroup;
+  const int64_t ldw = padded_in(in);
   const int64_t block_rows = decode_block_rows(in, kNR);
   double* wbuf = thread_scratch(block_rows * ldw);
   for (int64_t rb = r0; rb < r1; rb += block_rows) {
     const int64_t nrb = std::min(block_rows, r1 - rb);
-    // Decode once, then apply to every activation row.
     for (int64_t j = 0; j < nrb; ++j) decode_row(*t.w, rb + j, wbuf + j * ldw);
     for (int64_t i0 = 0; i0 < t.m; i0 += kMI) {
       const int64_t mi = std::min<int64_t>(kMI, t.m - i0);

@@ -12,8 +12,12 @@ namespace dsv4::kernels::detail {
 // One linear over weight rows; the kernels compute rows [r0, r1) of it.
 struct LinearTask {
   const WeightRef* w = nullptr;
-  const float* x = nullptr;  // [m, ldx]; only the first w->in columns are read
-  int64_t m = 0, ldx = 0;
+  int64_t m = 0;
+  const float* x = nullptr;  // [m, ldx] (scalar path); only the first w->in columns are read
+  int64_t ldx = 0;
+  // The same activations in double (SIMD paths): [m, padded_in(w->in)], zero
+  // past w->in, so a kernel may read whole 16-element groups.
+  const double* xd = nullptr;
   // K tile whose sum is rounded to fp32 before the fp32 accumulation over
   // tiles (quant_linear: 128 for FP8, 32 for FP4), or 0: one double sum over
   // the whole row, rounded once (plain_linear).
@@ -22,6 +26,11 @@ struct LinearTask {
   int64_t ldy = 0, row_begin = 0;
   bool round_bf16 = false;
 };
+
+// w.in rounded up to whole 16-element groups.
+inline int64_t padded_in(int64_t in) {
+  return (in + 15) / 16 * 16;
+}
 
 // Rows decoded per block: the decoded block (doubles) should stay in L2.
 int64_t decode_block_rows(int64_t in, int64_t row_multiple);
