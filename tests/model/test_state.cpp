@@ -91,14 +91,54 @@ TEST_F(StateTest, ChunkedPrefillOfAKnownPromptIsBitIdentical) {
 }
 
 TEST_F(StateTest, ChunkedPrefillOfAnUnknownPromptMatchesClosely) {
-  // Without the prompt length each call is its own frame: only bf16
-  // rounding details of the per-head q norm differ.
+  // Without the prompt length each call is its own frame: the per-head q norm
+  // of a frame's tail rows rounds differently (torch's vectorised split) and
+  // the window section of the index lists has another width (another 64-entry
+  // tile split of the attention sums). Both change the last bits, which can
+  // flip an FP8 code of the attention output before wo_b (a few % on one
+  // position). Compared where they enter, in the first block's attention
+  // output: later blocks amplify them chaotically on random weights (routing
+  // and indexer choices flip), so logits would measure the checkpoint's
+  // chaos, not the frame handling. A wrong frame gives O(1) differences.
+  struct FirstAttention : ForwardObserver {
+    std::vector<float> rows;  // [position, dim]
+    int64_t dim = 0;
+    void on_attn_out(int64_t layer, int64_t pos, int64_t n, const float* out) override {
+      if (layer != 0) return;
+      rows.resize(static_cast<size_t>((pos + n) * dim));
+      std::copy(out, out + n * dim, rows.begin() + pos * dim);
+    }
+  };
   const auto p = prompt(45);
-  const std::vector<int32_t> decode = {5, 9};
-  const auto whole = run(p, decode, 45, false);
+  const std::span<const int32_t> all(p);
+  auto first_attention = [&](int64_t chunk, bool known) {
+    FirstAttention obs;
+    obs.dim = model_->config().dim;
+    auto st = model_->new_sequence();
+    if (known) st->frame.prompt_len = static_cast<int64_t>(p.size());
+    std::vector<float> l;
+    for (size_t c0 = 0; c0 < p.size(); c0 += chunk) {
+      const size_t n = std::min<size_t>(chunk, p.size() - c0);
+      model_->forward(*st, all.subspan(c0, n), &l, {.observer = &obs});
+    }
+    return obs.rows;
+  };
+  const auto whole = first_attention(45, true);
+  // The whole prompt in one call is one frame whether or not its length is known.
+  EXPECT_EQ(first_attention(45, false), whole);
+  const int64_t dim = model_->config().dim;
   for (int64_t chunk : {1, 7}) {
-    const auto chunked = run(p, decode, chunk, false);
-    for (size_t i = 0; i < whole.size(); ++i) EXPECT_LT(rel_l2(chunked[i], whole[i]), 0.1) << i;
+    const auto chunked = first_attention(chunk, false);
+    ASSERT_EQ(chunked.size(), whole.size());
+    double sum = 0;
+    for (size_t t = 0; t < p.size(); ++t) {
+      const std::vector<float> a(chunked.begin() + t * dim, chunked.begin() + (t + 1) * dim);
+      const std::vector<float> b(whole.begin() + t * dim, whole.begin() + (t + 1) * dim);
+      const double d = rel_l2(a, b);
+      EXPECT_LT(d, 6e-2) << "chunk " << chunk << " position " << t;
+      sum += d;
+    }
+    EXPECT_LT(sum / static_cast<double>(p.size()), 2e-2) << "chunk " << chunk;
   }
 }
 

@@ -22,6 +22,19 @@ STEPS=${STEPS:-4000}
 EVAL_LIMIT=${EVAL_LIMIT:-0}
 TORCH_EVAL_LIMIT=${TORCH_EVAL_LIMIT:-200}
 PY=/usr/bin/python3
+# Debian's torch calls the BLAS behind the libblas.so.3 alternative: the netlib reference BLAS
+# unless an optimised one is installed (apt-get install libopenblas0-pthread: training runs 2x
+# faster). OpenBLAS 0.3.21 misdetects recent Xeons as Prescott, so name the core from the flags.
+if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+  if grep -qw avx512_bf16 /proc/cpuinfo; then OPENBLAS_CORETYPE=Cooperlake
+  elif grep -qw avx512f /proc/cpuinfo; then OPENBLAS_CORETYPE=SkylakeX
+  elif grep -qw avx2 /proc/cpuinfo; then OPENBLAS_CORETYPE=Haswell
+  fi
+  [ -n "${OPENBLAS_CORETYPE:-}" ] && export OPENBLAS_CORETYPE
+fi
+case "$(readlink -f /usr/lib/x86_64-linux-gnu/libblas.so.3 2>/dev/null)" in
+  */blas/libblas.so*) echo "build_demo.sh: torch will use the slow reference BLAS; apt-get install libopenblas0-pthread" >&2 ;;
+esac
 [ -x "$DSV4" ] || { echo "build_demo.sh: $DSV4 is not an executable dsv4 binary" >&2; exit 1; }
 mkdir -p "$WORK"
 
