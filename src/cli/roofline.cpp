@@ -210,6 +210,13 @@ MemoryStatus read_memory_status() {
   return m;
 }
 
+bool reset_peak_rss() {
+  std::ofstream f("/proc/self/clear_refs");
+  f << "5";
+  f.flush();
+  return static_cast<bool>(f);
+}
+
 uint64_t mapped_resident_bytes(const std::string& dir) {
   std::error_code ec;
   std::string root = fs::canonical(dir, ec).string();

@@ -54,6 +54,9 @@ struct MemoryStatus {
   uint64_t peak_rss = 0;  // getrusage ru_maxrss
 };
 MemoryStatus read_memory_status();
+// Resets the kernel's RSS high-water mark (VmHWM and ru_maxrss) to the
+// current RSS by writing "5" to /proc/self/clear_refs; false when refused.
+bool reset_peak_rss();
 // Resident bytes (smaps "Rss") of this process's mappings of files inside
 // `dir` (the checkpoint's shards).
 uint64_t mapped_resident_bytes(const std::string& dir);

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "model/model.h"
@@ -95,6 +96,33 @@ TEST(Roofline, MemoryStatusIsReadAndCheckpointMappingsAreFound) {
   EXPECT_LE(resident, m.rss_file);
   EXPECT_LE(resident, model.checkpoint().total_bytes() + (1u << 20) * 3);
   EXPECT_EQ(mapped_resident_bytes("/nonexistent-dsv4-dir"), 0u);
+}
+
+TEST(Roofline, ResidentBudgetDropsWeightPagesAndTheyReadBackUnchanged) {
+  const Model model(kTiny);
+  const std::vector<int32_t> tokens = {0, 17, 42, 7};
+  std::vector<float> before_logits, after_logits;
+  auto s1 = model.new_sequence();
+  model.forward(*s1, tokens, &before_logits);
+  const uint64_t before = mapped_resident_bytes(kTiny);
+  ASSERT_GT(before, 1u << 20);
+  // A 1-byte budget: any file-backed page (the binary's own text included)
+  // exceeds it, so the watcher drops the weight mappings within milliseconds.
+  set_max_resident_bytes(1);
+  for (int i = 0; i < 2000 && residency_stats().trims == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const ResidencyStats stats = residency_stats();
+  set_max_resident_bytes(0);
+  EXPECT_EQ(stats.budget, 1u);
+  EXPECT_GT(stats.trims, 0u);
+  EXPECT_GE(stats.max_file_rss, before);
+  EXPECT_GE(stats.mapped_bytes, model.checkpoint().total_bytes());
+  EXPECT_EQ(residency_stats().budget, 0u);
+  EXPECT_LT(mapped_resident_bytes(kTiny), before / 4);
+  // Dropped pages fault back in from the file: the same logits.
+  auto s2 = model.new_sequence();
+  model.forward(*s2, tokens, &after_logits);
+  EXPECT_EQ(after_logits, before_logits);
 }
 
 // Compressed rows / indexer keys a real prefill of p tokens leaves, counted
