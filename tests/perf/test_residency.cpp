@@ -255,9 +255,10 @@ TEST_F(Residency, GeneratesUnderACgroupLimitSmallerThanTheCheckpoint) {
       static_cast<unsigned long long>(ckpt), static_cast<unsigned long long>(limit),
       static_cast<unsigned long long>(limited.maxrss), static_cast<unsigned long long>(hits));
   // The limit was reached (the kernel had to reclaim) and held: RSS also
-  // counts shared-library pages charged to other cgroups, hence the slack.
+  // counts pages charged to other cgroups (the binary and shared libraries,
+  // ~20 MB, cached before the child joined), hence the slack.
   EXPECT_GT(hits, 0u);
-  EXPECT_LE(limited.maxrss, limit + (16ull << 20));
+  EXPECT_LE(limited.maxrss, limit + (32ull << 20));
   EXPECT_LT(limited.maxrss + (64ull << 20), reference_->maxrss);
 }
 
