@@ -139,19 +139,19 @@ int64_t decode_block_rows(int64_t in, int64_t row_multiple) {
   return rows;
 }
 
-double* thread_scratch(int64_t n) {
+double* thread_scratch(int64_t n, int slot) {
   struct Free {
     void operator()(double* p) const { std::free(p); }
   };
-  thread_local std::unique_ptr<double, Free> buffer;
-  thread_local int64_t capacity = 0;
-  if (n > capacity) {
+  thread_local std::unique_ptr<double, Free> buffer[2];
+  thread_local int64_t capacity[2] = {0, 0};
+  if (n > capacity[slot]) {
     const size_t bytes = (static_cast<size_t>(n) * sizeof(double) + 63) / 64 * 64;
-    buffer.reset(static_cast<double*>(std::aligned_alloc(64, bytes)));
-    if (!buffer) throw std::bad_alloc();
-    capacity = n;
+    buffer[slot].reset(static_cast<double*>(std::aligned_alloc(64, bytes)));
+    if (!buffer[slot]) throw std::bad_alloc();
+    capacity[slot] = n;
   }
-  return buffer.get();
+  return buffer[slot].get();
 }
 
 float weight_block_scale(const WeightRef& w, int64_t index) {

@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -28,7 +29,14 @@ inline __m256 fp8_values(const uint8_t* p) {
   const __m128i w = _mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)));
   const __m128i h = _mm_and_si128(_mm_srai_epi16(_mm_slli_epi16(w, 8), 1),
                                   _mm_set1_epi16(static_cast<short>(0xBFFF)));
-  return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f));
+  return _mm256_cvtph_ps(h);  // the code's value × 2^-8
+}
+
+// value × 2^-8 times scale × 2^8 is value × scale rounded as dequant_row
+// rounds it, unless scale × 2^8 overflows (see linear_avx512.cpp).
+inline __m256 fp8_times_scale(__m256 v_2m8, float scale) {
+  if (std::isfinite(scale * 256.0f)) return _mm256_mul_ps(v_2m8, _mm256_set1_ps(scale * 256.0f));
+  return _mm256_mul_ps(_mm256_mul_ps(v_2m8, _mm256_set1_ps(256.0f)), _mm256_set1_ps(scale));
 }
 
 // 8 FP4 e2m1 values from 4 packed bytes: magnitude from an 8-entry permute,
@@ -64,12 +72,12 @@ void decode_row(const WeightRef& w, int64_t r, double* dst) {
       const uint8_t* codes = base + r * in;
       const int64_t scale_cols = (in + 127) / 128;
       for (int64_t b = 0; b < scale_cols; ++b) {
-        const __m256 s = _mm256_set1_ps(weight_block_scale(w, (r / 128) * scale_cols + b));
+        const float s = weight_block_scale(w, (r / 128) * scale_cols + b);
         const int64_t end = std::min(in, (b + 1) * 128);
         for (int64_t k = b * 128; k < end; k += kGroup) {
           const uint8_t* p = group_src(codes + k, std::min(kGroup, end - k), 1);
-          store_as_doubles(dst + k, _mm256_mul_ps(fp8_values(p), s));
-          store_as_doubles(dst + k + 8, _mm256_mul_ps(fp8_values(p + 8), s));
+          store_as_doubles(dst + k, fp8_times_scale(fp8_values(p), s));
+          store_as_doubles(dst + k + 8, fp8_times_scale(fp8_values(p + 8), s));
         }
       }
       break;
@@ -166,7 +174,7 @@ void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
   const int64_t in = t.w->in;
   const int64_t ldw = padded_in(in);
   const int64_t block_rows = decode_block_rows(in, kNR);
-  double* wbuf = thread_scratch(block_rows * ldw);
+  double* wbuf = thread_scratch(block_rows * ldw, 0);
   for (int64_t rb = r0; rb < r1; rb += block_rows) {
     const int64_t nrb = std::min(block_rows, r1 - rb);
     for (int64_t j = 0; j < nrb; ++j) decode_row(*t.w, rb + j, wbuf + j * ldw);

@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -53,7 +54,19 @@ inline __m512 fp8_values(__m128i codes) {
   // the sign into bit 14, which the mask clears.
   const __m256i h = _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w, 8), 1),
                                      _mm256_set1_epi16(static_cast<short>(0xBFFF)));
-  return _mm512_mul_ps(_mm512_cvtph_ps(h), _mm512_set1_ps(256.0f));
+  return _mm512_cvtph_ps(h);  // the code's value × 2^-8
+}
+
+// The FP8 decode yields value × 2^-8, so multiplying by scale × 2^8 gives
+// the float value × scale exactly as dequant_row rounds it (same real
+// product) — unless scale × 2^8 overflows (scale ≥ 2^120, or NaN), when the
+// two multiplies are kept apart.
+inline bool fp8_scale_folds(float scale) {
+  return std::isfinite(scale * 256.0f);
+}
+inline __m512 fp8_times_scale(__m512 v_2m8, float scale) {
+  if (fp8_scale_folds(scale)) return _mm512_mul_ps(v_2m8, _mm512_set1_ps(scale * 256.0f));
+  return _mm512_mul_ps(_mm512_mul_ps(v_2m8, _mm512_set1_ps(256.0f)), _mm512_set1_ps(scale));
 }
 
 // 16 FP4 e2m1 values from 8 packed bytes (low nibble first).
@@ -70,10 +83,11 @@ inline __m512 bf16_values(const uint8_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16));
 }
 
-// Decodes weight row r to doubles at dst[0, in), zeros up to the next
-// multiple of 16. Values equal dequant_row's floats exactly: the same code
-// value times the same float scale, in float.
-void decode_row(const WeightRef& w, int64_t r, double* dst) {
+// Decodes elements [k0, k1) of weight row r to doubles at dst[0, k1-k0),
+// zeros up to the next multiple of 16. k0 is a multiple of the scale block
+// (128 for FP8, 32 for FP4) or 0. Values equal dequant_row's floats exactly:
+// the same code value times the same float scale, in float.
+void decode_range(const WeightRef& w, int64_t r, int64_t k0, int64_t k1, double* dst) {
   const int64_t in = w.in;
   const uint8_t* base = static_cast<const uint8_t*>(w.data);
   // A partial last group is decoded from a zero-padded copy.
@@ -88,13 +102,13 @@ void decode_row(const WeightRef& w, int64_t r, double* dst) {
     case WeightFormat::kFP8: {
       const uint8_t* codes = base + r * in;
       const int64_t scale_cols = (in + 127) / 128;
-      for (int64_t b = 0; b < scale_cols; ++b) {
-        const __m512 s = _mm512_set1_ps(weight_block_scale(w, (r / 128) * scale_cols + b));
-        const int64_t end = std::min(in, (b + 1) * 128);
+      for (int64_t b = k0 / 128; b * 128 < k1; ++b) {
+        const float s = weight_block_scale(w, (r / 128) * scale_cols + b);
+        const int64_t end = std::min(k1, (b + 1) * 128);
         for (int64_t k = b * 128; k < end; k += kGroup) {
           const uint8_t* p = group_src(codes + k, std::min(kGroup, end - k), 1);
           const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-          store_as_doubles(dst + k, _mm512_mul_ps(fp8_values(c), s));
+          store_as_doubles(dst + (k - k0), fp8_times_scale(fp8_values(c), s));
         }
       }
       break;
@@ -103,32 +117,33 @@ void decode_row(const WeightRef& w, int64_t r, double* dst) {
       const uint8_t* packed = base + r * (in / 2);
       const int64_t scale_cols = in / 32;
       const __m512 table = _mm512_loadu_ps(fp4_e2m1_table());
-      for (int64_t b = 0; b < scale_cols; ++b) {
+      for (int64_t b = k0 / 32; b * 32 < k1; ++b) {
         const __m512 s = _mm512_set1_ps(weight_block_scale(w, r * scale_cols + b));
-        store_as_doubles(dst + b * 32, _mm512_mul_ps(fp4_values(packed + b * 16, table), s));
-        store_as_doubles(dst + b * 32 + 16,
+        store_as_doubles(dst + (b * 32 - k0), _mm512_mul_ps(fp4_values(packed + b * 16, table), s));
+        store_as_doubles(dst + (b * 32 + 16 - k0),
                          _mm512_mul_ps(fp4_values(packed + b * 16 + 8, table), s));
       }
       break;
     }
     case WeightFormat::kBF16: {
       const uint8_t* row = base + r * in * 2;
-      for (int64_t k = 0; k < in; k += kGroup)
-        store_as_doubles(dst + k, bf16_values(group_src(row + k * 2, std::min(kGroup, in - k), 2)));
+      for (int64_t k = k0; k < k1; k += kGroup)
+        store_as_doubles(dst + (k - k0),
+                         bf16_values(group_src(row + k * 2, std::min(kGroup, k1 - k), 2)));
       break;
     }
     case WeightFormat::kF32: {
       const uint8_t* row = base + r * in * 4;
-      for (int64_t k = 0; k < in; k += kGroup) {
-        const uint8_t* p = group_src(row + k * 4, std::min(kGroup, in - k), 4);
-        store_as_doubles(dst + k, _mm512_loadu_ps(p));
+      for (int64_t k = k0; k < k1; k += kGroup) {
+        const uint8_t* p = group_src(row + k * 4, std::min(kGroup, k1 - k), 4);
+        store_as_doubles(dst + (k - k0), _mm512_loadu_ps(p));
       }
       break;
     }
   }
   // Padding must be +0 whatever the scale (0 × inf would be NaN).
-  const int64_t padded = (in + kGroup - 1) / kGroup * kGroup;
-  for (int64_t k = in; k < padded; ++k) dst[k] = 0.0;
+  const int64_t padded = padded_in(k1 - k0);
+  for (int64_t k = k1 - k0; k < padded; ++k) dst[k] = 0.0;
 }
 
 // Level 1 of linear_dot_f64's tree for two pairs: lanes j and j+4 of each.
@@ -152,20 +167,20 @@ inline __m512d reduce8(const __m512d v[8]) {
 // Sums of x_i[k0, k0+len) · w_j[k0, k0+len) for MI×NR pairs (lane i·NR + j).
 // Both operands are zero-padded doubles, so whole 16-groups are read.
 template <int MI, int NR>
-inline __m512d tile_sums(const double* const* xs, const double* const* ws, int64_t k0,
-                         int64_t len) {
+inline __m512d tile_sums(const double* const* xs, int64_t x_off, const double* const* ws,
+                         int64_t w_off, int64_t len) {
   __m512d lo[MI][NR], hi[MI][NR];
   for (int i = 0; i < MI; ++i)
     for (int j = 0; j < NR; ++j) lo[i][j] = hi[i][j] = _mm512_setzero_pd();
-  for (int64_t k = k0; k < k0 + len; k += kGroup) {
+  for (int64_t k = 0; k < len; k += kGroup) {
     __m512d x_lo[MI], x_hi[MI];
     for (int i = 0; i < MI; ++i) {
-      x_lo[i] = _mm512_load_pd(xs[i] + k);
-      x_hi[i] = _mm512_load_pd(xs[i] + k + 8);
+      x_lo[i] = _mm512_load_pd(xs[i] + x_off + k);
+      x_hi[i] = _mm512_load_pd(xs[i] + x_off + k + 8);
     }
     for (int j = 0; j < NR; ++j) {
-      const __m512d w_lo = _mm512_load_pd(ws[j] + k);
-      const __m512d w_hi = _mm512_load_pd(ws[j] + k + 8);
+      const __m512d w_lo = _mm512_load_pd(ws[j] + w_off + k);
+      const __m512d w_hi = _mm512_load_pd(ws[j] + w_off + k + 8);
       for (int i = 0; i < MI; ++i) {
         lo[i][j] = _mm512_fmadd_pd(x_lo[i], w_lo, lo[i][j]);
         hi[i][j] = _mm512_fmadd_pd(x_hi[i], w_hi, hi[i][j]);
@@ -207,9 +222,9 @@ void block(const LinearTask& t, const double* wbuf, int64_t ldw, int64_t i0, int
     result = _mm256_setzero_ps();
     for (int64_t k0 = 0; k0 < in; k0 += t.tile)
       result = _mm256_add_ps(
-          result, _mm512_cvtpd_ps(tile_sums<MI, NR>(xs, ws, k0, std::min(t.tile, in - k0))));
+          result, _mm512_cvtpd_ps(tile_sums<MI, NR>(xs, k0, ws, k0, std::min(t.tile, in - k0))));
   } else {
-    result = _mm512_cvtpd_ps(tile_sums<MI, NR>(xs, ws, 0, in));
+    result = _mm512_cvtpd_ps(tile_sums<MI, NR>(xs, 0, ws, 0, in));
   }
   store_results(t, result, MI, NR, i0, rb + j0);
 }
@@ -220,12 +235,16 @@ constexpr int kGemvRows = 8;  // weight rows at once: 16 accumulators, one full 
 
 // 16 weights of one row starting at element k (n valid, the rest +0), as the
 // floats dequant_row produces.
-template <WeightFormat F>
+// For FP8, `scale` is the block scale × 256 (fp8_scale_folds), or with
+// kUnfolded the plain block scale.
+template <WeightFormat F, bool kUnfolded>
 inline __m512 weights16(const uint8_t* row, int64_t k, int64_t n, __m512 scale, __m512 table) {
   const __mmask16 mask = n >= kGroup ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
   __m512 v;
   if constexpr (F == WeightFormat::kFP8) {
-    v = _mm512_mul_ps(fp8_values(_mm_maskz_loadu_epi8(mask, row + k)), scale);
+    v = fp8_values(_mm_maskz_loadu_epi8(mask, row + k));
+    if constexpr (kUnfolded) v = _mm512_mul_ps(v, _mm512_set1_ps(256.0f));
+    v = _mm512_mul_ps(v, scale);
   } else if constexpr (F == WeightFormat::kFP4) {
     v = _mm512_mul_ps(fp4_values(row + k / 2, table), scale);  // FP4 rows are whole 32-groups
   } else if constexpr (F == WeightFormat::kBF16) {
@@ -239,7 +258,7 @@ inline __m512 weights16(const uint8_t* row, int64_t k, int64_t n, __m512 scale, 
 }
 
 // Sums over [k0, k0+len) of x · w_j for NR rows (lane j), decoding as it goes.
-template <WeightFormat F, int NR>
+template <WeightFormat F, int NR, bool kUnfolded>
 inline __m512d gemv_tile(const uint8_t* const* rows, const double* x, int64_t k0, int64_t len,
                          const __m512* scales, __m512 table) {
   __m512d lo[NR], hi[NR];
@@ -250,7 +269,7 @@ inline __m512d gemv_tile(const uint8_t* const* rows, const double* x, int64_t k0
     const __m512d x_lo = _mm512_load_pd(x + k);
     const __m512d x_hi = _mm512_load_pd(x + k + 8);
     for (int j = 0; j < NR; ++j) {
-      const __m512 f = weights16<F>(rows[j], k, n, scales[j], table);
+      const __m512 f = weights16<F, kUnfolded>(rows[j], k, n, scales[j], table);
       const __m256 f_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1));
       lo[j] = _mm512_fmadd_pd(x_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(f)), lo[j]);
       hi[j] = _mm512_fmadd_pd(x_hi, _mm512_cvtps_pd(f_hi), hi[j]);
@@ -279,17 +298,28 @@ void gemv_rows(const LinearTask& t, int64_t r) {
     const int64_t scale_cols = F == WeightFormat::kFP8 ? (in + 127) / 128 : in / 32;
     result = _mm256_setzero_ps();
     for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += t.tile) {
+      bool folds = true;
       for (int j = 0; j < NR; ++j) {
         const int64_t block_row = F == WeightFormat::kFP8 ? (r + j) / 128 : r + j;
-        scales[j] = _mm512_set1_ps(weight_block_scale(w, block_row * scale_cols + b));
+        const float scale = weight_block_scale(w, block_row * scale_cols + b);
+        folds = folds && fp8_scale_folds(scale);
+        scales[j] = _mm512_set1_ps(F == WeightFormat::kFP8 ? scale * 256.0f : scale);
       }
-      const __m512d sums =
-          gemv_tile<F, NR>(rows, t.xd, k0, std::min(t.tile, in - k0), scales, table);
+      const int64_t len = std::min(t.tile, in - k0);
+      __m512d sums;
+      if (F != WeightFormat::kFP8 || folds) {
+        sums = gemv_tile<F, NR, false>(rows, t.xd, k0, len, scales, table);
+      } else {
+        for (int j = 0; j < NR; ++j)
+          scales[j] =
+              _mm512_set1_ps(weight_block_scale(w, ((r + j) / 128) * scale_cols + b));  // unfolded
+        sums = gemv_tile<F, NR, true>(rows, t.xd, k0, len, scales, table);
+      }
       result = _mm256_add_ps(result, _mm512_cvtpd_ps(sums));
     }
   } else {
     for (int j = 0; j < NR; ++j) scales[j] = _mm512_set1_ps(1.0f);
-    result = _mm512_cvtpd_ps(gemv_tile<F, NR>(rows, t.xd, 0, in, scales, table));
+    result = _mm512_cvtpd_ps(gemv_tile<F, NR, false>(rows, t.xd, 0, in, scales, table));
   }
   store_results(t, result, 1, NR, 0, r);
 }
@@ -303,6 +333,70 @@ void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
   int64_t r = r0;
   for (; r + kGemvRows <= r1; r += kGemvRows) gemv_rows<F, kGemvRows>(t, r);
   if (r < r1) kTails[r1 - r - 1](t, r);
+}
+
+// ---- Quantized matrix-matrix: K in chunks, so both operands stay in cache. ----
+//
+// The only state carried from one K tile to the next is each output's fp32
+// accumulator, so K can be cut into chunks of whole tiles: a block of
+// kQuantRows weight rows × kQuantChunk columns is decoded (256 KB of
+// doubles, L2) and applied to every activation row (whose chunk, 4 KB, stays
+// in L1), tiles still added in ascending K.
+constexpr int64_t kQuantRows = 64;
+constexpr int64_t kQuantChunk = 512;  // a multiple of both tiles (128, 32)
+
+template <int MI, int NR>
+void quant_chunk(const LinearTask& t, const double* wbuf, int64_t i0, int64_t j0, int64_t kc,
+                 int64_t klen, float* acc, int64_t ld_acc) {
+  const int64_t ldx = padded_in(t.w->in);
+  const double* xs[MI];
+  const double* ws[NR];
+  for (int i = 0; i < MI; ++i) xs[i] = t.xd + (i0 + i) * ldx;
+  for (int j = 0; j < NR; ++j) ws[j] = wbuf + (j0 + j) * kQuantChunk;
+  alignas(32) float a[8] = {};
+  for (int i = 0; i < MI; ++i)
+    for (int j = 0; j < NR; ++j) a[i * NR + j] = acc[(i0 + i) * ld_acc + j0 + j];
+  __m256 result = _mm256_load_ps(a);
+  for (int64_t k0 = 0; k0 < klen; k0 += t.tile)
+    result = _mm256_add_ps(result, _mm512_cvtpd_ps(tile_sums<MI, NR>(xs, kc + k0, ws, k0,
+                                                                     std::min(t.tile, klen - k0))));
+  _mm256_store_ps(a, result);
+  for (int i = 0; i < MI; ++i)
+    for (int j = 0; j < NR; ++j) acc[(i0 + i) * ld_acc + j0 + j] = a[i * NR + j];
+}
+
+using ChunkFn = void (*)(const LinearTask&, const double*, int64_t, int64_t, int64_t, int64_t,
+                         float*, int64_t);
+constexpr ChunkFn kChunks[kMI][kNR] = {
+    {quant_chunk<1, 1>, quant_chunk<1, 2>, quant_chunk<1, 3>, quant_chunk<1, 4>},
+    {quant_chunk<2, 1>, quant_chunk<2, 2>, quant_chunk<2, 3>, quant_chunk<2, 4>},
+};
+
+void quant_gemm(const LinearTask& t, int64_t r0, int64_t r1) {
+  const int64_t in = t.w->in;
+  double* wbuf = thread_scratch(kQuantRows * kQuantChunk, 0);
+  float* acc = reinterpret_cast<float*>(thread_scratch((t.m * kQuantRows + 1) / 2, 1));
+  for (int64_t rb = r0; rb < r1; rb += kQuantRows) {
+    const int64_t nrb = std::min(kQuantRows, r1 - rb);
+    for (int64_t i = 0; i < t.m * nrb; ++i) acc[i] = 0.0f;
+    for (int64_t kc = 0; kc < in; kc += kQuantChunk) {
+      const int64_t klen = std::min(kQuantChunk, in - kc);
+      for (int64_t j = 0; j < nrb; ++j)
+        decode_range(*t.w, rb + j, kc, kc + klen, wbuf + j * kQuantChunk);
+      for (int64_t i0 = 0; i0 < t.m; i0 += kMI) {
+        const int64_t mi = std::min<int64_t>(kMI, t.m - i0);
+        for (int64_t j0 = 0; j0 < nrb; j0 += kNR) {
+          const int64_t nr = std::min<int64_t>(kNR, nrb - j0);
+          kChunks[mi - 1][nr - 1](t, wbuf, i0, j0, kc, klen, acc, nrb);
+        }
+      }
+    }
+    for (int64_t i = 0; i < t.m; ++i)
+      for (int64_t j = 0; j < nrb; ++j) {
+        const float v = acc[i * nrb + j];
+        t.y[i * t.ldy + (rb + j - t.row_begin)] = t.round_bf16 ? bf16_round(v) : v;
+      }
+  }
 }
 
 using BlockFn = void (*)(const LinearTask&, const double*, int64_t, int64_t, int64_t, int64_t);
@@ -330,14 +424,17 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
         return gemv<WeightFormat::kF32>(t, r0, r1);
     }
   }
-  // Matrix-matrix: decode a block of rows once, apply it to every activation row.
+  if (t.tile > 0) return quant_gemm(t, r0, r1);
+  // Plain matrix-matrix: the sixteen lane sums run over the whole row, so K
+  // is not chunked; decode a block of whole rows once, apply it to every
+  // activation row.
   const int64_t in = t.w->in;
   const int64_t ldw = padded_in(in);
   const int64_t block_rows = decode_block_rows(in, kNR);
-  double* wbuf = thread_scratch(block_rows * ldw);
+  double* wbuf = thread_scratch(block_rows * ldw, 0);
   for (int64_t rb = r0; rb < r1; rb += block_rows) {
     const int64_t nrb = std::min(block_rows, r1 - rb);
-    for (int64_t j = 0; j < nrb; ++j) decode_row(*t.w, rb + j, wbuf + j * ldw);
+    for (int64_t j = 0; j < nrb; ++j) decode_range(*t.w, rb + j, 0, in, wbuf + j * ldw);
     for (int64_t i0 = 0; i0 < t.m; i0 += kMI) {
       const int64_t mi = std::min<int64_t>(kMI, t.m - i0);
       for (int64_t j0 = 0; j0 < nrb; j0 += kNR) {

@@ -35,8 +35,9 @@ inline int64_t padded_in(int64_t in) {
 // Rows decoded per block: the decoded block (doubles) should stay in L2.
 int64_t decode_block_rows(int64_t in, int64_t row_multiple);
 
-// Per-thread scratch of at least n doubles (64-byte aligned, reused).
-double* thread_scratch(int64_t n);
+// Per-thread scratch buffer `slot` (0 or 1) of at least n doubles (64-byte
+// aligned, reused across calls).
+double* thread_scratch(int64_t n, int slot);
 
 // The FP8 or FP4 block scale `index` as the scalar path decodes it.
 float weight_block_scale(const WeightRef& w, int64_t index);

@@ -178,6 +178,26 @@ TEST(QuantLinear, SimdMatchesScalarBitForBitFp8) {
     }
 }
 
+TEST(QuantLinear, SimdMatchesScalarWithHugeScales) {
+  // Block scales ≥ 2^120: scale × 256 overflows, so the SIMD FP8 decode must
+  // not fold its 2^8 into the scale there. Small codes keep the weights finite.
+  IsaGuard guard;
+  const int64_t out = 150, in = 300;
+  TestWeight w = make_weight(WeightFormat::kFP8, out, in, 77);
+  std::mt19937 rng(78);
+  for (int64_t i = 0; i < out * in; ++i)
+    w.data[kMisalign + i] = static_cast<uint8_t>((rng() & 0x80) | (rng() & 0x17));  // < 2^-4
+  for (size_t i = kMisalign; i < w.scale.size(); ++i)
+    w.scale[i] = static_cast<uint8_t>(i % 2 ? 246 + rng() % 8 : 120 + rng() % 8);
+  for (int64_t m : {1, 3}) {
+    const std::vector<float> x = make_activations(m, in, 79 + static_cast<uint32_t>(m));
+    const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+    for (Isa isa : simd_isas())
+      expect_bits_equal(want, run_quant(isa, x, m, w.ref),
+                        std::string("huge scales ") + isa_name(isa) + " m=" + std::to_string(m));
+  }
+}
+
 TEST(QuantLinear, SimdMatchesScalarBitForBitFp4) {
   IsaGuard guard;
   const int64_t shapes[][2] = {{1, 32}, {5, 96}, {19, 320}, {70, 2048}};
