@@ -2,6 +2,7 @@
 #include <signal.h>
 
 #include <chrono>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -49,6 +50,11 @@ options:
   --max-context N      serve at most N tokens per sequence (prompt + output;
                        default: the model's max_position_embeddings)
   --keepalive S        seconds between keep-alives to queued streams (default 10)
+  --logit-bias ID=B    add B (in [-100, 100]) to token ID's logit in every
+                       request (repeatable; e.g. a large end-of-sequence bias
+                       makes a random-weight test checkpoint answer briefly)
+  --log-requests       one stderr line per request: route, status, time, the
+                       body's fields and the anthropic-beta/user-agent headers
 )";
 
 std::map<std::string, double> parse_budgets(const std::vector<std::string>& items) {
@@ -61,6 +67,22 @@ std::map<std::string, double> parse_budgets(const std::vector<std::string>& item
     const double usd = std::strtod(item.c_str() + eq + 1, &end);
     if (*end != '\0' || !(usd >= 0)) fail("--budget ", item, ": USD must be a number >= 0");
     out[item.substr(0, eq)] = usd;
+  }
+  return out;
+}
+
+std::vector<std::pair<int32_t, float>> parse_logit_bias(const std::vector<std::string>& items) {
+  std::vector<std::pair<int32_t, float>> out;
+  for (const auto& item : items) {
+    const auto eq = item.find('=');
+    char* end = nullptr;
+    const long id = eq == std::string::npos ? -1 : std::strtol(item.c_str(), &end, 10);
+    if (eq == std::string::npos || end != item.c_str() + eq || id < 0 || id > INT32_MAX)
+      fail("--logit-bias expects TOKEN_ID=BIAS, got \"", item, "\"");
+    const double bias = std::strtod(item.c_str() + eq + 1, &end);
+    if (*end != '\0' || eq + 1 == item.size() || !(bias >= -100 && bias <= 100))
+      fail("--logit-bias ", item, ": BIAS must be a number in [-100, 100]");
+    out.emplace_back(static_cast<int32_t>(id), static_cast<float>(bias));
   }
   return out;
 }
@@ -81,7 +103,9 @@ int run_serve(int argc, char** argv) {
              {"http-threads", true},
              {"max-queue", true},
              {"keepalive", true},
-             {"max-context", true}});
+             {"max-context", true},
+             {"log-requests", false},
+             {"logit-bias", true, true}});
   if (args.has("help")) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -124,6 +148,8 @@ int run_serve(int argc, char** argv) {
   const double ka = args.get_double("keepalive", 10.0);
   if (!(ka > 0)) fail("--keepalive must be > 0 seconds");
   opt.keepalive_interval = std::chrono::milliseconds(static_cast<int64_t>(ka * 1000));
+  opt.log_requests = args.has("log-requests");
+  opt.logit_bias = parse_logit_bias(args.all("logit-bias"));
 
   // SIGINT/SIGTERM are taken by sigwait below, in every thread.
   sigset_t signals;

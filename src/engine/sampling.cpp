@@ -153,6 +153,8 @@ SampledToken Sampler::sample(std::span<float> logits) {
   std::vector<float> raw;
   if (params_.logprobs) raw.assign(logits.begin(), logits.end());
 
+  for (const auto& [token, bias] : params_.logit_bias)
+    if (token >= 0 && static_cast<size_t>(token) < logits.size()) logits[token] += bias;
   apply_penalties(logits, counts_, params_.frequency_penalty, params_.presence_penalty);
 
   if (params_.temperature == 0.0f) {

@@ -7,6 +7,7 @@
 #include <random>
 #include <span>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace dsv4::engine {
@@ -19,6 +20,10 @@ struct SamplingParams {
   std::optional<uint64_t> seed;  // unset: a fresh random seed per request
   bool logprobs = false;
   int top_logprobs = 0;  // 0..20; only with logprobs
+  // Added to the raw logits before penalties and sampling (OpenAI's
+  // logit_bias; llama.cpp's --logit-bias). Ids outside the vocabulary are
+  // ignored. A token masked by a constraint (-inf) stays masked.
+  std::vector<std::pair<int32_t, float>> logit_bias;
 };
 
 struct TokenLogprob {

@@ -123,6 +123,30 @@ const char* anthropic_stop_reason(const engine::GenerationEvent& ev, bool tool_c
   }
 }
 
+// A one-line outline of a JSON request body for the request log: every
+// top-level field, with array lengths, object keys one level down and short
+// scalar values (`tools[24] thinking{type=adaptive} max_tokens=32000`).
+std::string outline(const json& j, int depth = 0) {
+  if (j.is_array()) return "[" + std::to_string(j.size()) + "]";
+  if (j.is_object()) {
+    std::string s;
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      if (!s.empty()) s += depth == 0 ? " " : ",";
+      s += it.key();
+      if (it->is_object() && depth < 1)
+        s += "{" + outline(*it, depth + 1) + "}";
+      else if (it->is_array() || it->is_object())
+        s += outline(*it, depth + 1);
+      else if (it->is_string() && it->get_ref<const std::string&>().size() > 40)
+        s += "=\"…\"";
+      else
+        s += "=" + dump(*it);
+    }
+    return s;
+  }
+  return dump(j);
+}
+
 }  // namespace
 
 struct ApiServer::Impl {
@@ -204,6 +228,7 @@ struct ApiServer::Impl {
     return [this, route, h](const httplib::Request& req, httplib::Response& res) {
       const ApiStyle style = style_of(req.path);
       const std::string rid = uuid4();
+      const auto start = Clock::now();
       res.set_header(style == ApiStyle::kAnthropic ? "request-id" : "x-request-id", rid);
       try {
         h(req, res, style);
@@ -218,7 +243,29 @@ struct ApiServer::Impl {
       if (res.status == 429 || res.status == 503 || res.status == 529)
         res.set_header("retry-after", "1");
       metrics.count_request(route, res.status == -1 ? 200 : res.status);
+      if (opt.log_requests) log_request(req, res, start);
     };
+  }
+
+  void log_request(const httplib::Request& req, const httplib::Response& res,
+                   Clock::time_point start) const {
+    std::string line = "dsv4 serve: " + req.method + " " + req.target + " " +
+                       std::to_string(res.status == -1 ? 200 : res.status);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, " %.3fs",
+                  std::chrono::duration<double>(Clock::now() - start).count());
+    line += buf;
+    if (!req.body.empty()) {
+      line += " body " + std::to_string(req.body.size()) + " B";
+      const json body = json::parse(req.body, nullptr, false);
+      line += body.is_discarded() ? " (not JSON)" : " {" + outline(body) + "}";
+    }
+    for (const char* h : {"anthropic-beta", "anthropic-version", "user-agent"})
+      if (req.has_header(h)) line += std::string(" ") + h + ": " + req.get_header_value(h);
+    if (res.status >= 400) line += " -> " + res.body;
+    line += "\n";
+    // One fputs per line keeps concurrent requests' lines whole.
+    std::fputs(line.c_str(), stderr);
   }
 
   // --------------------------------------------------------------- routes
@@ -508,6 +555,7 @@ struct ApiServer::Impl {
                                      ctx, kMaxOutputTokens);
     job.gen.prompt = std::move(prompt);
     job.gen.stop_tokens = backend->stop_tokens();
+    job.gen.sampling.logit_bias = opt.logit_bias;
     if (job.json_mode)
       job.gen.constraint = std::make_shared<engine::JsonObjectConstraint>(
           backend->token_table(), job.gen.stop_tokens,
@@ -1033,6 +1081,7 @@ struct ApiServer::Impl {
                                      job.max_tokens, ctx, kMaxFimTokens);
     job.gen.prompt = std::move(prompt);
     job.gen.stop_tokens = backend->stop_tokens();
+    job.gen.sampling.logit_bias = opt.logit_bias;
     auto handle = submit(*sched, job.gen);
     const std::string id = uuid4();
     const int64_t created = unix_now();

@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "engine/scheduler.h"
@@ -30,6 +31,13 @@ struct ServerOptions {
   size_t max_queue = 128;   // queued requests beyond this get 429
   int64_t max_context = 0;  // > 0: serve at most this many tokens per sequence
   std::chrono::milliseconds keepalive_interval{10000};
+  // One stderr line per request: route, status, time, the body's top-level
+  // fields and the headers that select API behaviour (to see what real
+  // clients such as Claude Code and OpenCode send).
+  bool log_requests = false;
+  // Added to every request's logits (llama.cpp's --logit-bias): e.g. a large
+  // end-of-sequence bias makes a random-weight test checkpoint answer briefly.
+  std::vector<std::pair<int32_t, float>> logit_bias;
 };
 
 class ApiServer {

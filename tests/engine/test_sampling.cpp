@@ -132,6 +132,31 @@ TEST(Sampler, GreedyPicksArgmax) {
   }
 }
 
+TEST(Sampler, LogitBiasShiftsTheDistribution) {
+  // Bias +ln(4) on token 2 of three equal logits: exp weights 1, 1, 4 ->
+  // 1/6, 1/6, 4/6. Token 3 masked (-inf) stays masked whatever its bias; ids
+  // outside the vocabulary are ignored.
+  const std::vector<float> logits = {0.0f, 0.0f, 0.0f, -INFINITY};
+  SamplingParams p;
+  p.seed = 17;
+  p.logit_bias = {{2, std::log(4.0f)}, {3, 100.0f}, {4, 100.0f}, {-1, 5.0f}};
+  expect_frequencies(p, logits, {{0, 1.0 / 6}, {1, 1.0 / 6}, {2, 4.0 / 6}}, 100000);
+}
+
+TEST(Sampler, LogitBiasDoesNotChangeReportedLogprobs) {
+  const auto logits = random_logits(50, 3);
+  SamplingParams p;
+  p.temperature = 0.0f;
+  p.logprobs = true;
+  p.logit_bias = {{7, 100.0f}};
+  Sampler s(p);
+  auto work = logits;
+  const SampledToken t = s.sample(work);
+  EXPECT_EQ(t.token, 7);
+  const auto exact = exact_softmax(logits, 1.0);
+  EXPECT_NEAR(t.logprob, std::log(double(exact[7])), 1e-4);
+}
+
 TEST(Penalties, OpenAIFormula) {
   std::vector<float> logits = {1.0f, 2.0f, 3.0f, 4.0f};
   apply_penalties(logits, {{1, 1}, {2, 3}}, 0.5f, 0.25f);

@@ -17,3 +17,23 @@ else()
                    "SKIP: node or tests/server/js/node_modules missing (run npm ci in tests/server/js)")
   set_tests_properties(server_js_clients PROPERTIES SKIP_REGULAR_EXPRESSION "SKIP:" LABELS js)
 endif()
+
+# Real coding agents, unchanged (tests/server/agents): Claude Code and OpenCode
+# each complete a turn against dsv4 serve. .ci/run installs them with `npm ci`
+# in tests/server/agents. DSV4_AGENTS_MODEL=DIR runs them against another
+# checkpoint (e.g. the demo model) instead of a tiny synth one.
+set(DSV4_SERVER_AGENTS ${CMAKE_CURRENT_LIST_DIR}/agents)
+if(DSV4_NODE AND EXISTS ${DSV4_SERVER_AGENTS}/node_modules/@anthropic-ai/claude-code
+   AND EXISTS ${DSV4_SERVER_AGENTS}/node_modules/opencode-ai)
+  add_test(NAME server_coding_agents COMMAND ${DSV4_NODE} --test --test-concurrency=1
+           WORKING_DIRECTORY ${DSV4_SERVER_AGENTS})
+  set_tests_properties(server_coding_agents PROPERTIES
+    TIMEOUT 1800 LABELS "js;agents"
+    ENVIRONMENT "DSV4_BINARY=$<TARGET_FILE:dsv4>;DSV4_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+else()
+  add_test(NAME server_coding_agents
+           COMMAND ${CMAKE_COMMAND} -E echo
+                   "SKIP: node or tests/server/agents/node_modules missing (run npm ci in tests/server/agents)")
+  set_tests_properties(server_coding_agents PROPERTIES SKIP_REGULAR_EXPRESSION "SKIP:"
+                       LABELS "js;agents")
+endif()
