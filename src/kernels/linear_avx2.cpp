@@ -117,6 +117,21 @@ void decode_row(const WeightRef& w, int64_t r, double* dst) {
   for (int64_t k = in; k < padded; ++k) dst[k] = 0.0;
 }
 
+// linear_dot_f64's tree for NR ≤ 2 rows whose sixteen lane sums are in four
+// 4-double registers: v_j = s_j + s_(j+8) is acc0+acc2 (lanes 0-3) and
+// acc1+acc3 (lanes 4-7); u_j = v_j + v_(j+4); then (u0+u2) + (u1+u3).
+template <int NR>
+inline void reduce_rows(const __m256d (*acc)[4], double* out) {
+  __m256d u[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
+  for (int j = 0; j < NR; ++j)
+    u[j] = _mm256_add_pd(_mm256_add_pd(acc[j][0], acc[j][2]), _mm256_add_pd(acc[j][1], acc[j][3]));
+  const __m256d t = _mm256_add_pd(_mm256_permute2f128_pd(u[0], u[1], 0x20),
+                                  _mm256_permute2f128_pd(u[0], u[1], 0x31));
+  alignas(32) double h[4];
+  _mm256_store_pd(h, _mm256_hadd_pd(t, t));  // [row0, row0, row1, row1]
+  for (int j = 0; j < NR; ++j) out[j] = h[2 * j];
+}
+
 // Sums of x[k0, k0+len) · w_j[k0, k0+len) for NR weight rows, with
 // linear_dot_f64's lanes (four 4-double accumulators per row) and tree. Both
 // operands are zero-padded doubles, so whole 16-groups are read.
@@ -133,16 +148,7 @@ inline void tile_sums(const double* x, const double* const* ws, int64_t k0, int6
       for (int q = 0; q < 4; ++q)
         acc[j][q] = _mm256_fmadd_pd(xv[q], _mm256_load_pd(ws[j] + k + 4 * q), acc[j][q]);
   }
-  // Per row: v_j = s_j + s_(j+8) is acc0+acc2 (lanes 0-3) and acc1+acc3
-  // (lanes 4-7); u_j = v_j + v_(j+4); then (u0+u2) + (u1+u3).
-  __m256d u[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()};
-  for (int j = 0; j < NR; ++j)
-    u[j] = _mm256_add_pd(_mm256_add_pd(acc[j][0], acc[j][2]), _mm256_add_pd(acc[j][1], acc[j][3]));
-  const __m256d t = _mm256_add_pd(_mm256_permute2f128_pd(u[0], u[1], 0x20),
-                                  _mm256_permute2f128_pd(u[0], u[1], 0x31));
-  alignas(32) double h[4];
-  _mm256_store_pd(h, _mm256_hadd_pd(t, t));  // [row0, row0, row1, row1]
-  for (int j = 0; j < NR; ++j) out[j] = h[2 * j];
+  reduce_rows<NR>(acc, out);
 }
 
 template <int NR>
@@ -168,9 +174,148 @@ void block(const LinearTask& t, const double* wbuf, int64_t ldw, int64_t i, int6
     t.y[i * t.ldy + (rb + j0 + j - t.row_begin)] = t.round_bf16 ? bf16_round(result[j]) : result[j];
 }
 
+// ---- Matrix-vector (m = 1): weights decoded in registers, no buffer. ----
+
+// Mask of the first n (clamped to 0..8) float lanes.
+inline __m256 lane_mask(int64_t n) {
+  const __m256i iota = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+  const int c = static_cast<int>(std::clamp<int64_t>(n, 0, 8));
+  return _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(c), iota));
+}
+
+// 16 weights of one row from element k (n valid, the rest +0) as the floats
+// dequant_row produces. FP8 `scale` is the block scale × 256 unless kUnfolded.
+template <WeightFormat F, bool kUnfolded>
+inline void weights16(const uint8_t* row, int64_t k, int64_t n, __m256 scale, __m256 magnitudes,
+                      __m256* f) {
+  constexpr int64_t bytes_per = F == WeightFormat::kFP8    ? 1
+                                : F == WeightFormat::kBF16 ? 2
+                                : F == WeightFormat::kF32  ? 4
+                                                           : 0;
+  alignas(64) uint8_t tail[64];
+  const uint8_t* p = row + (F == WeightFormat::kFP4 ? k / 2 : k * bytes_per);
+  if (F != WeightFormat::kFP4 && n < kGroup) {  // FP4 rows are whole 32-groups
+    std::memset(tail, 0, sizeof tail);
+    std::memcpy(tail, p, static_cast<size_t>(n * bytes_per));
+    p = tail;
+  }
+  if constexpr (F == WeightFormat::kFP8) {
+    f[0] = fp8_values(p);
+    f[1] = fp8_values(p + 8);
+    if constexpr (kUnfolded) {
+      f[0] = _mm256_mul_ps(f[0], _mm256_set1_ps(256.0f));
+      f[1] = _mm256_mul_ps(f[1], _mm256_set1_ps(256.0f));
+    }
+    f[0] = _mm256_mul_ps(f[0], scale);
+    f[1] = _mm256_mul_ps(f[1], scale);
+  } else if constexpr (F == WeightFormat::kFP4) {
+    f[0] = _mm256_mul_ps(fp4_values(p, magnitudes), scale);
+    f[1] = _mm256_mul_ps(fp4_values(p + 4, magnitudes), scale);
+  } else if constexpr (F == WeightFormat::kBF16) {
+    f[0] = bf16_values(p);
+    f[1] = bf16_values(p + 16);
+  } else {
+    f[0] = _mm256_loadu_ps(reinterpret_cast<const float*>(p));
+    f[1] = _mm256_loadu_ps(reinterpret_cast<const float*>(p) + 8);
+  }
+  if (n < kGroup) {  // +0 past the row end whatever the scale (0 × inf is NaN)
+    f[0] = _mm256_and_ps(f[0], lane_mask(n));
+    f[1] = _mm256_and_ps(f[1], lane_mask(n - 8));
+  }
+}
+
+template <WeightFormat F, int NR, bool kUnfolded>
+inline void gemv_tile(const uint8_t* const* rows, const double* x, int64_t k0, int64_t len,
+                      const __m256* scales, __m256 magnitudes, double* out) {
+  __m256d acc[NR][4];
+  for (int j = 0; j < NR; ++j)
+    for (int q = 0; q < 4; ++q) acc[j][q] = _mm256_setzero_pd();
+  const int64_t end = k0 + len;
+  for (int64_t k = k0; k < end; k += kGroup) {
+    for (int j = 0; j < NR; ++j) {
+      __m256 f[2];
+      weights16<F, kUnfolded>(rows[j], k, end - k, scales[j], magnitudes, f);
+      const __m256d d[4] = {_mm256_cvtps_pd(_mm256_castps256_ps128(f[0])),
+                            _mm256_cvtps_pd(_mm256_extractf128_ps(f[0], 1)),
+                            _mm256_cvtps_pd(_mm256_castps256_ps128(f[1])),
+                            _mm256_cvtps_pd(_mm256_extractf128_ps(f[1], 1))};
+      for (int q = 0; q < 4; ++q)
+        acc[j][q] = _mm256_fmadd_pd(d[q], _mm256_load_pd(x + k + 4 * q), acc[j][q]);
+    }
+  }
+  reduce_rows<NR>(acc, out);
+}
+
+template <WeightFormat F, int NR>
+void gemv_rows(const LinearTask& t, int64_t r) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in;
+  const int64_t row_bytes = F == WeightFormat::kFP8    ? in
+                            : F == WeightFormat::kFP4  ? in / 2
+                            : F == WeightFormat::kBF16 ? in * 2
+                                                       : in * 4;
+  const uint8_t* rows[NR];
+  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * row_bytes;
+  const __m256 magnitudes = _mm256_loadu_ps(fp4_e2m1_table());
+  __m256 scales[NR];
+  float result[NR];
+  double sums[NR];
+  if constexpr (F == WeightFormat::kFP8 || F == WeightFormat::kFP4) {
+    // quant_linear: the K tile is the scale block (128 for FP8, 32 for FP4).
+    const int64_t scale_cols = F == WeightFormat::kFP8 ? (in + 127) / 128 : in / 32;
+    for (int j = 0; j < NR; ++j) result[j] = 0;
+    for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += t.tile) {
+      float raw[NR];
+      bool folds = true;
+      for (int j = 0; j < NR; ++j) {
+        const int64_t block_row = F == WeightFormat::kFP8 ? (r + j) / 128 : r + j;
+        raw[j] = weight_block_scale(w, block_row * scale_cols + b);
+        folds = folds && std::isfinite(raw[j] * 256.0f);
+      }
+      const int64_t len = std::min(t.tile, in - k0);
+      if (F != WeightFormat::kFP8 || folds) {
+        for (int j = 0; j < NR; ++j)
+          scales[j] = _mm256_set1_ps(F == WeightFormat::kFP8 ? raw[j] * 256.0f : raw[j]);
+        gemv_tile<F, NR, false>(rows, t.xd, k0, len, scales, magnitudes, sums);
+      } else {
+        for (int j = 0; j < NR; ++j) scales[j] = _mm256_set1_ps(raw[j]);
+        gemv_tile<F, NR, true>(rows, t.xd, k0, len, scales, magnitudes, sums);
+      }
+      for (int j = 0; j < NR; ++j) result[j] += static_cast<float>(sums[j]);
+    }
+  } else {
+    for (int j = 0; j < NR; ++j) scales[j] = _mm256_set1_ps(1.0f);
+    gemv_tile<F, NR, false>(rows, t.xd, 0, in, scales, magnitudes, sums);
+    for (int j = 0; j < NR; ++j) result[j] = static_cast<float>(sums[j]);
+  }
+  for (int j = 0; j < NR; ++j)
+    t.y[r + j - t.row_begin] = t.round_bf16 ? bf16_round(result[j]) : result[j];
+}
+
+template <WeightFormat F>
+void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) gemv_rows<F, 2>(t, r);
+  if (r < r1) gemv_rows<F, 1>(t, r);
+}
+
 }  // namespace
 
 void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
+  const WeightFormat format = t.w->format;
+  const bool quantized = format == WeightFormat::kFP8 || format == WeightFormat::kFP4;
+  if (t.m == 1 && quantized == (t.tile > 0)) {
+    switch (format) {
+      case WeightFormat::kFP8:
+        return gemv<WeightFormat::kFP8>(t, r0, r1);
+      case WeightFormat::kFP4:
+        return gemv<WeightFormat::kFP4>(t, r0, r1);
+      case WeightFormat::kBF16:
+        return gemv<WeightFormat::kBF16>(t, r0, r1);
+      case WeightFormat::kF32:
+        return gemv<WeightFormat::kF32>(t, r0, r1);
+    }
+  }
   const int64_t in = t.w->in;
   const int64_t ldw = padded_in(in);
   const int64_t block_rows = decode_block_rows(in, kNR);
