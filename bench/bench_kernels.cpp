@@ -1,0 +1,178 @@
+// Linear kernels at DeepSeek V4-Flash shapes (docs/v4-architecture.md §2:
+// dim 4096, moe_inter_dim 2048, q_lora_rank 1024, o_lora_rank 1024,
+// o_groups 8, head_dim 512, 64 heads), for every ISA path this CPU runs.
+//
+// Matrix-vector cases (m = 1, decode) cycle through enough distinct weight
+// matrices that the working set (DSV4_BENCH_WORKING_SET_MB, default 768)
+// is well above the 260 MB last-level cache, so they measure memory, not
+// cache. Matrix-matrix cases (m = 8, 64, 512: batched decode and prefill)
+// reuse one matrix: they are compute-bound. Counters: bytes/s of weight data
+// read and FLOP/s (2 per multiply-add, as the issue counts them).
+//
+// Threads: the kernels use the global pool (DSV4_THREADS, default all cores).
+#include <benchmark/benchmark.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/isa.h"
+#include "kernels/linear.h"
+
+namespace {
+
+using dsv4::kernels::Isa;
+using dsv4::kernels::WeightFormat;
+using dsv4::kernels::WeightRef;
+
+// Flash dims.
+constexpr int64_t kDim = 4096;
+constexpr int64_t kMoeInter = 2048;
+constexpr int64_t kQLora = 1024;
+constexpr int64_t kHeads = 64, kHeadDim = 512, kOGroups = 8, kOLora = 1024;
+
+struct Shape {
+  const char* name;
+  WeightFormat format;
+  int64_t out, in;
+};
+
+// FP8: the attention projections; FP4: a routed expert; BF16: one wo_a
+// group (the grouped low-rank output projection is stored in BF16).
+const Shape kShapes[] = {
+    {"fp8_wq_a", WeightFormat::kFP8, kQLora, kDim},
+    {"fp8_wq_b", WeightFormat::kFP8, kHeads* kHeadDim, kQLora},
+    {"fp8_wo_b", WeightFormat::kFP8, kDim, kOGroups* kOLora},
+    {"fp4_expert_w1", WeightFormat::kFP4, kMoeInter, kDim},
+    {"fp4_expert_w2", WeightFormat::kFP4, kDim, kMoeInter},
+    {"bf16_wo_a_group", WeightFormat::kBF16, kOLora, kHeads* kHeadDim / kOGroups},
+};
+
+int64_t data_bytes(const Shape& s) {
+  switch (s.format) {
+    case WeightFormat::kFP8:
+      return s.out * s.in;
+    case WeightFormat::kFP4:
+      return s.out * s.in / 2;
+    case WeightFormat::kBF16:
+      return s.out * s.in * 2;
+    case WeightFormat::kF32:
+      return s.out * s.in * 4;
+  }
+  return 0;
+}
+
+int64_t scale_bytes(const Shape& s) {
+  if (s.format == WeightFormat::kFP8) return ((s.out + 127) / 128) * ((s.in + 127) / 128);
+  if (s.format == WeightFormat::kFP4) return s.out * (s.in / 32);
+  return 0;
+}
+
+// Random bytes that decode to finite values: FP8 codes avoid 0x7f/0xff, BF16
+// values stay in a small range, scales are near 1.
+void fill(std::vector<uint8_t>& v, WeightFormat format, bool is_scale, uint64_t seed) {
+  uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (size_t i = 0; i < v.size(); ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    uint8_t b = static_cast<uint8_t>(x >> 24);
+    if (is_scale) {
+      b = static_cast<uint8_t>(120 + (b & 7));
+    } else if (format == WeightFormat::kFP8 && (b & 0x7f) == 0x7f) {
+      b ^= 0x01;
+    } else if (format == WeightFormat::kBF16 && i % 2 == 1) {
+      b = static_cast<uint8_t>((b & 0x80) | (0x3c + (b & 3)));  // exponent byte: ~2^-7..2^0
+    }
+    v[i] = b;
+  }
+}
+
+struct WeightSet {
+  std::vector<std::vector<uint8_t>> data, scale;
+  std::vector<WeightRef> refs;
+};
+
+// Enough copies of the matrix to exceed the working-set target (one for
+// matrix-matrix cases).
+std::unique_ptr<WeightSet> make_weights(const Shape& s, bool big_working_set) {
+  int64_t target_mb = 768;
+  if (const char* env = std::getenv("DSV4_BENCH_WORKING_SET_MB")) target_mb = std::atoll(env);
+  const int64_t per = data_bytes(s) + scale_bytes(s);
+  const int64_t copies =
+      big_working_set ? std::max<int64_t>(1, (target_mb << 20) / per + 1) : int64_t{1};
+  auto set = std::make_unique<WeightSet>();
+  for (int64_t c = 0; c < copies; ++c) {
+    set->data.emplace_back(data_bytes(s));
+    fill(set->data.back(), s.format, false, 2 * c + 1);
+    set->scale.emplace_back(scale_bytes(s));
+    fill(set->scale.back(), s.format, true, 2 * c + 2);
+  }
+  for (int64_t c = 0; c < copies; ++c) {
+    WeightRef w;
+    w.format = s.format;
+    w.out = s.out;
+    w.in = s.in;
+    w.data = set->data[c].data();
+    w.scale = set->scale[c].empty() ? nullptr : set->scale[c].data();
+    set->refs.push_back(w);
+  }
+  return set;
+}
+
+void run_linear(benchmark::State& state, Shape s, Isa isa, int64_t m) {
+  dsv4::kernels::set_isa(isa);
+  const auto weights = make_weights(s, m == 1);
+  std::vector<float> x(m * s.in), y(m * s.out);
+  uint64_t r = 12345;
+  for (float& v : x) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    v = static_cast<float>(static_cast<int64_t>(r % 2001) - 1000) / 500.0f;
+  }
+  size_t next = 0;
+  for (auto _ : state) {
+    const WeightRef& w = weights->refs[next];
+    next = (next + 1) % weights->refs.size();
+    if (s.format == WeightFormat::kFP8 || s.format == WeightFormat::kFP4)
+      dsv4::kernels::quant_linear(x.data(), m, w, y.data());
+    else
+      dsv4::kernels::plain_linear(x.data(), m, s.in, w, 0, s.out, y.data(), s.out, false);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  const int64_t it = state.iterations();
+  state.SetBytesProcessed(it * (data_bytes(s) + scale_bytes(s)));
+  state.counters["FLOP/s"] = benchmark::Counter(static_cast<double>(2 * m * s.out * s.in * it),
+                                                benchmark::Counter::kIsRate);
+  state.counters["working_set_MB"] =
+      static_cast<double>(weights->refs.size() * (data_bytes(s) + scale_bytes(s)) / (1 << 20));
+  state.SetLabel(dsv4::kernels::isa_name(isa));
+}
+
+void register_all() {
+  for (Isa isa : {Isa::kScalar, Isa::kAvx2, Isa::kAvx512}) {
+    if (!dsv4::kernels::isa_supported(isa)) continue;
+    for (const Shape& s : kShapes)
+      for (int64_t m : {1, 8, 64, 512}) {
+        // The scalar reference is far too slow for prefill-sized batches.
+        if (isa == Isa::kScalar && m > 8) continue;
+        const std::string name =
+            std::string(s.name) + "/" + dsv4::kernels::isa_name(isa) + "/m=" + std::to_string(m);
+        benchmark::RegisterBenchmark(name.c_str(), run_linear, s, isa, m)
+            ->Unit(benchmark::kMillisecond)
+            ->UseRealTime();
+      }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  register_all();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
