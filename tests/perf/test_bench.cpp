@@ -156,6 +156,33 @@ TEST_F(BenchCli, JsonFiguresArePresentAndSane) {
             m["checkpoint_bytes"].get<uint64_t>() + (1u << 20) * 3);
 }
 
+TEST_F(BenchCli, DecodesAtAMillionTokensOfContext) {
+  // The tiny config's full context (max_position_embeddings = 2^20). The
+  // state holds the fp32 caches of 2^20 positions (~1.4 GB).
+  const CmdResult r = run("bench --json --model " + dir_->string() +
+                              " --contexts 1048576 --prefill 0 --decode-tokens 1"
+                              " --fill-tokens 256 --stream-bytes 16M --stream-runs 1"
+                              " --fma-seconds 0.02",
+                          false);
+  ASSERT_EQ(r.rc, 0) << r.out;
+  const nlohmann::json j = nlohmann::json::parse(r.out);
+  const nlohmann::json& c = *config_;
+  ASSERT_EQ(j["decode"].size(), 1u);
+  EXPECT_EQ(j["decode"][0]["repeated_to"].get<int64_t>(), 1048575);
+  EXPECT_GT(j["decode"][0]["tokens_per_second"].get<double>(), 0);
+  EXPECT_EQ(j["kv"]["state_context_tokens"].get<int64_t>(), 1048576);
+  uint64_t state = 0;
+  for (int64_t l = 0; l < c["num_hidden_layers"].get<int64_t>(); ++l) {
+    const int64_t r = c["compress_ratios"][l];
+    if (r == 0) continue;
+    state += static_cast<uint64_t>(1048576 / r) * c["head_dim"].get<uint64_t>() * 4;
+    if (r == 4)
+      state += static_cast<uint64_t>(1048576 / r) * c["index_head_dim"].get<uint64_t>() * 4;
+  }
+  EXPECT_EQ(j["kv"]["state_growing_bytes"].get<uint64_t>(), state);
+  EXPECT_GE(j["memory"]["peak_rss_bytes"].get<uint64_t>(), state);
+}
+
 TEST_F(BenchCli, TextOutputNamesEveryFigure) {
   const CmdResult r = run("bench --model " + dir_->string() +
                               " --contexts 256 --prefill 32 --decode-tokens 1 --fill-tokens 256"
