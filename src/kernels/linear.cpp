@@ -134,7 +134,7 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
 namespace detail {
 
 int64_t decode_block_rows(int64_t in, int64_t row_multiple) {
-  int64_t rows = (192 * 1024) / (padded_in(in) * 8);
+  int64_t rows = (512 * 1024) / (padded_in(in) * 8);
   rows = std::clamp<int64_t>(rows / row_multiple * row_multiple, row_multiple, 64);
   return rows;
 }

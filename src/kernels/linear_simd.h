@@ -32,7 +32,8 @@ inline int64_t padded_in(int64_t in) {
   return (in + 15) / 16 * 16;
 }
 
-// Rows decoded per block: the decoded block (doubles) should stay in L2.
+// Rows decoded per block (plain matrix-matrix and AVX2): the decoded block
+// (doubles, ≤ ~512 KB) should stay in L2 while activation rows stream past it.
 int64_t decode_block_rows(int64_t in, int64_t row_multiple);
 
 // Per-thread scratch buffer `slot` (0 or 1) of at least n doubles (64-byte
