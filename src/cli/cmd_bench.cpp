@@ -261,19 +261,33 @@ int run_bench(int argc, char** argv) {
     std::sort(sorted.begin(), sorted.end());
     if (ci == 0) first_seconds_per_token = per_token;
     const double achieved = static_cast<double>(bytes_per_token) / per_token;
-    decode.push_back({{"context", context},
-                      {"forward_fill_tokens", fill},
-                      {"repeated_to", start},
-                      {"forward_fill_seconds", fill_forward_seconds},
-                      {"repeat_seconds", replicate_seconds},
-                      {"decode_tokens", decode_tokens},
-                      {"seconds_per_token", per_token},
-                      {"median_seconds_per_token",
-                       (sorted[(sorted.size() - 1) / 2] + sorted[sorted.size() / 2]) / 2},
-                      {"tokens_per_second", 1.0 / per_token},
-                      {"weight_bytes_per_second", achieved},
-                      {"fraction_of_bandwidth", achieved / triad.bytes_per_second},
-                      {"time_vs_first_context", per_token / first_seconds_per_token}});
+    // KV reads of the steps, averaged over their contexts (start+1 .. context).
+    KvReadBytes kv_read;
+    for (int64_t i = 1; i <= decode_tokens; ++i) {
+      const KvReadBytes k = kv_read_bytes_per_token(cfg, start + i);
+      kv_read.state += k.state / static_cast<double>(decode_tokens);
+      kv_read.spec += k.spec / static_cast<double>(decode_tokens);
+    }
+    decode.push_back(
+        {{"context", context},
+         {"forward_fill_tokens", fill},
+         {"repeated_to", start},
+         {"forward_fill_seconds", fill_forward_seconds},
+         {"repeat_seconds", replicate_seconds},
+         {"decode_tokens", decode_tokens},
+         {"seconds_per_token", per_token},
+         {"median_seconds_per_token",
+          (sorted[(sorted.size() - 1) / 2] + sorted[sorted.size() / 2]) / 2},
+         {"tokens_per_second", 1.0 / per_token},
+         {"weight_bytes_per_second", achieved},
+         {"fraction_of_bandwidth", achieved / triad.bytes_per_second},
+         {"kv_bytes_read_per_token_state", kv_read.state},
+         {"kv_bytes_read_per_token_spec", kv_read.spec},
+         {"weight_and_kv_bytes_per_second",
+          (static_cast<double>(bytes_per_token) + kv_read.state) / per_token},
+         {"fraction_of_bandwidth_with_kv", (static_cast<double>(bytes_per_token) + kv_read.state) /
+                                               per_token / triad.bytes_per_second},
+         {"time_vs_first_context", per_token / first_seconds_per_token}});
 
     // KV bytes per token, from the state at the largest context.
     if (ci + 1 == contexts.size()) {
@@ -360,6 +374,11 @@ int run_bench(int argc, char** argv) {
                   static_cast<long long>(d["repeated_to"].get<int64_t>()),
                   d["repeat_seconds"].get<double>());
     line("  fill", b);
+    std::snprintf(b, sizeof b, "%s (fp32 state; %s packed); with the weights %.4f of bandwidth",
+                  human(d["kv_bytes_read_per_token_state"].get<double>(), "B").c_str(),
+                  human(d["kv_bytes_read_per_token_spec"].get<double>(), "B").c_str(),
+                  d["fraction_of_bandwidth_with_kv"].get<double>());
+    line("  KV read per token", b);
   }
   t += "\nKV cache per token of context\n";
   std::snprintf(b, sizeof b, "%.2f B (fp32 rows; at %lld tokens)",

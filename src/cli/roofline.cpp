@@ -16,6 +16,7 @@
 #include <sstream>
 #include <vector>
 
+#include "model/inspect.h"
 #include "util/error.h"
 #include "util/threadpool.h"
 
@@ -256,6 +257,27 @@ StateBytes state_bytes(const SequenceState& state) {
     b.growing += (l.compressed_kv.size() + l.index_keys.size()) * sizeof(float);
     b.fixed += l.window_kv.size() * sizeof(float) + compressor(l.compressor) +
                compressor(l.index_compressor);
+  }
+  return b;
+}
+
+KvReadBytes kv_read_bytes_per_token(const ModelConfig& cfg, int64_t context) {
+  KvReadBytes b;
+  const double row_state = 4.0 * static_cast<double>(cfg.head_dim);
+  const double key_state = 4.0 * static_cast<double>(cfg.index_head_dim);
+  const double row_spec = static_cast<double>(kv_row_bytes(cfg));
+  const double key_spec = static_cast<double>(indexer_key_bytes(cfg));
+  for (int64_t i = 0; i < cfg.n_layers; ++i) {
+    const int64_t r = cfg.ratio(i);
+    double rows = static_cast<double>(std::min(context, cfg.window_size)), keys = 0;
+    if (r == 4) {
+      keys = static_cast<double>(context / r);
+      rows += static_cast<double>(std::min(cfg.index_topk, context / r));
+    } else if (r > 0) {
+      rows += static_cast<double>(context / r);
+    }
+    b.state += rows * row_state + keys * key_state;
+    b.spec += rows * row_spec + keys * key_spec;
   }
   return b;
 }

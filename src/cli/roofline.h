@@ -71,6 +71,19 @@ struct StateBytes {
 };
 StateBytes state_bytes(const SequenceState& state);
 
+// KV-cache bytes one decode step reads at a context of `context` positions
+// (the step's own position included), following the attention and indexer
+// code: every layer reads its min(context, window) window rows; a CSA layer
+// (ratio 4) scores all context/4 indexer keys and attends to
+// min(index_topk, context/4) compressed rows; an HCA layer attends to all
+// context/ratio compressed rows. `state`: at the sequence state's fp32 width;
+// `spec`: at the spec §6.3 packed sizes (row and key bytes as inspect counts).
+struct KvReadBytes {
+  double state = 0;
+  double spec = 0;
+};
+KvReadBytes kv_read_bytes_per_token(const ModelConfig& cfg, int64_t context);
+
 // The step in positions after which every cache of the state is in the same
 // phase: lcm of the sliding window and every main layer's compression ratio.
 int64_t context_alignment(const ModelConfig& cfg);

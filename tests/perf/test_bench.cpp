@@ -105,6 +105,10 @@ TEST_F(BenchCli, JsonFiguresArePresentAndSane) {
                 bytes * d["tokens_per_second"].get<double>(),
                 1e-6 * d["weight_bytes_per_second"].get<double>());
     expect_ratio(d["fraction_of_bandwidth"], "decode fraction of bandwidth");
+    EXPECT_GT(d["kv_bytes_read_per_token_state"].get<double>(),
+              d["kv_bytes_read_per_token_spec"].get<double>());
+    EXPECT_GT(d["fraction_of_bandwidth_with_kv"].get<double>(),
+              d["fraction_of_bandwidth"].get<double>());
   }
   EXPECT_EQ(j["decode"][0]["forward_fill_tokens"].get<int64_t>(), 254);  // all by forward
   EXPECT_LT(j["decode"][1]["forward_fill_tokens"].get<int64_t>(), 1022);
@@ -189,9 +193,10 @@ TEST_F(BenchCli, TextOutputNamesEveryFigure) {
                               " --stream-bytes 48M --stream-runs 1 --fma-seconds 0.05",
                           false);
   ASSERT_EQ(r.rc, 0) << r.out;
-  for (const char* s : {"memory bandwidth (triad)", "FP32 FMA peak", "weight bytes read per decode",
-                        "of the FMA peak", "of bandwidth", "sequence state, measured",
-                        "spec 6.3 packed layout", "peak RSS (model)", "checkpoint resident"})
+  for (const char* s :
+       {"memory bandwidth (triad)", "FP32 FMA peak", "weight bytes read per decode",
+        "of the FMA peak", "of bandwidth", "sequence state, measured", "spec 6.3 packed layout",
+        "peak RSS (model)", "checkpoint resident", "KV read per token"})
     EXPECT_NE(r.out.find(s), std::string::npos) << s << "\n" << r.out;
 }
 

@@ -125,6 +125,26 @@ TEST(Roofline, ResidentBudgetDropsWeightPagesAndTheyReadBackUnchanged) {
   EXPECT_EQ(after_logits, before_logits);
 }
 
+TEST(Roofline, KvBytesReadPerDecodeStepFollowTheAttentionPaths) {
+  // tiny-a: window 16, head_dim 512 (584 B packed), index_head_dim 128 (68 B
+  // packed), index_topk 8, main layers with ratios 0, 4, 128, 4.
+  const Model model(kTiny);
+  const ModelConfig& cfg = model.config();
+  ASSERT_EQ(cfg.window_size, 16);
+  ASSERT_EQ(cfg.head_dim, 512);
+  ASSERT_EQ(cfg.index_head_dim, 128);
+  ASSERT_EQ(cfg.index_topk, 8);
+  // Context 1024. Window layer: 16 rows. CSA: 256 keys scored, 16 + 8 rows.
+  // HCA: 16 + 1024/128 rows.
+  KvReadBytes k = kv_read_bytes_per_token(cfg, 1024);
+  EXPECT_EQ(k.state, 16 * 2048 + 2 * (24 * 2048 + 256 * 512) + 24 * 2048);
+  EXPECT_EQ(k.spec, 16 * 584 + 2 * (24 * 584 + 256 * 68) + 24 * 584);
+  // Context 10: 10 window rows; CSA 2 keys and 2 rows; HCA no compressed row yet.
+  k = kv_read_bytes_per_token(cfg, 10);
+  EXPECT_EQ(k.state, 10 * 2048 + 2 * (12 * 2048 + 2 * 512) + 10 * 2048);
+  EXPECT_EQ(k.spec, 10 * 584 + 2 * (12 * 584 + 2 * 68) + 10 * 584);
+}
+
 // Compressed rows / indexer keys a real prefill of p tokens leaves, counted
 // from the config: floor(p / ratio) per compressed layer, fp32 values.
 uint64_t expected_growing_bytes(const ModelConfig& cfg, int64_t p) {
