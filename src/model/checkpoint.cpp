@@ -1,5 +1,7 @@
 #include "model/checkpoint.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -43,13 +45,13 @@ MapAdvice expert_advice(uint64_t avg_expert_tensor_bytes) {
 }
 
 // Paging advice per shard: the dense weights (read for every token) are
-// prefetched with MADV_WILLNEED; routed experts get expert_advice(...) and are
-// otherwise left to fault in when selected, so a model larger than RAM only
-// needs its dense part and the working set of experts resident. Advice is
-// given per run of neighbouring tensors of one kind, not per tensor: each
-// distinct advice splits the mapping's VMA and the kernel caps VMAs per
-// process (vm.max_map_count, 65530 by default).
-void advise_shard(const SafetensorsFile& shard) {
+// prefetched with MADV_WILLNEED when `prefetch_dense`; routed experts get
+// expert_advice(...) and are otherwise left to fault in when selected, so a
+// model larger than RAM only needs its dense part and the working set of
+// experts resident. Advice is given per run of neighbouring tensors of one
+// kind, not per tensor: each distinct advice splits the mapping's VMA and the
+// kernel caps VMAs per process (vm.max_map_count, 65530 by default).
+void advise_shard(const SafetensorsFile& shard, bool prefetch_dense) {
   struct Span {
     size_t begin, end;
     bool expert;
@@ -74,7 +76,7 @@ void advise_shard(const SafetensorsFile& shard) {
     if (spans[i].expert) {
       if (expert != MapAdvice::Normal)
         shard.map().advise(spans[i].begin, end - spans[i].begin, expert);
-    } else {
+    } else if (prefetch_dense) {
       shard.map().advise(spans[i].begin, end - spans[i].begin, MapAdvice::WillNeed);
     }
     i = j;
@@ -150,7 +152,15 @@ Checkpoint::Checkpoint(const std::string& dir) : dir_(dir) {
     shards_.push_back(std::make_unique<SafetensorsFile>(single.string()));
     for (const auto& [name, t] : shards_.back()->tensors()) tensors_[name] = &t;
   }
-  for (const auto& s : shards_) advise_shard(*s);
+  // Prefetching the dense weights only helps when they fit in memory with
+  // room to spare; beyond half of RAM the read-ahead would evict its own
+  // pages before the first token uses them.
+  uint64_t dense = 0;
+  for (const auto& [name, t] : tensors_)
+    if (!is_routed_expert(name)) dense += t->nbytes;
+  const uint64_t ram =
+      static_cast<uint64_t>(sysconf(_SC_PHYS_PAGES)) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  for (const auto& s : shards_) advise_shard(*s, dense < ram / 2);
 }
 
 const TensorView* Checkpoint::find(const std::string& name) const {
