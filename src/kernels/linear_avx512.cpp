@@ -324,6 +324,117 @@ void gemv_rows(const LinearTask& t, int64_t r) {
   store_results(t, result, 1, NR, 0, r);
 }
 
+// ---- FP8 with E8M0 scales, m = 1: codes straight to doubles. ----
+//
+// With power-of-two scales no weight needs to be scaled before the tile sum:
+// Σ x·(q·s) = s·Σ x·q exactly (all these sums are exact, see
+// docs/kernels.md), and q·s is exact in float, as dequant_row computes it,
+// while s ≤ 2^119. So the codes are decoded without any float step: the 7
+// magnitude bits shifted to bits 55..49 form a double whose exponent field
+// holds the e4m3 exponent (bias 1023 instead of 7; double subnormals cover
+// the e4m3 subnormals), i.e. q·2^-1016, and the sign goes to bit 63: three
+// integer operations per 8 weights. To keep the products q·2^-1016·x far from
+// the double subnormal range, x is pre-scaled by 2^600 (exact: every x is
+// far below 2^424); each product is then x·q·2^-416 exactly, and the tile
+// sum is multiplied by s·2^416 (exact) before rounding to float.
+constexpr int kXShift = 600;
+constexpr int kTileShift = 1016 - kXShift;  // 416
+
+inline __m512d fp8_codes_to_doubles(__m128i eight_codes_in_low_half) {
+  const __m512i q = _mm512_cvtepi8_epi64(eight_codes_in_low_half);  // sign-extended
+  return _mm512_castsi512_pd(_mm512_and_si512(
+      _mm512_slli_epi64(q, 49), _mm512_set1_epi64(static_cast<int64_t>(0x80FE000000000000ull))));
+}
+
+template <int NR>
+inline __m512d fp8_e8m0_tile(const uint8_t* const* rows, const double* xs, int64_t k0,
+                             int64_t len) {
+  __m512d lo[NR], hi[NR];
+  for (int j = 0; j < NR; ++j) lo[j] = hi[j] = _mm512_setzero_pd();
+  const int64_t end = k0 + len;
+  int64_t k = k0;
+  for (; k + kGroup <= end; k += kGroup) {
+    const __m512d x_lo = _mm512_load_pd(xs + k);
+    const __m512d x_hi = _mm512_load_pd(xs + k + 8);
+    for (int j = 0; j < NR; ++j) {
+      const __m512d w_lo =
+          fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k)));
+      const __m512d w_hi =
+          fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k + 8)));
+      lo[j] = _mm512_fmadd_pd(x_lo, w_lo, lo[j]);
+      hi[j] = _mm512_fmadd_pd(x_hi, w_hi, hi[j]);
+    }
+  }
+  if (k < end) {  // partial last group: masked load, code 0 (= +0) past the end
+    const __mmask16 mask = static_cast<__mmask16>((1u << (end - k)) - 1);
+    const __m512d x_lo = _mm512_load_pd(xs + k);
+    const __m512d x_hi = _mm512_load_pd(xs + k + 8);
+    for (int j = 0; j < NR; ++j) {
+      const __m128i c = _mm_maskz_loadu_epi8(mask, rows[j] + k);
+      lo[j] = _mm512_fmadd_pd(x_lo, fp8_codes_to_doubles(c), lo[j]);
+      hi[j] = _mm512_fmadd_pd(x_hi, fp8_codes_to_doubles(_mm_srli_si128(c, 8)), hi[j]);
+    }
+  }
+  __m512d v[8];
+  for (int p = 0; p < 8; ++p) v[p] = p < NR ? _mm512_add_pd(lo[p], hi[p]) : _mm512_setzero_pd();
+  return reduce8(v);
+}
+
+// Largest E8M0 byte whose scale keeps every FP8 weight finite in float
+// (448·2^119 < 2^128); 255 is NaN.
+constexpr uint8_t kMaxFoldedFp8Scale = 127 + 119;
+
+template <int NR>
+void gemv_rows_fp8_e8m0(const LinearTask& t, int64_t r, const double* xs) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in;
+  const uint8_t* rows[NR];
+  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * in;
+  const uint8_t* scale_bytes = static_cast<const uint8_t*>(w.scale);
+  const int64_t scale_cols = (in + 127) / 128;
+  const __m512 table = _mm512_setzero_ps();  // unused by FP8
+  __m256 result = _mm256_setzero_ps();
+  for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += 128) {
+    const int64_t len = std::min<int64_t>(128, in - k0);
+    alignas(64) int64_t exponent_bits[8] = {};
+    bool exact = true;
+    for (int j = 0; j < NR; ++j) {
+      const uint8_t e = scale_bytes[((r + j) / 128) * scale_cols + b];
+      exact = exact && e <= kMaxFoldedFp8Scale;
+      // The double 2^(e - 127 + kTileShift): biased exponent e - 127 + 416 + 1023.
+      exponent_bits[j] = static_cast<int64_t>(e + 1312) << 52;
+    }
+    __m512d sums;
+    if (exact) {
+      sums = _mm512_mul_pd(fp8_e8m0_tile<NR>(rows, xs, k0, len),
+                           _mm512_castsi512_pd(_mm512_load_si512(exponent_bits)));
+    } else {  // huge or NaN scale: decode to floats exactly as dequant_row does
+      __m512 scales[NR];
+      for (int j = 0; j < NR; ++j)
+        scales[j] = _mm512_set1_ps(weight_block_scale(w, ((r + j) / 128) * scale_cols + b));
+      sums = gemv_tile<WeightFormat::kFP8, NR, true>(rows, t.xd, k0, len, scales, table);
+    }
+    result = _mm256_add_ps(result, _mm512_cvtpd_ps(sums));
+  }
+  store_results(t, result, 1, NR, 0, r);
+}
+
+void gemv_fp8_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
+  // x · 2^600, zero-padded like xd.
+  const int64_t ld = padded_in(t.w->in);
+  double* xs = thread_scratch(ld, 1);
+  const __m512d shift = _mm512_set1_pd(std::ldexp(1.0, kXShift));
+  for (int64_t k = 0; k < ld; k += 8)
+    _mm512_store_pd(xs + k, _mm512_mul_pd(_mm512_load_pd(t.xd + k), shift));
+  using RowsFn = void (*)(const LinearTask&, int64_t, const double*);
+  static constexpr RowsFn kTails[kGemvRows] = {
+      gemv_rows_fp8_e8m0<1>, gemv_rows_fp8_e8m0<2>, gemv_rows_fp8_e8m0<3>, gemv_rows_fp8_e8m0<4>,
+      gemv_rows_fp8_e8m0<5>, gemv_rows_fp8_e8m0<6>, gemv_rows_fp8_e8m0<7>, gemv_rows_fp8_e8m0<8>};
+  int64_t r = r0;
+  for (; r + kGemvRows <= r1; r += kGemvRows) gemv_rows_fp8_e8m0<kGemvRows>(t, r, xs);
+  if (r < r1) kTails[r1 - r - 1](t, r, xs);
+}
+
 template <WeightFormat F>
 void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
   using RowsFn = void (*)(const LinearTask&, int64_t);
@@ -415,6 +526,7 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
   if (t.m == 1 && quantized == (t.tile > 0)) {
     switch (format) {
       case WeightFormat::kFP8:
+        if (!t.w->scale_is_f32) return gemv_fp8_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP8>(t, r0, r1);
       case WeightFormat::kFP4:
         return gemv<WeightFormat::kFP4>(t, r0, r1);
