@@ -87,11 +87,15 @@ class Residency {
   }
   ~Residency() { set_budget(0); }
 
-  void add(const MappedFile* m) {
+  // Reads DSV4_MAX_RESIDENT_BYTES once (before the first map, so that a bad
+  // value fails before anything is mapped).
+  void init_from_env() {
     std::call_once(env_once_, [this] {
       if (const char* env = std::getenv("DSV4_MAX_RESIDENT_BYTES"); env && *env)
         set_budget(parse_byte_size(env, "DSV4_MAX_RESIDENT_BYTES"));
     });
+  }
+  void add(const MappedFile* m) {
     std::lock_guard<std::mutex> lock(maps_mu_);
     maps_.insert(m);
   }
@@ -242,6 +246,7 @@ void MappedFile::drop_resident() const {
 }
 
 MappedFile::MappedFile(const std::string& path) : path_(path) {
+  Residency::get().init_from_env();
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) fail(path, ": cannot open: ", std::strerror(errno));
   struct stat st {};

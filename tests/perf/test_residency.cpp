@@ -155,6 +155,16 @@ TEST_F(Residency, BudgetKeepsWeightPagesDownAndOutputEqual) {
   EXPECT_LT(limited.maxrss, ckpt / 2);
 }
 
+TEST(ResidencyBudget, MalformedBudgetIsAnErrorBeforeLoading) {
+  const std::string tiny = std::string(DSV4_TEST_DATA) + "/golden/tiny-a/checkpoint";
+  const std::vector<std::string> args = {"generate", "--model", tiny, "--prompt-ids", "1,2"};
+  EXPECT_EQ(spawn(args, {"DSV4_MAX_RESIDENT_BYTES=12Q"}).rc, 1);
+  EXPECT_EQ(spawn(args, {"DSV4_MAX_RESIDENT_BYTES=lots"}).rc, 1);
+  const Child ok = spawn(args, {"DSV4_MAX_RESIDENT_BYTES=1M"});
+  EXPECT_EQ(ok.rc, 0);
+  EXPECT_EQ(ok.out, spawn(args, {}).out);
+}
+
 // A memory cgroup this process may create, with its limit file, or a reason
 // why not.
 struct Cgroup {
