@@ -448,6 +448,18 @@ ChatJob parse_openai_chat(const json& body, bool beta, const ModelNames& names) 
               "tool_choice");
   }
   job.has_tools = !tools.empty() && choice.mode != "none";
+  bool strict = false;
+  if (const json* t = f.array("tools"))
+    for (const auto& tool : *t)
+      strict |= tool.contains("function") && tool["function"].is_object() &&
+                tool["function"].value("strict", false) == true;
+  if (job.has_tools && (strict || choice.mode == "required" || choice.mode == "named")) {
+    for (const auto& t : tools)
+      job.constrained_tools.push_back(
+          {t["function"]["name"].get<std::string>(), t["function"]["parameters"]});
+    job.tool_required = choice.mode == "required" || choice.mode == "named";
+    if (choice.mode == "named") job.tool_allowed = {choice.name};
+  }
 
   // Messages.
   const json* msgs = f.array("messages");
@@ -643,6 +655,14 @@ ChatJob parse_anthropic_messages(const json& body, const ModelNames& names, bool
     }
   }
   job.has_tools = !tools.empty() && choice != "none";
+  if (job.has_tools && (choice == "any" || choice == "tool")) {
+    for (const auto& t : tools)
+      job.constrained_tools.push_back(
+          {t["function"]["name"].get<std::string>(), t["function"]["parameters"]});
+    job.tool_required = true;
+    if (choice == "tool")
+      job.tool_allowed = {(*f.object("tool_choice"))["name"].get<std::string>()};
+  }
 
   json out_msgs = json::array();
   if (const json* sys = f.get("system"))

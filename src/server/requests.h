@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/generation.h"
+#include "engine/tool_constraint.h"
 #include "server/api_error.h"
 
 namespace dsv4::server {
@@ -57,7 +58,13 @@ struct ChatJob {
   bool logprobs = false;
   int top_logprobs = 0;
   bool has_tools = false;
-  bool json_mode = false;             // response_format json_object: constrained decoding
+  bool json_mode = false;  // response_format json_object: constrained decoding
+  // Tool-call constrained decoding (strict tools; tool_choice required / named
+  // / Anthropic any / tool): the tools' schemas, the names the block may call
+  // (empty = all) and whether the answer must be a tool call.
+  std::vector<engine::ToolSpec> constrained_tools;
+  std::vector<std::string> tool_allowed;
+  bool tool_required = false;
   std::optional<int64_t> max_tokens;  // as requested (validated range)
   engine::GenerationRequest gen;      // prompt is filled in after rendering
   std::string user_id;

@@ -7,8 +7,12 @@
 // (GCC bug 105651); the TU concatenates many strings in test bodies.
 #pragma GCC diagnostic ignored "-Wrestrict"
 
+#include <arpa/inet.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
@@ -847,6 +851,56 @@ TEST(Server, QueuedNonStreamGetsBlankLinesAndIsDroppedOnDisconnect) {
   std::this_thread::sleep_for(200ms);
   EXPECT_EQ(s.model->steps.load(), steps) << "the abandoned queued request ran";
   EXPECT_EQ(steps, 1 + 99 + 1 + 99 + 1 + 1);  // two 100-token runs and the 2-token one
+}
+
+// Sends `body` as a POST on a raw socket and returns the socket (the caller
+// closes it to play a client that leaves).
+int raw_post(int port, const std::string& path, const json& body) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string text = body.dump();
+  const std::string req =
+      "POST " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n" +
+      "Content-Type: application/json\r\nContent-Length: " + std::to_string(text.size()) +
+      "\r\n\r\n" + text;
+  EXPECT_EQ(send(fd, req.data(), req.size(), 0), static_cast<ssize_t>(req.size()));
+  return fd;
+}
+
+TEST(Server, RunningNonStreamStopsWhenItsClientLeaves) {
+  TestServer s;
+  s.model->delay = 5ms;
+  s.model->set("z", /*forever=*/true);
+  for (const char* path : {"/chat/completions", "/completions"}) {
+    json req = std::string(path) == "/completions"
+                   ? json{{"model", "deepseek-v4-flash"}, {"prompt", "a"}, {"max_tokens", 4000}}
+                   : chat();
+    req["max_tokens"] = 4000;
+    req["thinking"] = {{"type", "disabled"}};
+    const int before = s.model->steps;
+    const int fd = raw_post(s.port, path, req);
+    while (s.model->steps < before + 10) std::this_thread::sleep_for(1ms);
+    close(fd);
+    const int at_close = s.model->steps;
+    std::this_thread::sleep_for(300ms);
+    const int after = s.model->steps;
+    // Stopped within a token or two of the close (one may be in flight),
+    // far from the 4000 requested.
+    EXPECT_LE(after - at_close, 3) << path;
+    std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(s.model->steps.load(), after) << path << ": still generating";
+  }
+  // The worker is free: the next request runs.
+  s.model->set("ok");
+  json req = chat();
+  req["thinking"] = {{"type", "disabled"}};
+  auto r = s.post("/chat/completions", req);
+  ASSERT_EQ(r->status, 200);
+  EXPECT_EQ(parse(r)["choices"][0]["message"]["content"], "ok");
 }
 
 }  // namespace

@@ -65,6 +65,29 @@ describe('messages', () => {
     assert.equal(m.type, 'message');
   });
 
+  test('tool_choice {type: tool}: a tool_use block of that tool with valid input', async () => {
+    const r = await client.messages.create({
+      ...base, max_tokens: 200, thinking: { type: 'disabled' },
+      messages: [{ role: 'user', content: 'Weather?' }],
+      tools: [
+        { name: 'get_time', input_schema: { type: 'object', properties: {} } },
+        {
+          name: 'get_weather',
+          input_schema: {
+            type: 'object', properties: { unit: { type: 'string', enum: ['celsius', 'fahrenheit'] } },
+            required: ['unit'], additionalProperties: false,
+          },
+        },
+      ],
+      tool_choice: { type: 'tool', name: 'get_weather' },
+    });
+    const uses = r.content.filter((b) => b.type === 'tool_use');
+    assert.ok(uses.length >= 1, JSON.stringify(r.content));
+    assert.equal(uses[0].name, 'get_weather');
+    assert.ok(['celsius', 'fahrenheit'].includes(uses[0].input.unit), JSON.stringify(uses[0]));
+    if (r.stop_reason === 'tool_use') for (const u of uses) assert.equal(u.name, 'get_weather');
+  });
+
   test('claude-opus maps to pro, [1m] stripped; unknown names are 404', async () => {
     const m = await client.messages.create({ ...base, model: 'claude-opus-4-1[1m]' });
     assert.equal(m.model, 'deepseek-v4-pro');

@@ -123,6 +123,71 @@ describe('chat completions', () => {
     }
   });
 
+  // Tool-call constrained decoding on random weights: a strict named call's
+  // arguments always parse and fit the schema; `required` always calls.
+  const weatherSchema = {
+    type: 'object',
+    properties: {
+      unit: { type: 'string', enum: ['celsius', 'fahrenheit'] },
+      hourly: { type: 'boolean' },
+      opts: {
+        type: 'object', properties: { mode: { type: 'string', enum: ['a', 'b'] } },
+        required: ['mode'], additionalProperties: false,
+      },
+    },
+    required: ['unit', 'hourly', 'opts'],
+    additionalProperties: false,
+  };
+  const emptySchema = { type: 'object', properties: {}, required: [], additionalProperties: false };
+  // An independent check of weatherSchema.
+  function validWeather(a) {
+    return a && typeof a === 'object' && Object.keys(a).sort().join() === 'hourly,opts,unit'
+      && ['celsius', 'fahrenheit'].includes(a.unit) && typeof a.hourly === 'boolean'
+      && Object.keys(a.opts).join() === 'mode' && ['a', 'b'].includes(a.opts.mode);
+  }
+
+  test('strict tools + named tool_choice: the named tool, arguments valid for the schema', async () => {
+    const beta = new OpenAI({ baseURL: `${server.url}/beta`, apiKey: 'unused', maxRetries: 0 });
+    let complete = 0;
+    for (const seed of [1, 2, 3, 4]) {
+      const r = await beta.chat.completions.create({
+        model: 'deepseek-v4-flash', max_tokens: 600, seed, thinking: { type: 'disabled' },
+        messages: [{ role: 'user', content: 'Weather in Paris?' }],
+        tools: [
+          { type: 'function', function: { name: 'get_time', strict: true, parameters: emptySchema } },
+          { type: 'function', function: { name: 'get_weather', strict: true, parameters: weatherSchema } },
+        ],
+        tool_choice: { type: 'function', function: { name: 'get_weather' } },
+      });
+      const choice = r.choices[0];
+      const calls = choice.message.tool_calls ?? [];
+      assert.ok(calls.length >= 1, JSON.stringify(choice));
+      assert.equal(choice.message.content, '');
+      // With finish_reason length the last call may be cut off; every other
+      // one is whole.
+      const whole = choice.finish_reason === 'tool_calls' ? calls : calls.slice(0, -1);
+      if (choice.finish_reason === 'tool_calls') complete += 1;
+      else assert.equal(choice.finish_reason, 'length');
+      for (const c of calls) assert.equal(c.function.name, 'get_weather');
+      for (const c of whole) assert.ok(validWeather(JSON.parse(c.function.arguments)), c.function.arguments);
+    }
+    assert.ok(complete >= 1, 'at least one run ends its calls within max_tokens');
+  });
+
+  test('tool_choice required (no strict): the answer is a tool call', async () => {
+    const r = await client.chat.completions.create({
+      model: 'deepseek-v4-flash', max_tokens: 120, seed: 5, thinking: { type: 'disabled' },
+      messages: [{ role: 'user', content: 'What time is it?' }],
+      tools: [{ type: 'function', function: { name: 'get_time', parameters: emptySchema } }],
+      tool_choice: 'required',
+    });
+    const choice = r.choices[0];
+    assert.equal(choice.message.content, '');
+    assert.ok(choice.message.tool_calls.length >= 1, JSON.stringify(choice));
+    assert.equal(choice.message.tool_calls[0].function.name, 'get_time');
+    assert.deepEqual(JSON.parse(choice.message.tool_calls[0].function.arguments), {});
+  });
+
   test('legacy aliases', async () => {
     const r = await client.chat.completions.create({ model: 'deepseek-chat', messages, max_tokens: 2 });
     assert.equal(r.choices[0].message.reasoning_content, undefined);
