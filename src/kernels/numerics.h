@@ -102,6 +102,9 @@ float fp4_block_scale(float amax);
 // block, x ← bf16(fp8(clamp(x/s, ±448)) · s). (Values are exactly
 // representable, so the bf16 rounding is a no-op kept for clarity.)
 void fp8_fake_quant(float* x, int64_t n, int64_t block);
+// The same, element by element from the definitions above (the fast version
+// is tested against it).
+void fp8_fake_quant_reference(float* x, int64_t n, int64_t block);
 // fp4_act_quant(x, block, inplace=True): x ← bf16(e2m1(clamp(x/s, ±6)) · s).
 void fp4_fake_quant(float* x, int64_t n, int64_t block);
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -371,6 +372,54 @@ TEST(LinearDot, FixedAssociationOrder) {
   c[4] = std::ldexp(1.0f, -53);
   c[12] = std::ldexp(1.0f, -53);
   EXPECT_EQ(linear_dot_f64(c.data(), d.data(), 20), 1.0 + std::ldexp(1.0, -52));
+}
+
+TEST(FakeQuant, FastFp8MatchesReference) {
+  // Random blocks with magnitudes from subnormal floats to 1e30, and "tie"
+  // blocks whose scale is exactly 2^e (amax = 448·2^e) holding values exactly
+  // halfway between neighbouring e4m3 values (subnormal and normal, both
+  // signs; ties must round to the even code); zeros of both signs; an
+  // infinity and a NaN block (reference fallback).
+  std::mt19937 rng(5);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  for (int64_t block : {32, 64, 128}) {
+    const int64_t n = 40 * block + 17;
+    std::vector<float> x(n);
+    for (int64_t b0 = 0; b0 < n; b0 += block) {
+      const int64_t b1 = std::min(n, b0 + block);
+      const bool ties = (b0 / block) % 2 == 1;
+      const int e = static_cast<int>((b0 / block) * 7 % 260) - 140;
+      for (int64_t i = b0; i < b1; ++i) {
+        float v;
+        if (ties) {
+          const int scale_exp = std::clamp(e, -20, 100);
+          const int c = static_cast<int>(rng() % 126);  // c and c + 1 are finite, positive
+          const float mid = (fp8_e4m3_decode(static_cast<uint8_t>(c)) +
+                             fp8_e4m3_decode(static_cast<uint8_t>(c + 1))) /
+                            2;
+          v = std::ldexp(i == b0 ? 448.0f : mid, scale_exp) * ((rng() & 1) ? 1 : -1);
+        } else {
+          v = std::ldexp(d(rng), std::clamp(e, -149, 100));
+        }
+        if (i != b0 && rng() % 50 == 0) v = (rng() & 1) ? 0.0f : -0.0f;
+        x[i] = v;
+      }
+    }
+    x[2 * block + 1] = std::numeric_limits<float>::infinity();
+    x[4 * block + 2] = std::numeric_limits<float>::quiet_NaN();
+    std::vector<float> want = x, got = x;
+    fp8_fake_quant_reference(want.data(), n, block);
+    fp8_fake_quant(got.data(), n, block);
+    for (int64_t i = 0; i < n; ++i) {
+      if (std::isnan(want[i])) {
+        EXPECT_TRUE(std::isnan(got[i])) << i;
+        continue;
+      }
+      ASSERT_EQ(float_bits(want[i]), float_bits(got[i]))
+          << "block " << block << " element " << i << ": input " << x[i] << " reference " << want[i]
+          << " fast " << got[i];
+    }
+  }
 }
 
 TEST(Isa, NamesParseAndUnknownNamesFail) {
