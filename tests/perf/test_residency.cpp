@@ -257,7 +257,7 @@ TEST_F(Residency, GeneratesUnderACgroupLimitSmallerThanTheCheckpoint) {
   }
   std::error_code ec;
   fs::remove(g.dir, ec);
-  ASSERT_NE(limited.rc, 98) << "could not join the cgroup " << g.procs;
+  if (limited.rc == 98) GTEST_SKIP() << "could not move a process into " << g.procs;
   ASSERT_EQ(limited.rc, 0) << limited.out;
   EXPECT_EQ(limited.out, reference_->out);
   std::printf(
