@@ -1,11 +1,14 @@
 // dsv4 serve: the DeepSeek platform API over a local model.
 #include <signal.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -53,6 +56,9 @@ options:
   --logit-bias ID=B    add B (in [-100, 100]) to token ID's logit in every
                        request (repeatable; e.g. a large end-of-sequence bias
                        makes a random-weight test checkpoint answer briefly)
+  --no-preload         do not read the weights into the page cache at startup
+                       (by default they are, with a progress bar, when they
+                       take at most half of the physical memory)
   --log-requests       one stderr line per request: route, status, time, the
                        body's fields and the anthropic-beta/user-agent headers
 )";
@@ -87,6 +93,69 @@ std::vector<std::pair<int32_t, float>> parse_logit_bias(const std::vector<std::s
   return out;
 }
 
+// Reads the checkpoint's safetensors files once, so that the mapped weights
+// are in the page cache before the first request instead of faulting in
+// during the first forward passes. Shows a progress bar on a TTY stderr, a
+// few plain lines otherwise. Skipped when the files take more than half of
+// the physical memory (they would evict each other).
+void preload_weights(const std::filesystem::path& dir) {
+  std::vector<std::filesystem::path> files;
+  uintmax_t total = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir))
+    if (e.is_regular_file() && e.path().extension() == ".safetensors") {
+      files.push_back(e.path());
+      total += e.file_size();
+    }
+  std::sort(files.begin(), files.end());
+  if (files.empty() || total == 0) return;
+  const double mb = 1.0 / (1 << 20);
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages > 0 && page > 0 && total > static_cast<uintmax_t>(pages) * page / 2) {
+    std::fprintf(stderr, "dsv4 serve: weights %.0f MB > half of RAM: not preloading\n", total * mb);
+    return;
+  }
+  const bool tty = isatty(fileno(stderr));
+  const auto t0 = std::chrono::steady_clock::now();
+  auto last_draw = t0 - std::chrono::seconds(1);
+  int last_quarter = -1;
+  uintmax_t done = 0;
+  auto report = [&](bool final) {
+    const double frac = static_cast<double>(done) / total;
+    const auto now = std::chrono::steady_clock::now();
+    const double secs = std::chrono::duration<double>(now - t0).count();
+    if (tty) {
+      if (!final && now - last_draw < std::chrono::milliseconds(100)) return;
+      last_draw = now;
+      constexpr int kWidth = 30;
+      const int filled = static_cast<int>(frac * kWidth);
+      std::string bar(filled, '#');
+      bar.resize(kWidth, '-');
+      std::fprintf(stderr, "\rdsv4 serve: loading weights [%s] %3d%% %.0f/%.0f MB %.0f MB/s%s",
+                   bar.c_str(), static_cast<int>(frac * 100), done * mb, total * mb,
+                   secs > 0 ? done * mb / secs : 0.0, final ? "\n" : "");
+    } else {
+      const int quarter = static_cast<int>(frac * 4);
+      if (quarter == last_quarter) return;
+      last_quarter = quarter;
+      std::fprintf(stderr, "dsv4 serve: loading weights: %d%% (%.0f of %.0f MB)\n", quarter * 25,
+                   done * mb, total * mb);
+    }
+    std::fflush(stderr);
+  };
+  report(false);
+  std::vector<char> buf(8 << 20);
+  for (const auto& f : files) {
+    std::ifstream in(f, std::ios::binary);
+    while (in) {
+      in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+      done += static_cast<uintmax_t>(in.gcount());
+      report(false);
+    }
+  }
+  done = total;
+  report(true);
+}
+
 int run_serve(int argc, char** argv) {
   Args args("serve", argc, argv,
             {{"help", false},
@@ -105,7 +174,8 @@ int run_serve(int argc, char** argv) {
              {"keepalive", true},
              {"max-context", true},
              {"log-requests", false},
-             {"logit-bias", true, true}});
+             {"logit-bias", true, true},
+             {"no-preload", false}});
   if (args.has("help")) {
     std::fputs(kUsage, stdout);
     return 0;
@@ -172,6 +242,7 @@ int run_serve(int argc, char** argv) {
   std::shared_ptr<const Tokenizer> tok;
   std::shared_ptr<const Model> model;
   try {
+    if (!args.has("no-preload")) preload_weights(model_dir);
     tok = Tokenizer::load(tok_dir);
     model = std::make_shared<const Model>(model_dir);
   } catch (...) {

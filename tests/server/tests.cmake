@@ -37,3 +37,9 @@ else()
   set_tests_properties(server_coding_agents PROPERTIES SKIP_REGULAR_EXPRESSION "SKIP:"
                        LABELS "js;agents")
 endif()
+
+# The platform documentation's request examples replayed with curl (status and
+# response shape), and dsv4 serve's startup output. Needs curl and node.
+add_test(NAME server_curl_replay
+         COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/curl_replay.sh $<TARGET_FILE:dsv4> ${PROJECT_SOURCE_DIR})
+set_tests_properties(server_curl_replay PROPERTIES TIMEOUT 600 SKIP_REGULAR_EXPRESSION "SKIP:")
