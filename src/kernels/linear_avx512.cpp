@@ -435,6 +435,131 @@ void gemv_fp8_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
   if (r < r1) kTails[r1 - r - 1](t, r, xs);
 }
 
+// ---- FP4 with E8M0 scales, m = 1, on CPUs with AVX512-VBMI. ----
+//
+// Every e2m1 value, as a double, has all its set bits in the top two bytes
+// (sign, exponent, one mantissa bit). So a tile of 32 codes becomes doubles
+// with two byte-table lookups (vpshufb: code → byte 6, code → byte 7) and one
+// two-source byte permute per 8 weights (vpermi2b, zeroing bytes 0..5) —
+// no float step and no per-weight scaling. As with FP8, the scale multiplies
+// the exact tile sum Σ x·q instead of each weight: equal to the scalar
+// Σ x·(q·s) while q·s is exact in float (s ≤ 2^125: 6·2^125 < 2^128).
+#define DSV4_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx2,fma,f16c")))
+
+constexpr uint8_t kMaxFoldedFp4Scale = 127 + 125;
+
+// Byte 6 and byte 7 of the double value of each e2m1 code (0..15).
+constexpr uint8_t kFp4Byte6[16] = {0x00, 0xE0, 0xF0, 0xF8, 0x00, 0x08, 0x10, 0x18,
+                                   0x00, 0xE0, 0xF0, 0xF8, 0x00, 0x08, 0x10, 0x18};
+constexpr uint8_t kFp4Byte7[16] = {0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40,
+                                   0x80, 0xBF, 0xBF, 0xBF, 0xC0, 0xC0, 0xC0, 0xC0};
+
+struct Fp4Permutes {
+  // idx[c]: for the 8 weights 8c..8c+7 of a tile, byte 6 of qword j takes
+  // table byte pos(8c+j) and byte 7 takes byte 64 + pos(8c+j), where the
+  // nibble vector holds the low nibbles (even weights) in bytes 0..15 and the
+  // high nibbles (odd weights) in bytes 16..31.
+  alignas(64) uint8_t idx[4][64];
+  constexpr Fp4Permutes() : idx{} {
+    for (int c = 0; c < 4; ++c)
+      for (int j = 0; j < 8; ++j) {
+        const int w = 8 * c + j;
+        const int pos = (w & 1) ? 16 + w / 2 : w / 2;
+        idx[c][8 * j + 6] = static_cast<uint8_t>(pos);
+        idx[c][8 * j + 7] = static_cast<uint8_t>(64 + pos);
+      }
+  }
+};
+constexpr Fp4Permutes kFp4Permutes;
+
+template <int NR>
+DSV4_VBMI inline __m512d fp4_e8m0_tile(const uint8_t* const* tiles, const double* x,
+                                       const __m512i* idx, __m512i byte6, __m512i byte7) {
+  // Lanes 0 and 2 keep the low nibbles, lanes 1 and 3 the high nibbles.
+  const __m512i shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  const __mmask64 top2 = 0xC0C0C0C0C0C0C0C0ull;
+  __m512d lo[NR], hi[NR];
+  for (int j = 0; j < NR; ++j) {
+    const __m512i b =
+        _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tiles[j])));
+    const __m512i nibbles = _mm512_and_si512(_mm512_srlv_epi64(b, shifts), low4);
+    const __m512i p6 = _mm512_shuffle_epi8(byte6, nibbles);
+    const __m512i p7 = _mm512_shuffle_epi8(byte7, nibbles);
+    __m512d w[4];
+    for (int c = 0; c < 4; ++c)
+      w[c] = _mm512_castsi512_pd(_mm512_maskz_permutex2var_epi8(top2, p6, idx[c], p7));
+    // Lanes of linear_dot_f64: elements 0..7 and 16..23 → lo, 8..15 and 24..31 → hi.
+    lo[j] = _mm512_fmadd_pd(_mm512_load_pd(x + 16), w[2], _mm512_mul_pd(_mm512_load_pd(x), w[0]));
+    hi[j] =
+        _mm512_fmadd_pd(_mm512_load_pd(x + 24), w[3], _mm512_mul_pd(_mm512_load_pd(x + 8), w[1]));
+  }
+  __m512d v[8];
+  for (int p = 0; p < 8; ++p) v[p] = p < NR ? _mm512_add_pd(lo[p], hi[p]) : _mm512_setzero_pd();
+  return reduce8(v);
+}
+
+template <int NR>
+DSV4_VBMI void gemv_rows_fp4_e8m0(const LinearTask& t, int64_t r) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, scale_cols = in / 32;
+  const uint8_t* rows[NR];
+  const uint8_t* scales[NR];
+  for (int j = 0; j < NR; ++j) {
+    rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * (in / 2);
+    scales[j] = static_cast<const uint8_t*>(w.scale) + (r + j) * scale_cols;
+  }
+  __m512i idx[4];
+  for (int c = 0; c < 4; ++c) idx[c] = _mm512_load_si512(kFp4Permutes.idx[c]);
+  const __m512i byte6 =
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4Byte6)));
+  const __m512i byte7 =
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4Byte7)));
+  const __m512 table = _mm512_loadu_ps(fp4_e2m1_table());
+  __m256 result = _mm256_setzero_ps();
+  for (int64_t b = 0; b < scale_cols; ++b) {
+    alignas(64) int64_t scale_bits[8] = {};
+    bool exact = true;
+    const uint8_t* tiles[NR];
+    for (int j = 0; j < NR; ++j) {
+      const uint8_t e = scales[j][b];
+      exact = exact && e <= kMaxFoldedFp4Scale;
+      scale_bits[j] = static_cast<int64_t>(e + 896) << 52;  // 2^(e - 127) as a double
+      tiles[j] = rows[j] + b * 16;
+    }
+    __m512d sums;
+    if (exact) {
+      sums = _mm512_mul_pd(fp4_e8m0_tile<NR>(tiles, t.xd + b * 32, idx, byte6, byte7),
+                           _mm512_castsi512_pd(_mm512_load_si512(scale_bits)));
+    } else {  // huge or NaN scale: decode to floats exactly as dequant_row does
+      __m512 s[NR];
+      for (int j = 0; j < NR; ++j)
+        s[j] = _mm512_set1_ps(weight_block_scale(w, (r + j) * scale_cols + b));
+      sums = gemv_tile<WeightFormat::kFP4, NR, false>(rows, t.xd, b * 32, 32, s, table);
+    }
+    result = _mm256_add_ps(result, _mm512_cvtpd_ps(sums));
+  }
+  store_results(t, result, 1, NR, 0, r);
+}
+
+DSV4_VBMI void gemv_fp4_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
+  using RowsFn = void (*)(const LinearTask&, int64_t);
+  static constexpr RowsFn kTails[kGemvRows] = {
+      gemv_rows_fp4_e8m0<1>, gemv_rows_fp4_e8m0<2>, gemv_rows_fp4_e8m0<3>, gemv_rows_fp4_e8m0<4>,
+      gemv_rows_fp4_e8m0<5>, gemv_rows_fp4_e8m0<6>, gemv_rows_fp4_e8m0<7>, gemv_rows_fp4_e8m0<8>};
+  int64_t r = r0;
+  for (; r + kGemvRows <= r1; r += kGemvRows) gemv_rows_fp4_e8m0<kGemvRows>(t, r);
+  if (r < r1) kTails[r1 - r - 1](t, r);
+}
+
+bool cpu_has_vbmi() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vbmi") != 0;
+  }();
+  return has;
+}
+
 template <WeightFormat F>
 void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
   using RowsFn = void (*)(const LinearTask&, int64_t);
@@ -529,6 +654,7 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
         if (!t.w->scale_is_f32) return gemv_fp8_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP8>(t, r0, r1);
       case WeightFormat::kFP4:
+        if (!t.w->scale_is_f32 && cpu_has_vbmi()) return gemv_fp4_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP4>(t, r0, r1);
       case WeightFormat::kBF16:
         return gemv<WeightFormat::kBF16>(t, r0, r1);
