@@ -10,6 +10,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -552,12 +553,14 @@ DSV4_VBMI void gemv_fp4_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
   if (r < r1) kTails[r1 - r - 1](t, r);
 }
 
-bool cpu_has_vbmi() {
+std::atomic<bool> g_vbmi_allowed{true};
+
+bool use_vbmi() {
   static const bool has = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512vbmi") != 0;
   }();
-  return has;
+  return has && g_vbmi_allowed.load(std::memory_order_relaxed);
 }
 
 template <WeightFormat F>
@@ -643,6 +646,10 @@ constexpr BlockFn kBlocks[kMI][kNR] = {
 
 }  // namespace
 
+void set_avx512_vbmi_allowed(bool allowed) {
+  g_vbmi_allowed.store(allowed);
+}
+
 void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
   const WeightFormat format = t.w->format;
   const bool quantized = format == WeightFormat::kFP8 || format == WeightFormat::kFP4;
@@ -654,7 +661,7 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
         if (!t.w->scale_is_f32) return gemv_fp8_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP8>(t, r0, r1);
       case WeightFormat::kFP4:
-        if (!t.w->scale_is_f32 && cpu_has_vbmi()) return gemv_fp4_e8m0(t, r0, r1);
+        if (!t.w->scale_is_f32 && use_vbmi()) return gemv_fp4_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP4>(t, r0, r1);
       case WeightFormat::kBF16:
         return gemv<WeightFormat::kBF16>(t, r0, r1);

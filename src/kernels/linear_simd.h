@@ -45,5 +45,8 @@ float weight_block_scale(const WeightRef& w, int64_t index);
 
 void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1);
 void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1);
+// Lets tests run the AVX-512 kernels as on a CPU without AVX512-VBMI (the FP4
+// matrix-vector fast path needs it); true by default.
+void set_avx512_vbmi_allowed(bool allowed);
 
 }  // namespace dsv4::kernels::detail

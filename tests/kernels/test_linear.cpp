@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -13,6 +14,7 @@
 
 #include "kernels/isa.h"
 #include "kernels/linear.h"
+#include "kernels/linear_simd.h"
 #include "kernels/numerics.h"
 #include "util/error.h"
 #include "util/threadpool.h"
@@ -264,6 +266,21 @@ std::vector<float> independent_quant(const std::vector<float>& x, int64_t m, con
     }
   }
   return y;
+}
+
+TEST(QuantLinear, Avx512WithoutVbmiMatchesScalar) {
+  // The FP4 matrix-vector path for AVX-512 CPUs without VBMI (e.g. Skylake-X).
+  if (!isa_supported(Isa::kAvx512)) GTEST_SKIP() << "no AVX-512";
+  IsaGuard guard;
+  detail::set_avx512_vbmi_allowed(false);
+  uint32_t seed = 150;
+  for (const auto& s : {std::array<int64_t, 2>{5, 96}, std::array<int64_t, 2>{70, 2048}}) {
+    const TestWeight w = make_weight(WeightFormat::kFP4, s[0], s[1], seed++);
+    const std::vector<float> x = make_activations(1, s[1], seed++);
+    expect_bits_equal(run_quant(Isa::kScalar, x, 1, w.ref), run_quant(Isa::kAvx512, x, 1, w.ref),
+                      "fp4 avx512 without vbmi");
+  }
+  detail::set_avx512_vbmi_allowed(true);
 }
 
 TEST(QuantLinear, ScalarMatchesIndependentExactSums) {
