@@ -292,6 +292,91 @@ void gemv_rows(const LinearTask& t, int64_t r) {
     t.y[r + j - t.row_begin] = t.round_bf16 ? bf16_round(result[j]) : result[j];
 }
 
+// ---- FP8 with E8M0 scales, m = 1: codes straight to doubles. ----
+// The same construction as linear_avx512.cpp (see there and docs/kernels.md):
+// sign-extend, shift left by 49, mask → q·2^-1016 as a double; activations
+// pre-scaled by 2^600; the tile sum times s·2^416 (exact) is Σ x·(q·s).
+constexpr int kXShift = 600;
+constexpr uint8_t kMaxFoldedFp8Scale = 127 + 119;
+
+inline __m256d fp8_codes_to_doubles(const uint8_t* p) {
+  uint32_t four;
+  std::memcpy(&four, p, 4);
+  const __m256i q = _mm256_cvtepi8_epi64(_mm_cvtsi32_si128(static_cast<int>(four)));
+  return _mm256_castsi256_pd(_mm256_and_si256(
+      _mm256_slli_epi64(q, 49), _mm256_set1_epi64x(static_cast<int64_t>(0x80FE000000000000ull))));
+}
+
+template <int NR>
+inline void fp8_e8m0_tile(const uint8_t* const* rows, const double* xs, int64_t k0, int64_t len,
+                          double* out) {
+  __m256d acc[NR][4];
+  for (int j = 0; j < NR; ++j)
+    for (int q = 0; q < 4; ++q) acc[j][q] = _mm256_setzero_pd();
+  const int64_t end = k0 + len;
+  for (int64_t k = k0; k < end; k += kGroup) {
+    alignas(16) uint8_t tail[NR][16];
+    const uint8_t* src[NR];
+    for (int j = 0; j < NR; ++j) {
+      src[j] = rows[j] + k;
+      if (end - k < kGroup) {  // partial last group: code 0 (= +0) past the end
+        std::memset(tail[j], 0, 16);
+        std::memcpy(tail[j], src[j], static_cast<size_t>(end - k));
+        src[j] = tail[j];
+      }
+    }
+    for (int j = 0; j < NR; ++j)
+      for (int q = 0; q < 4; ++q)
+        acc[j][q] = _mm256_fmadd_pd(fp8_codes_to_doubles(src[j] + 4 * q),
+                                    _mm256_load_pd(xs + k + 4 * q), acc[j][q]);
+  }
+  reduce_rows<NR>(acc, out);
+}
+
+template <int NR>
+void gemv_rows_fp8_e8m0(const LinearTask& t, int64_t r, const double* xs) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, scale_cols = (in + 127) / 128;
+  const uint8_t* rows[NR];
+  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * in;
+  const uint8_t* scale_bytes = static_cast<const uint8_t*>(w.scale);
+  const __m256 magnitudes = _mm256_setzero_ps();  // unused by FP8
+  float result[NR] = {};
+  for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += 128) {
+    const int64_t len = std::min<int64_t>(128, in - k0);
+    uint8_t e[NR];
+    bool exact = true;
+    for (int j = 0; j < NR; ++j) {
+      e[j] = scale_bytes[((r + j) / 128) * scale_cols + b];
+      exact = exact && e[j] <= kMaxFoldedFp8Scale;
+    }
+    double sums[NR];
+    if (exact) {
+      fp8_e8m0_tile<NR>(rows, xs, k0, len, sums);
+      for (int j = 0; j < NR; ++j)
+        sums[j] *= std::ldexp(1.0, static_cast<int>(e[j]) - 127 + 1016 - kXShift);
+    } else {  // huge or NaN scale: decode to floats exactly as dequant_row does
+      __m256 scales[NR];
+      for (int j = 0; j < NR; ++j)
+        scales[j] = _mm256_set1_ps(weight_block_scale(w, ((r + j) / 128) * scale_cols + b));
+      gemv_tile<WeightFormat::kFP8, NR, true>(rows, t.xd, k0, len, scales, magnitudes, sums);
+    }
+    for (int j = 0; j < NR; ++j) result[j] += static_cast<float>(sums[j]);
+  }
+  for (int j = 0; j < NR; ++j)
+    t.y[r + j - t.row_begin] = t.round_bf16 ? bf16_round(result[j]) : result[j];
+}
+
+void gemv_fp8_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
+  const int64_t ld = padded_in(t.w->in);
+  double* xs = thread_scratch(ld, 1);
+  const double shift = std::ldexp(1.0, kXShift);
+  for (int64_t k = 0; k < ld; ++k) xs[k] = t.xd[k] * shift;
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) gemv_rows_fp8_e8m0<2>(t, r, xs);
+  if (r < r1) gemv_rows_fp8_e8m0<1>(t, r, xs);
+}
+
 template <WeightFormat F>
 void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
   int64_t r = r0;
@@ -307,6 +392,7 @@ void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
   if (t.m == 1 && quantized == (t.tile > 0)) {
     switch (format) {
       case WeightFormat::kFP8:
+        if (!t.w->scale_is_f32) return gemv_fp8_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP8>(t, r0, r1);
       case WeightFormat::kFP4:
         return gemv<WeightFormat::kFP4>(t, r0, r1);
