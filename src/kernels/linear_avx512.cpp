@@ -350,8 +350,9 @@ inline __m512d fp8_codes_to_doubles(__m128i eight_codes_in_low_half) {
 template <int NR>
 inline __m512d fp8_e8m0_tile(const uint8_t* const* rows, const double* xs, int64_t k0,
                              int64_t len) {
-  __m512d lo[NR], hi[NR];
-  for (int j = 0; j < NR; ++j) lo[j] = hi[j] = _mm512_setzero_pd();
+  // One accumulator per row: the tile sum is exact in any order.
+  __m512d acc[NR];
+  for (int j = 0; j < NR; ++j) acc[j] = _mm512_setzero_pd();
   const int64_t end = k0 + len;
   int64_t k = k0;
   for (; k + kGroup <= end; k += kGroup) {
@@ -362,8 +363,7 @@ inline __m512d fp8_e8m0_tile(const uint8_t* const* rows, const double* xs, int64
           fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k)));
       const __m512d w_hi =
           fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k + 8)));
-      lo[j] = _mm512_fmadd_pd(x_lo, w_lo, lo[j]);
-      hi[j] = _mm512_fmadd_pd(x_hi, w_hi, hi[j]);
+      acc[j] = _mm512_fmadd_pd(x_hi, w_hi, _mm512_fmadd_pd(x_lo, w_lo, acc[j]));
     }
   }
   if (k < end) {  // partial last group: masked load, code 0 (= +0) past the end
@@ -372,12 +372,12 @@ inline __m512d fp8_e8m0_tile(const uint8_t* const* rows, const double* xs, int64
     const __m512d x_hi = _mm512_load_pd(xs + k + 8);
     for (int j = 0; j < NR; ++j) {
       const __m128i c = _mm_maskz_loadu_epi8(mask, rows[j] + k);
-      lo[j] = _mm512_fmadd_pd(x_lo, fp8_codes_to_doubles(c), lo[j]);
-      hi[j] = _mm512_fmadd_pd(x_hi, fp8_codes_to_doubles(_mm_srli_si128(c, 8)), hi[j]);
+      acc[j] = _mm512_fmadd_pd(x_hi, fp8_codes_to_doubles(_mm_srli_si128(c, 8)),
+                               _mm512_fmadd_pd(x_lo, fp8_codes_to_doubles(c), acc[j]));
     }
   }
   __m512d v[8];
-  for (int p = 0; p < 8; ++p) v[p] = p < NR ? _mm512_add_pd(lo[p], hi[p]) : _mm512_setzero_pd();
+  for (int p = 0; p < 8; ++p) v[p] = p < NR ? acc[p] : _mm512_setzero_pd();
   return reduce8(v);
 }
 
@@ -480,7 +480,8 @@ DSV4_VBMI inline __m512d fp4_e8m0_tile(const uint8_t* const* tiles, const double
   const __m512i shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
   const __m512i low4 = _mm512_set1_epi8(0x0F);
   const __mmask64 top2 = 0xC0C0C0C0C0C0C0C0ull;
-  __m512d lo[NR], hi[NR];
+  __m512d v[8];
+  for (int p = NR; p < 8; ++p) v[p] = _mm512_setzero_pd();
   for (int j = 0; j < NR; ++j) {
     const __m512i b =
         _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tiles[j])));
@@ -490,13 +491,12 @@ DSV4_VBMI inline __m512d fp4_e8m0_tile(const uint8_t* const* tiles, const double
     __m512d w[4];
     for (int c = 0; c < 4; ++c)
       w[c] = _mm512_castsi512_pd(_mm512_maskz_permutex2var_epi8(top2, p6, idx[c], p7));
-    // Lanes of linear_dot_f64: elements 0..7 and 16..23 → lo, 8..15 and 24..31 → hi.
-    lo[j] = _mm512_fmadd_pd(_mm512_load_pd(x + 16), w[2], _mm512_mul_pd(_mm512_load_pd(x), w[0]));
-    hi[j] =
-        _mm512_fmadd_pd(_mm512_load_pd(x + 24), w[3], _mm512_mul_pd(_mm512_load_pd(x + 8), w[1]));
+    // One accumulator per row: with E8M0 scales the tile sum is exact in any
+    // order (docs/kernels.md), so the lanes need not follow linear_dot_f64.
+    __m512d acc = _mm512_mul_pd(_mm512_load_pd(x), w[0]);
+    for (int c = 1; c < 4; ++c) acc = _mm512_fmadd_pd(_mm512_load_pd(x + 8 * c), w[c], acc);
+    v[j] = acc;
   }
-  __m512d v[8];
-  for (int p = 0; p < 8; ++p) v[p] = p < NR ? _mm512_add_pd(lo[p], hi[p]) : _mm512_setzero_pd();
   return reduce8(v);
 }
 
