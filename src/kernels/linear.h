@@ -1,6 +1,8 @@
-// Linear layers over weights in their stored (quantized) form. Weight rows
-// are decoded on the fly, one row at a time, never into a model-sized copy.
-// This is the scalar reference path; SIMD kernels must match it.
+// Linear layers over weights in their stored (quantized) form, read straight
+// from the (mmapped) checkpoint bytes and decoded on the fly, never into a
+// model-sized copy. Three paths compute the same bits (kernels/isa.h,
+// docs/kernels.md): the scalar reference, AVX2 and AVX-512; every double dot
+// product follows linear_dot_f64's association order.
 #pragma once
 
 #include <cstdint>
@@ -28,14 +30,17 @@ void dequant_row(const WeightRef& w, int64_t row, float* out);
 
 // The reference's quantized linear (fp8_gemm / fp4_gemm): each row of x
 // [m, in] is fake-quantized to FP8 in blocks of 128 with power-of-two scales,
-// products are summed in fp32 per K tile (128 for FP8 weights, 32 for FP4)
-// and the tiles accumulated in fp32; y [m, out] is rounded to bf16.
-// (Scales are powers of two, so folding them into the operands is exact.)
+// products are summed per K tile (128 for FP8 weights, 32 for FP4) — in
+// double, then rounded to fp32 (exact for E8M0 scales) — and the tiles
+// accumulated in fp32 in ascending K; y [m, out] is rounded to bf16. FP4
+// weights need `in` to be a multiple of 32. (E8M0 scales are powers of two,
+// so folding them into the operands is exact.)
 void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y);
 
-// Plain linear (F.linear in the weight's precision, fp32 accumulation) over
-// weight rows [row_begin, row_end): y[i, r - row_begin] = Σ_k x[i, k]·W[r, k],
-// with x rows `ldx` apart and y rows `ldy` apart; rounds y to bf16 if asked.
+// Plain linear (F.linear in the weight's precision; summed in double, rounded
+// once to fp32) over weight rows [row_begin, row_end):
+// y[i, r - row_begin] = Σ_k x[i, k]·W[r, k], with x rows `ldx` apart and y
+// rows `ldy` apart; rounds y to bf16 if asked.
 void plain_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, int64_t row_begin,
                   int64_t row_end, float* y, int64_t ldy, bool round_bf16);
 
