@@ -1,12 +1,17 @@
 // AVX-512 (F/BW/VL) linear kernels. They compute exactly what the scalar path
 // in linear.cpp computes (docs/kernels.md): weights decoded to the same
-// floats, products summed in double in linear_dot_f64's association order.
+// floats, products summed in double in linear_dot_f64's association order —
+// or, for FP8 / FP4 tiles with E8M0 scales, whose sums are exact in any
+// order, codes decoded straight to doubles with the scale applied to the
+// exact tile sum (equal as real numbers, hence after rounding).
 //
 // Every function below the target pragma is compiled for AVX-512 and reached
 // only through linear_rows_avx512, which linear.cpp calls only when the CPU
-// has AVX-512. All headers come before the pragma, so no inline library code
-// is compiled for AVX-512 by accident (the linker could otherwise keep that
-// copy for the whole program).
+// has AVX-512; the FP4 fast path also needs AVX512-VBMI, so its functions
+// carry their own target attribute and run only when use_vbmi() says so. All
+// headers come before the pragma, so no inline library code is compiled for
+// AVX-512 by accident (the linker could otherwise keep that copy for the
+// whole program).
 #include <immintrin.h>
 
 #include <algorithm>
