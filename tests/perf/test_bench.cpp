@@ -112,6 +112,10 @@ TEST_F(BenchCli, JsonFiguresArePresentAndSane) {
   }
   EXPECT_EQ(j["decode"][0]["forward_fill_tokens"].get<int64_t>(), 254);  // all by forward
   EXPECT_LT(j["decode"][1]["forward_fill_tokens"].get<int64_t>(), 1022);
+  // 254 ≡ 1022 (mod 128): the second context reuses the first one's fill.
+  EXPECT_EQ(j["decode"][1]["forward_fill_tokens"].get<int64_t>(), 254);
+  EXPECT_FALSE(j["decode"][0]["forward_fill_reused"].get<bool>());
+  EXPECT_TRUE(j["decode"][1]["forward_fill_reused"].get<bool>());
 
   // KV per token, spec §6.3: a compressed row is (head_dim − rope) FP8 +
   // rope BF16 + one UE8M0 per 64 NoPE values padded to 8; an indexer key is
