@@ -12,6 +12,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -320,6 +321,27 @@ TEST(ToolCallMachine, RequiredAndNamedChoice) {
   EXPECT_TRUE(accepts(tools, time_call, true, {"get_time"}));
   EXPECT_FALSE(accepts(tools, block(invoke("get_weather", good_params())), true, {"get_time"}));
   EXPECT_THROW(ToolCallMachine::compile(tools, {"nope"}), Error);
+}
+
+TEST(ToolCallConstraint, ActiveOnlyAfterTheStartToken) {
+  // Thinking mode: nothing is masked before </think> (id 1 here); then the
+  // block must begin, and the end token (id 0) waits for its end.
+  const std::vector<std::string> vocab = {kEos, "</think>", "\n", "\n\n<", "Hi", kBar};
+  ToolCallConstraint con(std::make_shared<const std::vector<std::string>>(vocab), {0}, 1,
+                         ToolCallMachine::compile(weather_tools(), {}), true);
+  std::vector<float> logits(vocab.size(), 0.0f);
+  con.mask(logits);
+  for (float x : logits) EXPECT_EQ(x, 0.0f);
+  con.accept(4);  // reasoning text
+  con.accept(1);  // </think>
+  con.mask(logits);
+  const float ninf = -std::numeric_limits<float>::infinity();
+  EXPECT_EQ(logits[0], ninf);  // no end before a call
+  EXPECT_EQ(logits[1], ninf);
+  EXPECT_EQ(logits[2], 0.0f);  // "\n" starts the block
+  EXPECT_EQ(logits[3], 0.0f);  // so does "\n\n<"
+  EXPECT_EQ(logits[4], ninf);  // no content before the call
+  EXPECT_EQ(logits[5], ninf);
 }
 
 // ----------------------------------------------- sampling under the mask

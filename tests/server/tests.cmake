@@ -24,7 +24,7 @@ endif()
 # checkpoint (e.g. the demo model) instead of a tiny synth one.
 set(DSV4_SERVER_AGENTS ${CMAKE_CURRENT_LIST_DIR}/agents)
 if(DSV4_NODE AND EXISTS ${DSV4_SERVER_AGENTS}/node_modules/@anthropic-ai/claude-code
-   AND EXISTS ${DSV4_SERVER_AGENTS}/node_modules/opencode-ai)
+   AND EXISTS ${DSV4_SERVER_AGENTS}/node_modules/opencode-linux-x64)
   add_test(NAME server_coding_agents COMMAND ${DSV4_NODE} --test --test-concurrency=1
            WORKING_DIRECTORY ${DSV4_SERVER_AGENTS})
   set_tests_properties(server_coding_agents PROPERTIES

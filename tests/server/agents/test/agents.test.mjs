@@ -27,9 +27,10 @@ if (!BIN || !SRC) throw new Error('set DSV4_BINARY and DSV4_SOURCE_DIR (ctest do
 const HERE = dirname(dirname(fileURLToPath(import.meta.url)));
 const KEY = 'sk-dsv4-agents-test';
 
-// The agents' native binaries. npm's postinstall copies them over the
-// wrappers' bin/*.exe; if install scripts were not allowed to run, use the
-// platform packages' binaries directly.
+// The agents' native binaries. Claude Code's postinstall copies its binary
+// over the wrapper's bin/claude.exe; if install scripts were not allowed to
+// run, the platform package's binary is used directly. OpenCode is installed
+// as its platform package (see package.json's description).
 function agentBinary(wrapper, platformCandidates) {
   const w = join(HERE, 'node_modules', wrapper);
   if (existsSync(w) && statSync(w).size > 1 << 20) return w;
