@@ -57,7 +57,10 @@ inline __m256 bf16_values(const uint8_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(v), 16));
 }
 
-void decode_row(const WeightRef& w, int64_t r, double* dst) {
+// Decodes elements [k0, k1) of weight row r to doubles at dst[0, k1-k0),
+// zeros up to the next multiple of 16; k0 is a multiple of the scale block
+// (128 for FP8, 32 for FP4) or 0. The floats equal dequant_row's exactly.
+void decode_range(const WeightRef& w, int64_t r, int64_t k0, int64_t k1, double* dst) {
   const int64_t in = w.in;
   const uint8_t* base = static_cast<const uint8_t*>(w.data);
   alignas(64) uint8_t tail[64];
@@ -71,13 +74,13 @@ void decode_row(const WeightRef& w, int64_t r, double* dst) {
     case WeightFormat::kFP8: {
       const uint8_t* codes = base + r * in;
       const int64_t scale_cols = (in + 127) / 128;
-      for (int64_t b = 0; b < scale_cols; ++b) {
+      for (int64_t b = k0 / 128; b * 128 < k1; ++b) {
         const float s = weight_block_scale(w, (r / 128) * scale_cols + b);
-        const int64_t end = std::min(in, (b + 1) * 128);
+        const int64_t end = std::min(k1, (b + 1) * 128);
         for (int64_t k = b * 128; k < end; k += kGroup) {
           const uint8_t* p = group_src(codes + k, std::min(kGroup, end - k), 1);
-          store_as_doubles(dst + k, fp8_times_scale(fp8_values(p), s));
-          store_as_doubles(dst + k + 8, fp8_times_scale(fp8_values(p + 8), s));
+          store_as_doubles(dst + (k - k0), fp8_times_scale(fp8_values(p), s));
+          store_as_doubles(dst + (k - k0) + 8, fp8_times_scale(fp8_values(p + 8), s));
         }
       }
       break;
@@ -86,35 +89,37 @@ void decode_row(const WeightRef& w, int64_t r, double* dst) {
       const uint8_t* packed = base + r * (in / 2);
       const int64_t scale_cols = in / 32;
       const __m256 magnitudes = _mm256_loadu_ps(fp4_e2m1_table());
-      for (int64_t b = 0; b < scale_cols; ++b) {
+      for (int64_t b = k0 / 32; b * 32 < k1; ++b) {
         const __m256 s = _mm256_set1_ps(weight_block_scale(w, r * scale_cols + b));
         for (int q = 0; q < 4; ++q)
-          store_as_doubles(dst + b * 32 + q * 8,
+          store_as_doubles(dst + (b * 32 - k0) + q * 8,
                            _mm256_mul_ps(fp4_values(packed + b * 16 + q * 4, magnitudes), s));
       }
       break;
     }
     case WeightFormat::kBF16: {
       const uint8_t* row = base + r * in * 2;
-      for (int64_t k = 0; k < in; k += kGroup) {
-        const uint8_t* p = group_src(row + k * 2, std::min(kGroup, in - k), 2);
-        store_as_doubles(dst + k, bf16_values(p));
-        store_as_doubles(dst + k + 8, bf16_values(p + 16));
+      for (int64_t k = k0; k < k1; k += kGroup) {
+        const uint8_t* p = group_src(row + k * 2, std::min(kGroup, k1 - k), 2);
+        store_as_doubles(dst + (k - k0), bf16_values(p));
+        store_as_doubles(dst + (k - k0) + 8, bf16_values(p + 16));
       }
       break;
     }
     case WeightFormat::kF32: {
       const uint8_t* row = base + r * in * 4;
-      for (int64_t k = 0; k < in; k += kGroup) {
-        const uint8_t* p = group_src(row + k * 4, std::min(kGroup, in - k), 4);
-        store_as_doubles(dst + k, _mm256_loadu_ps(reinterpret_cast<const float*>(p)));
-        store_as_doubles(dst + k + 8, _mm256_loadu_ps(reinterpret_cast<const float*>(p) + 8));
+      for (int64_t k = k0; k < k1; k += kGroup) {
+        const uint8_t* p = group_src(row + k * 4, std::min(kGroup, k1 - k), 4);
+        store_as_doubles(dst + (k - k0), _mm256_loadu_ps(reinterpret_cast<const float*>(p)));
+        store_as_doubles(dst + (k - k0) + 8,
+                         _mm256_loadu_ps(reinterpret_cast<const float*>(p) + 8));
       }
       break;
     }
   }
-  const int64_t padded = (in + kGroup - 1) / kGroup * kGroup;
-  for (int64_t k = in; k < padded; ++k) dst[k] = 0.0;
+  // Padding must be +0 whatever the scale (0 × inf would be NaN).
+  const int64_t padded = padded_in(k1 - k0);
+  for (int64_t k = k1 - k0; k < padded; ++k) dst[k] = 0.0;
 }
 
 // linear_dot_f64's tree for NR ≤ 2 rows whose sixteen lane sums are in four
@@ -384,6 +389,93 @@ void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
   if (r < r1) gemv_rows<F, 1>(t, r);
 }
 
+// ---- Quantized matrix-matrix with E8M0 scales: K in chunks, any order. ----
+//
+// With E8M0 scales every tile sum is exact in any order (docs/kernels.md; an
+// infinite or NaN weight gives the same inf / NaN in any order too), so one
+// 4-double accumulator per (activation row, weight row) pair suffices: a 2 × 4
+// block keeps 8 accumulators and reuses each loaded vector 2 or 4 times. As on
+// AVX-512, K is cut into chunks of whole tiles so a decoded block of 64 rows ×
+// 512 columns (256 KB) stays in L2 and each activation chunk in L1; the only
+// state between tiles is each output's fp32 accumulator, added in ascending K.
+constexpr int kQuantMI = 2, kQuantNR = 4;
+constexpr int64_t kQuantRows = 64, kQuantChunk = 512;
+
+template <int MI, int NR>
+void quant_chunk(const LinearTask& t, const double* wbuf, int64_t i0, int64_t j0, int64_t kc,
+                 int64_t klen, float* acc, int64_t ld_acc) {
+  const int64_t ldx = padded_in(t.w->in);
+  const double* xs[MI];
+  const double* ws[NR];
+  for (int i = 0; i < MI; ++i) xs[i] = t.xd + (i0 + i) * ldx + kc;
+  for (int j = 0; j < NR; ++j) ws[j] = wbuf + (j0 + j) * kQuantChunk;
+  float result[MI][NR];
+  for (int i = 0; i < MI; ++i)
+    for (int j = 0; j < NR; ++j) result[i][j] = acc[(i0 + i) * ld_acc + j0 + j];
+  for (int64_t k0 = 0; k0 < klen; k0 += t.tile) {
+    const int64_t k1 = k0 + padded_in(std::min(t.tile, klen - k0));
+    __m256d a[MI][NR];
+    for (int i = 0; i < MI; ++i)
+      for (int j = 0; j < NR; ++j) a[i][j] = _mm256_setzero_pd();
+    for (int64_t k = k0; k < k1; k += 4) {
+      __m256d x[MI];
+      for (int i = 0; i < MI; ++i) x[i] = _mm256_load_pd(xs[i] + k);
+      for (int j = 0; j < NR; ++j) {
+        const __m256d w = _mm256_load_pd(ws[j] + k);
+        for (int i = 0; i < MI; ++i) a[i][j] = _mm256_fmadd_pd(x[i], w, a[i][j]);
+      }
+    }
+    for (int i = 0; i < MI; ++i) {
+      // Horizontal sums of the NR accumulators (any order: exact).
+      __m256d v[4];
+      for (int j = 0; j < 4; ++j) v[j] = j < NR ? a[i][j] : _mm256_setzero_pd();
+      const __m256d h01 = _mm256_hadd_pd(v[0], v[1]);
+      const __m256d h23 = _mm256_hadd_pd(v[2], v[3]);
+      const __m256d sums = _mm256_add_pd(_mm256_permute2f128_pd(h01, h23, 0x20),
+                                         _mm256_permute2f128_pd(h01, h23, 0x31));
+      alignas(16) float f[4];
+      _mm_store_ps(f, _mm256_cvtpd_ps(sums));
+      for (int j = 0; j < NR; ++j) result[i][j] += f[j];
+    }
+  }
+  for (int i = 0; i < MI; ++i)
+    for (int j = 0; j < NR; ++j) acc[(i0 + i) * ld_acc + j0 + j] = result[i][j];
+}
+
+using ChunkFn = void (*)(const LinearTask&, const double*, int64_t, int64_t, int64_t, int64_t,
+                         float*, int64_t);
+constexpr ChunkFn kChunks[kQuantMI][kQuantNR] = {
+    {quant_chunk<1, 1>, quant_chunk<1, 2>, quant_chunk<1, 3>, quant_chunk<1, 4>},
+    {quant_chunk<2, 1>, quant_chunk<2, 2>, quant_chunk<2, 3>, quant_chunk<2, 4>},
+};
+
+void quant_gemm_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
+  const int64_t in = t.w->in;
+  double* wbuf = thread_scratch(kQuantRows * kQuantChunk, 0);
+  float* acc = reinterpret_cast<float*>(thread_scratch((t.m * kQuantRows + 1) / 2, 1));
+  for (int64_t rb = r0; rb < r1; rb += kQuantRows) {
+    const int64_t nrb = std::min(kQuantRows, r1 - rb);
+    for (int64_t i = 0; i < t.m * nrb; ++i) acc[i] = 0.0f;
+    for (int64_t kc = 0; kc < in; kc += kQuantChunk) {
+      const int64_t klen = std::min(kQuantChunk, in - kc);
+      for (int64_t j = 0; j < nrb; ++j)
+        decode_range(*t.w, rb + j, kc, kc + klen, wbuf + j * kQuantChunk);
+      for (int64_t i0 = 0; i0 < t.m; i0 += kQuantMI) {
+        const int64_t mi = std::min<int64_t>(kQuantMI, t.m - i0);
+        for (int64_t j0 = 0; j0 < nrb; j0 += kQuantNR) {
+          const int64_t nr = std::min<int64_t>(kQuantNR, nrb - j0);
+          kChunks[mi - 1][nr - 1](t, wbuf, i0, j0, kc, klen, acc, nrb);
+        }
+      }
+    }
+    for (int64_t i = 0; i < t.m; ++i)
+      for (int64_t j = 0; j < nrb; ++j) {
+        const float v = acc[i * nrb + j];
+        t.y[i * t.ldy + (rb + j - t.row_begin)] = t.round_bf16 ? bf16_round(v) : v;
+      }
+  }
+}
+
 }  // namespace
 
 void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
@@ -402,13 +494,15 @@ void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
         return gemv<WeightFormat::kF32>(t, r0, r1);
     }
   }
+  if (t.tile > 0 && !t.w->scale_is_f32) return quant_gemm_e8m0(t, r0, r1);
+  // Plain linears and F32-scale quantized ones keep linear_dot_f64's lanes.
   const int64_t in = t.w->in;
   const int64_t ldw = padded_in(in);
   const int64_t block_rows = decode_block_rows(in, kNR);
   double* wbuf = thread_scratch(block_rows * ldw, 0);
   for (int64_t rb = r0; rb < r1; rb += block_rows) {
     const int64_t nrb = std::min(block_rows, r1 - rb);
-    for (int64_t j = 0; j < nrb; ++j) decode_row(*t.w, rb + j, wbuf + j * ldw);
+    for (int64_t j = 0; j < nrb; ++j) decode_range(*t.w, rb + j, 0, in, wbuf + j * ldw);
     for (int64_t i = 0; i < t.m; ++i)
       for (int64_t j0 = 0; j0 < nrb; j0 += kNR) {
         if (nrb - j0 >= 2)
