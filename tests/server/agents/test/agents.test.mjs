@@ -4,7 +4,8 @@
 // Each must finish a turn with exit code 0 and no protocol error, and every
 // request the server saw must have been answered 2xx.
 //
-// Model: DSV4_AGENTS_MODEL=DIR serves that checkpoint (e.g. models/dsv4-demo);
+// Model: DSV4_AGENTS_MODEL=DIR serves that checkpoint (e.g. models/dsv4-demo;
+// without a tokenizer.json it gets models/deepseek-v4-tokenizer);
 // otherwise a `dsv4 synth --like tiny` checkpoint with the real V4 tokenizer.
 // Random weights never choose the end token by themselves, so on the synth
 // checkpoint the server gets `--logit-bias EOS=100` (the answer ends at once:
@@ -61,6 +62,9 @@ function modelDir() {
 before(async () => {
   const model = modelDir();
   const args = ['serve', '--model', model, '--port', '0', '--api-key', KEY, '--log-requests'];
+  // A checkpoint folder without its own tokenizer gets the bundled V4 one.
+  if (!existsSync(join(model, 'tokenizer.json')))
+    args.push('--tokenizer', join(SRC, 'models', 'deepseek-v4-tokenizer'));
   const eos = JSON.parse(readFileSync(join(model, 'config.json'), 'utf8')).eos_token_id;
   const bias = process.env.DSV4_AGENTS_EOS_BIAS ?? (process.env.DSV4_AGENTS_MODEL ? '0' : '100');
   if (Number(bias) !== 0) args.push('--logit-bias', `${eos}=${bias}`);
