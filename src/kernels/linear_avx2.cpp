@@ -382,6 +382,94 @@ void gemv_fp8_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
   if (r < r1) gemv_rows_fp8_e8m0<1>(t, r, xs);
 }
 
+// ---- FP4 with E8M0 scales, m = 1: codes straight to doubles. ----
+// Every e2m1 value as a double has all its set bits in the top 16 (sign,
+// exponent, one mantissa bit): two vpshufb tables give those two bytes per
+// code, an unpack pairs them into 16-bit words, and zero-extension plus a
+// shift by 48 makes the doubles — equal to the code values, so the scale
+// multiplies the exact tile sum (while s ≤ 2^125, as in linear_avx512.cpp).
+constexpr uint8_t kMaxFoldedFp4Scale = 127 + 125;
+constexpr uint8_t kFp4Byte6[16] = {0x00, 0xE0, 0xF0, 0xF8, 0x00, 0x08, 0x10, 0x18,
+                                   0x00, 0xE0, 0xF0, 0xF8, 0x00, 0x08, 0x10, 0x18};
+constexpr uint8_t kFp4Byte7[16] = {0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40,
+                                   0x80, 0xBF, 0xBF, 0xBF, 0xC0, 0xC0, 0xC0, 0xC0};
+
+// 8 words (top 16 bits of 8 doubles) → 2 × 4 doubles.
+inline void words_to_doubles(__m128i words, __m256d* d) {
+  d[0] = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_cvtepu16_epi64(words), 48));
+  d[1] =
+      _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_cvtepu16_epi64(_mm_srli_si128(words, 8)), 48));
+}
+
+// Sums of x · q over one 32-weight tile for NR rows (any order: exact).
+template <int NR>
+inline void fp4_e8m0_tile(const uint8_t* const* tiles, const double* x, __m128i byte6,
+                          __m128i byte7, double* out) {
+  const __m128i low4 = _mm_set1_epi8(0x0F);
+  __m256d acc[NR][4];
+  for (int j = 0; j < NR; ++j) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tiles[j]));
+    const __m128i lo = _mm_and_si128(b, low4);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+    const __m128i n[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};  // in order
+    for (int h = 0; h < 2; ++h) {
+      const __m128i p6 = _mm_shuffle_epi8(byte6, n[h]);
+      const __m128i p7 = _mm_shuffle_epi8(byte7, n[h]);
+      __m256d d[4];
+      words_to_doubles(_mm_unpacklo_epi8(p6, p7), d);
+      words_to_doubles(_mm_unpackhi_epi8(p6, p7), d + 2);
+      for (int q = 0; q < 4; ++q) {
+        const __m256d xv = _mm256_load_pd(x + 16 * h + 4 * q);
+        acc[j][q] = h == 0 ? _mm256_mul_pd(xv, d[q]) : _mm256_fmadd_pd(xv, d[q], acc[j][q]);
+      }
+    }
+  }
+  reduce_rows<NR>(acc, out);
+}
+
+template <int NR>
+void gemv_rows_fp4_e8m0(const LinearTask& t, int64_t r) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, scale_cols = in / 32;
+  const uint8_t* rows[NR];
+  const uint8_t* scales[NR];
+  for (int j = 0; j < NR; ++j) {
+    rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * (in / 2);
+    scales[j] = static_cast<const uint8_t*>(w.scale) + (r + j) * scale_cols;
+  }
+  const __m128i byte6 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4Byte6));
+  const __m128i byte7 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4Byte7));
+  const __m256 magnitudes = _mm256_loadu_ps(fp4_e2m1_table());
+  float result[NR] = {};
+  for (int64_t b = 0; b < scale_cols; ++b) {
+    bool exact = true;
+    const uint8_t* tiles[NR];
+    for (int j = 0; j < NR; ++j) {
+      exact = exact && scales[j][b] <= kMaxFoldedFp4Scale;
+      tiles[j] = rows[j] + b * 16;
+    }
+    double sums[NR];
+    if (exact) {
+      fp4_e8m0_tile<NR>(tiles, t.xd + b * 32, byte6, byte7, sums);
+      for (int j = 0; j < NR; ++j) sums[j] *= std::ldexp(1.0, static_cast<int>(scales[j][b]) - 127);
+    } else {  // huge or NaN scale: decode to floats exactly as dequant_row does
+      __m256 s[NR];
+      for (int j = 0; j < NR; ++j)
+        s[j] = _mm256_set1_ps(weight_block_scale(w, (r + j) * scale_cols + b));
+      gemv_tile<WeightFormat::kFP4, NR, false>(rows, t.xd, b * 32, 32, s, magnitudes, sums);
+    }
+    for (int j = 0; j < NR; ++j) result[j] += static_cast<float>(sums[j]);
+  }
+  for (int j = 0; j < NR; ++j)
+    t.y[r + j - t.row_begin] = t.round_bf16 ? bf16_round(result[j]) : result[j];
+}
+
+void gemv_fp4_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
+  int64_t r = r0;
+  for (; r + 2 <= r1; r += 2) gemv_rows_fp4_e8m0<2>(t, r);
+  if (r < r1) gemv_rows_fp4_e8m0<1>(t, r);
+}
+
 template <WeightFormat F>
 void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
   int64_t r = r0;
@@ -487,6 +575,7 @@ void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
         if (!t.w->scale_is_f32) return gemv_fp8_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP8>(t, r0, r1);
       case WeightFormat::kFP4:
+        if (!t.w->scale_is_f32) return gemv_fp4_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP4>(t, r0, r1);
       case WeightFormat::kBF16:
         return gemv<WeightFormat::kBF16>(t, r0, r1);
