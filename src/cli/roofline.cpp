@@ -253,18 +253,21 @@ StateBytes state_bytes(const SequenceState& state) {
   auto compressor = [](const CompressorState& c) {
     return (c.kv.size() + c.score.size()) * sizeof(float);
   };
+  // The caches are packed (spec §6.3): bytes as stored, from the state.
   for (const LayerState& l : state.layers) {
-    b.growing += (l.compressed_kv.size() + l.index_keys.size()) * sizeof(float);
-    b.fixed += l.window_kv.size() * sizeof(float) + compressor(l.compressor) +
-               compressor(l.index_compressor);
+    b.growing += l.compressed_kv.stored_bytes() + l.index_keys.stored_bytes();
+    b.fixed += l.window_kv.size() + compressor(l.compressor) + compressor(l.index_compressor);
   }
   return b;
 }
 
 KvReadBytes kv_read_bytes_per_token(const ModelConfig& cfg, int64_t context) {
   KvReadBytes b;
-  const double row_state = 4.0 * static_cast<double>(cfg.head_dim);
-  const double key_state = 4.0 * static_cast<double>(cfg.index_head_dim);
+  // The state's packed row and key widths (model/kv_cache.h), which follow
+  // the same §6.3 layout as inspect's figures.
+  const double row_state =
+      static_cast<double>(KvRowLayout::for_dims(cfg.head_dim, cfg.rope_head_dim).bytes);
+  const double key_state = static_cast<double>(Fp4KeyLayout::for_dim(cfg.index_head_dim).bytes);
   const double row_spec = static_cast<double>(kv_row_bytes(cfg));
   const double key_spec = static_cast<double>(indexer_key_bytes(cfg));
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
@@ -295,16 +298,11 @@ void replicate_context(const ModelConfig& cfg, SequenceState& state, int64_t tar
     fail("context fill: cannot extend a state at position ", state.pos, " to ", target_pos,
          " (the extension must be a non-negative multiple of ", align,
          ", the lcm of the window and the compression ratios)");
-  auto tile = [](std::vector<float>& rows, int64_t width, int64_t want) {
-    const int64_t have = static_cast<int64_t>(rows.size()) / width;
-    // Room for the rows of the next 64 Ki positions: an exact-size vector
-    // would reallocate (copy the whole cache) at the first new compressed
-    // row and the timed decode would measure that copy. A prefilled state
-    // has such slack from the vector's geometric growth.
-    rows.reserve(static_cast<size_t>((want + (int64_t(1) << 16)) * width));
-    rows.resize(static_cast<size_t>(want * width));
-    for (int64_t j = have; j < want; ++j)
-      std::copy_n(rows.begin() + (j % have) * width, width, rows.begin() + j * width);
+  // Appends copies of the packed rows: the paged store never moves the rows
+  // it holds, so the timed decode pays no reallocation.
+  auto tile = [](PagedRows& rows, int64_t want) {
+    const int64_t have = rows.size(), width = rows.row_bytes();
+    for (int64_t j = have; j < want; ++j) std::copy_n(rows.row(j % have), width, rows.append());
   };
   for (size_t i = 0; i < state.layers.size(); ++i) {
     LayerState& l = state.layers[i];
@@ -312,8 +310,8 @@ void replicate_context(const ModelConfig& cfg, SequenceState& state, int64_t tar
     if (l.num_compressed() == 0)
       fail("context fill: layer ", i, " has no compressed row yet (fill at least ", l.ratio,
            " tokens with the forward before extending)");
-    tile(l.compressed_kv, l.head_dim, target_pos / l.ratio);
-    if (l.index_head_dim > 0) tile(l.index_keys, l.index_head_dim, target_pos / l.ratio);
+    tile(l.compressed_kv, target_pos / l.ratio);
+    if (l.index_head_dim > 0) tile(l.index_keys, target_pos / l.ratio);
   }
   state.pos = target_pos;
 }

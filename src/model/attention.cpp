@@ -47,7 +47,9 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
       rope.apply(qh + nope, pos + i, false);
     }
 
-  // This chunk's raw KV rows: normalised, rotated, NoPE dims FP8 fake-quantised.
+  // This chunk's raw KV rows: normalised, rotated (RopeTable::apply rounds to
+  // bf16), NoPE dims FP8 fake-quantised per 64: the values the packed window
+  // ring stores exactly.
   std::vector<float> kv(n * hd);
   kernels::quant_linear(x, n, weight_ref(w.wkv), kv.data());
   const std::vector<float> kv_norm = to_f32(w.kv_norm);
@@ -57,9 +59,15 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
     kernels::fp8_fake_quant(kv.data() + i * hd, nope, 64);
   }
 
-  // Compressed entries completed in this chunk become visible to its later queries.
-  if (w.has_compressor)
-    compressor_forward(ctx, w.compressor, state.compressor, pos, n, x, &state.compressed_kv);
+  // Compressed entries completed in this chunk become visible to its later
+  // queries. (Their NoPE dims are fp8_fake_quant'ed per 64 and their RoPE
+  // dims bf16 in compressor_forward, as this chunk's raw rows are above: the
+  // packed cache holds them exactly.)
+  if (w.has_compressor) {
+    std::vector<float> entries;
+    compressor_forward(ctx, w.compressor, state.compressor, pos, n, x, &entries);
+    state.append_compressed(entries);
+  }
   IndexerSelection selection;
   if (w.has_indexer) {
     selection = indexer_forward(ctx, w.indexer, state, pos, n, x, qr.data());
@@ -68,17 +76,32 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   }
 
   // The rows attention may read: the window positions before this chunk still
-  // in the ring, this chunk's rows, then every compressed entry.
+  // in the ring, this chunk's rows, then every compressed entry. The cached
+  // ones are decoded from the packed caches, only those some query reads
+  // (CSA: the indexer's choice; HCA: all entries).
   const int64_t first = std::max<int64_t>(0, pos - (window - 1));
   const int64_t n_prev = pos - first;
   const int64_t n_comp = state.num_compressed();
   const int64_t comp_base = n_prev + n;
-  // (A table of row pointers: the caches are read in place.)
-  std::vector<const float*> rows(comp_base + n_comp);
-  for (int64_t p = first; p < pos; ++p)
-    rows[p - first] = state.window_kv.data() + (p % window) * hd;
+  std::vector<bool> used(n_comp, !w.has_indexer);
+  if (w.has_indexer)
+    for (int32_t e : selection.entries)
+      if (e >= 0) used[e] = true;
+  const int64_t n_used = std::count(used.begin(), used.end(), true);
+  std::vector<float> decoded((n_prev + n_used) * hd);
+  std::vector<const float*> rows(comp_base + n_comp, nullptr);
+  for (int64_t p = first; p < pos; ++p) {
+    float* row = decoded.data() + (p - first) * hd;
+    state.window_row(p, row);
+    rows[p - first] = row;
+  }
   for (int64_t i = 0; i < n; ++i) rows[n_prev + i] = kv.data() + i * hd;
-  for (int64_t j = 0; j < n_comp; ++j) rows[comp_base + j] = state.compressed_kv.data() + j * hd;
+  for (int64_t j = 0, k = n_prev; j < n_comp; ++j) {
+    if (!used[j]) continue;
+    float* row = decoded.data() + (k++) * hd;
+    state.compressed_row(j, row);
+    rows[comp_base + j] = row;
+  }
 
   // Index lists in the reference's layout: a window section (oldest → newest,
   // −1 padded) as wide as the reference's (min(S, window) in a prefill of S
@@ -132,7 +155,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   kernels::quant_linear(oa.data(), n, weight_ref(w.wo_b), out);
 
   for (int64_t i = std::max<int64_t>(0, n - window); i < n; ++i)
-    std::copy_n(kv.data() + i * hd, hd, state.window_kv.data() + ((pos + i) % window) * hd);
+    state.store_window_row(pos + i, kv.data() + i * hd);
 }
 
 }  // namespace dsv4

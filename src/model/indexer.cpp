@@ -30,8 +30,12 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
       kernels::fp4_fake_quant(qh, hd, 32);
     }
 
-  compressor_forward(ctx, w.compressor, state.index_compressor, pos, n, x, &state.index_keys);
-  const int64_t total = static_cast<int64_t>(state.index_keys.size()) / hd;
+  // The keys come out of the compressor Hadamard-rotated, bf16 and
+  // fp4_fake_quant'ed per 32: the FP4 cache holds them exactly.
+  std::vector<float> new_keys;
+  compressor_forward(ctx, w.compressor, state.index_compressor, pos, n, x, &new_keys);
+  state.append_index_keys(new_keys);
+  const int64_t total = state.num_index_keys();
 
   // Head weights: bf16 linear, then the bf16 product with hd^-0.5 · heads^-0.5.
   std::vector<float> hw(n * heads);
@@ -45,31 +49,63 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
   sel.width = std::min<int64_t>(cfg.index_topk, total);
   sel.entries.assign(n * sel.width, -1);
   sel.scores.assign(n * sel.width, 0.0f);
-  const float* keys = state.index_keys.data();
-  parallel_for(n, [&](int64_t i0, int64_t i1, int) {
-    std::vector<float> score;
-    for (int64_t i = i0; i < i1; ++i) {
-      const int64_t visible = std::min(total, (pos + i + 1) / ratio);
-      score.assign(visible, 0.0f);
-      for (int64_t j = 0; j < visible; ++j) {
-        // I[t, j] = Σ_h w[t, h]·relu(q[t, h]·K[j]); each einsum result and
-        // product is bf16, the head sum accumulates in fp32 and rounds once.
+
+  // Scores of entries [j0, j1) for query i, into score[j0..j1). Keys are
+  // decoded from the FP4 cache a block at a time. I[t, j] = Σ_h w[t, h]·
+  // relu(q[t, h]·K[j]); each einsum result and product is bf16, the head sum
+  // accumulates in fp32 and rounds once. Every score depends on its entry
+  // only, so any split of the entries gives the same scores.
+  constexpr int64_t kKeyBlock = 64;
+  auto score_entries = [&](int64_t i, int64_t j0, int64_t j1, float* score) {
+    std::vector<float> keys(kKeyBlock * hd);
+    for (int64_t b0 = j0; b0 < j1; b0 += kKeyBlock) {
+      const int64_t b1 = std::min(j1, b0 + kKeyBlock);
+      for (int64_t j = b0; j < b1; ++j) state.index_key(j, keys.data() + (j - b0) * hd);
+      for (int64_t j = b0; j < b1; ++j) {
+        const float* k = keys.data() + (j - b0) * hd;
         float sum = 0;
         for (int64_t h = 0; h < heads; ++h) {
           const float* qh = q.data() + (i * heads + h) * hd;
-          const float* k = keys + j * hd;
           const float dot = kernels::bf16_round(static_cast<float>(kernels::dot_f64(qh, k, hd)));
           sum += kernels::bf16_round(std::max(dot, 0.0f) * hw[i * heads + h]);
         }
         score[j] = kernels::bf16_round(sum);
       }
-      const std::vector<int32_t> best = kernels::topk(score.data(), visible, sel.width);
-      for (size_t r = 0; r < best.size(); ++r) {
-        sel.entries[i * sel.width + r] = best[r];
-        sel.scores[i * sel.width + r] = score[best[r]];
-      }
     }
-  });
+  };
+  // Top-k of query i's scores (ties: the lower entry, as kernels::topk does).
+  auto select = [&](int64_t i, const std::vector<float>& score, int64_t visible) {
+    const std::vector<int32_t> best = kernels::topk(score.data(), visible, sel.width);
+    for (size_t r = 0; r < best.size(); ++r) {
+      sel.entries[i * sel.width + r] = best[r];
+      sel.scores[i * sel.width + r] = score[best[r]];
+    }
+  };
+  auto visible_to = [&](int64_t i) { return std::min(total, (pos + i + 1) / ratio); };
+
+  if (n >= ThreadPool::global().num_threads()) {
+    // A prefill chunk: queries in parallel, each scoring its entries in order.
+    parallel_for(n, [&](int64_t i0, int64_t i1, int) {
+      std::vector<float> score;
+      for (int64_t i = i0; i < i1; ++i) {
+        score.assign(visible_to(i), 0.0f);
+        score_entries(i, 0, visible_to(i), score.data());
+        select(i, score, visible_to(i));
+      }
+    });
+  } else {
+    // Decode (a token or a few): at long context scoring every entry
+    // dominates the step, so the entries are split across the threads.
+    std::vector<float> score;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t visible = visible_to(i);
+      score.assign(visible, 0.0f);
+      parallel_for(
+          visible, [&](int64_t j0, int64_t j1, int) { score_entries(i, j0, j1, score.data()); },
+          4 * kKeyBlock);
+      select(i, score, visible);
+    }
+  }
   return sel;
 }
 

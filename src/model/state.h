@@ -2,13 +2,16 @@
 // A fresh state equals a freshly built reference model (zero caches,
 // compressor kv states 0 and score states −inf). States are plain values:
 // copying one snapshots a sequence (for prefix caching / forking), and any
-// number of them can exist for one Model.
+// number of them can exist for one Model. A copy shares the full pages of
+// the compressed caches (immutable) and copies the rest: the window rings,
+// the compressor states and each cache's partial last page.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "model/config.h"
+#include "model/kv_cache.h"
 
 namespace dsv4 {
 
@@ -22,23 +25,36 @@ struct CompressorState {
   void reset(int64_t num_slots, int64_t row_width);
 };
 
+// The caches of one layer, stored as the production layout does (spec §6.3,
+// model/kv_cache.h): main KV rows packed (FP8 NoPE + BF16 RoPE + UE8M0
+// scales), indexer keys FP4; compressed rows and keys in shared pages.
+// Packing is lossless: the forward caches values already on those grids.
 struct LayerState {
   int64_t head_dim = 0;
+  KvRowLayout kv_layout;
   // Raw KV rows of the last `window` positions; position p lives in slot p % window.
   int64_t window = 0;
-  std::vector<float> window_kv;  // [window, head_dim]
+  std::vector<uint8_t> window_kv;  // [window, kv_layout.bytes]
   // Compressed KV entries (entry j pools positions [j·ratio, (j+1)·ratio)).
   int64_t ratio = 0;
-  std::vector<float> compressed_kv;  // [n_compressed, head_dim]
+  PagedRows compressed_kv;  // rows of kv_layout.bytes
   CompressorState compressor;
   // CSA only: the indexer's compressed keys and their compressor.
   int64_t index_head_dim = 0;
-  std::vector<float> index_keys;  // [n_compressed, index_head_dim]
+  Fp4KeyLayout key_layout;
+  PagedRows index_keys;  // rows of key_layout.bytes
   CompressorState index_compressor;
 
-  int64_t num_compressed() const {
-    return head_dim ? static_cast<int64_t>(compressed_kv.size()) / head_dim : 0;
-  }
+  int64_t num_compressed() const { return compressed_kv.size(); }
+  int64_t num_index_keys() const { return index_keys.size(); }
+
+  // Float views (head_dim / index_head_dim values per row).
+  void store_window_row(int64_t pos, const float* row);
+  void window_row(int64_t pos, float* row) const;
+  void append_compressed(const std::vector<float>& rows);  // [k, head_dim]
+  void compressed_row(int64_t j, float* row) const;
+  void append_index_keys(const std::vector<float>& keys);  // [k, index_head_dim]
+  void index_key(int64_t j, float* key) const;
 };
 
 // How the current forward call relates to the reference's calls. The

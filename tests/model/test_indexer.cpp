@@ -42,10 +42,11 @@ TEST_F(IndexerTest, EqualScoresGoToTheLowerEntry) {
   LayerState st = make_layer_state(cfg, layer_);
   // 3·topk identical keys: every one of them scores the same for any query.
   const int64_t copies = 3 * cfg.index_topk, hd = cfg.index_head_dim;
-  std::vector<float> key(hd);
-  for (int64_t c = 0; c < hd; ++c) key[c] = (c % 3 == 0) ? 0.5f : -0.25f;
+  // (Values on the FP4 grid of their 32-dim blocks: 0.5 = 4·2^-3, −0.25 = −2·2^-3.)
+  std::vector<float> keys;
   for (int64_t i = 0; i < copies; ++i)
-    st.index_keys.insert(st.index_keys.end(), key.begin(), key.end());
+    for (int64_t c = 0; c < hd; ++c) keys.push_back((c % 3 == 0) ? 0.5f : -0.25f);
+  st.append_index_keys(keys);
   // One query at the position that completes entry `copies` (one more key).
   const int64_t pos = (copies + 1) * 4 - 1;
   const IndexerSelection sel =
@@ -77,7 +78,7 @@ TEST_F(IndexerTest, QueriesSeeOnlyCompletedEntries) {
     std::copy(qr_.begin(), qr_.end(), qr.begin() + i * cfg.q_lora_rank);
   }
   const IndexerSelection sel = indexer_forward(model_->context(), w, st, 0, n, x.data(), qr.data());
-  EXPECT_EQ(static_cast<int64_t>(st.index_keys.size()), n / 4 * cfg.index_head_dim);
+  EXPECT_EQ(st.num_index_keys(), n / 4);
   EXPECT_EQ(sel.width, std::min<int64_t>(cfg.index_topk, n / 4));
   for (int64_t t = 0; t < n; ++t) {
     const int64_t visible = (t + 1) / 4;

@@ -61,6 +61,14 @@ class StateTest : public ::testing::Test {
 };
 std::unique_ptr<Model> StateTest::model_;
 
+// The bytes of every row of a paged store, in order.
+std::vector<uint8_t> all_rows(const PagedRows& rows) {
+  std::vector<uint8_t> out;
+  for (int64_t j = 0; j < rows.size(); ++j)
+    out.insert(out.end(), rows.row(j), rows.row(j) + rows.row_bytes());
+  return out;
+}
+
 double rel_l2(const std::vector<float>& a, const std::vector<float>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < a.size(); ++i) {
@@ -81,8 +89,12 @@ TEST_F(StateTest, ChunkedPrefillOfAKnownPromptIsBitIdentical) {
     EXPECT_EQ(chunked, whole);
     for (size_t l = 0; l < whole_state.layers.size(); ++l) {
       EXPECT_EQ(chunked_state.layers[l].window_kv, whole_state.layers[l].window_kv) << l;
-      EXPECT_EQ(chunked_state.layers[l].compressed_kv, whole_state.layers[l].compressed_kv) << l;
-      EXPECT_EQ(chunked_state.layers[l].index_keys, whole_state.layers[l].index_keys) << l;
+      EXPECT_EQ(all_rows(chunked_state.layers[l].compressed_kv),
+                all_rows(whole_state.layers[l].compressed_kv))
+          << l;
+      EXPECT_EQ(all_rows(chunked_state.layers[l].index_keys),
+                all_rows(whole_state.layers[l].index_keys))
+          << l;
       EXPECT_EQ(chunked_state.layers[l].compressor.kv, whole_state.layers[l].compressor.kv) << l;
       EXPECT_EQ(chunked_state.layers[l].compressor.score, whole_state.layers[l].compressor.score);
     }
@@ -150,13 +162,15 @@ TEST_F(StateTest, WindowRingHoldsTheLastWindowPositions) {
   // Fed one token at a time, slot p % window was written last by position p.
   run(p, {}, 1, true, &st2);
   const int64_t w = model_->config().window_size, hd = model_->config().head_dim;
+  std::vector<float> row(hd);
   for (size_t l = 0; l < st.layers.size(); ++l) {
-    ASSERT_EQ(st.layers[l].window_kv.size(), static_cast<size_t>(w * hd));
+    ASSERT_EQ(st.layers[l].window_kv.size(), static_cast<size_t>(w * st.layers[l].kv_layout.bytes));
     EXPECT_EQ(st.layers[l].window_kv, st2.layers[l].window_kv);
     // A slot is non-zero once any position reached it.
     for (int64_t s = 0; s < w; ++s) {
+      st.layers[l].window_row(s, row.data());
       double norm = 0;
-      for (int64_t c = 0; c < hd; ++c) norm += std::fabs(st.layers[l].window_kv[s * hd + c]);
+      for (int64_t c = 0; c < hd; ++c) norm += std::fabs(row[c]);
       EXPECT_GT(norm, 0) << "layer " << l << " slot " << s;
     }
   }
@@ -176,16 +190,16 @@ TEST_F(StateTest, CompressorStateCarriesAcrossCalls) {
     for (float& v : x) v = kernels::bf16_round(d(rng));
     const LayerState fresh = make_layer_state(cfg, static_cast<int64_t>(layer));
     LayerState whole = fresh, steps = fresh;
-    compressor_forward(ctx, a.compressor, whole.compressor, 0, n, x.data(), &whole.compressed_kv);
+    std::vector<float> whole_rows, step_rows;
+    compressor_forward(ctx, a.compressor, whole.compressor, 0, n, x.data(), &whole_rows);
     for (int64_t i = 0; i < n;) {  // uneven chunks: 1, 2, 3, ...
       const int64_t len = std::min<int64_t>(n - i, 1 + i % 3);
       compressor_forward(ctx, a.compressor, steps.compressor, i, len, x.data() + i * cfg.dim,
-                         &steps.compressed_kv);
+                         &step_rows);
       i += len;
     }
-    EXPECT_EQ(whole.compressed_kv.size(),
-              static_cast<size_t>(n / a.compressor.ratio * cfg.head_dim));
-    EXPECT_EQ(steps.compressed_kv, whole.compressed_kv);
+    EXPECT_EQ(whole_rows.size(), static_cast<size_t>(n / a.compressor.ratio * cfg.head_dim));
+    EXPECT_EQ(step_rows, whole_rows);
     EXPECT_EQ(steps.compressor.kv, whole.compressor.kv);
     EXPECT_EQ(steps.compressor.score, whole.compressor.score);
   }

@@ -137,23 +137,30 @@ TEST(Roofline, KvBytesReadPerDecodeStepFollowTheAttentionPaths) {
   // Context 1024. Window layer: 16 rows. CSA: 256 keys scored, 16 + 8 rows.
   // HCA: 16 + 1024/128 rows.
   KvReadBytes k = kv_read_bytes_per_token(cfg, 1024);
-  EXPECT_EQ(k.state, 16 * 2048 + 2 * (24 * 2048 + 256 * 512) + 24 * 2048);
+  // The state stores the packed layout: both figures are the §6.3 sizes.
+  EXPECT_EQ(k.state, 16 * 584 + 2 * (24 * 584 + 256 * 68) + 24 * 584);
   EXPECT_EQ(k.spec, 16 * 584 + 2 * (24 * 584 + 256 * 68) + 24 * 584);
   // Context 10: 10 window rows; CSA 2 keys and 2 rows; HCA no compressed row yet.
   k = kv_read_bytes_per_token(cfg, 10);
-  EXPECT_EQ(k.state, 10 * 2048 + 2 * (12 * 2048 + 2 * 512) + 10 * 2048);
+  EXPECT_EQ(k.state, 10 * 584 + 2 * (12 * 584 + 2 * 68) + 10 * 584);
   EXPECT_EQ(k.spec, 10 * 584 + 2 * (12 * 584 + 2 * 68) + 10 * 584);
 }
 
 // Compressed rows / indexer keys a real prefill of p tokens leaves, counted
-// from the config: floor(p / ratio) per compressed layer, fp32 values.
+// from the config: floor(p / ratio) per compressed layer, in the §6.3 packed
+// layout: a row holds the NoPE dims as FP8 + the RoPE dims as BF16 + one
+// scale byte per 64 NoPE dims (padded to 8 bytes); a key is FP4 + one scale
+// byte per 32 dims.
 uint64_t expected_growing_bytes(const ModelConfig& cfg, int64_t p) {
   uint64_t b = 0;
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
     const int64_t r = cfg.ratio(i);
     if (r == 0) continue;
-    b += static_cast<uint64_t>(p / r) * cfg.head_dim * 4;
-    if (r == 4) b += static_cast<uint64_t>(p / r) * cfg.index_head_dim * 4;
+    const int64_t nope = cfg.head_dim - cfg.rope_head_dim;
+    const int64_t row = nope + 2 * cfg.rope_head_dim + ((nope + 63) / 64 + 7) / 8 * 8;
+    const int64_t key = cfg.index_head_dim / 2 + (cfg.index_head_dim + 31) / 32;
+    b += static_cast<uint64_t>(p / r * row);
+    if (r == 4) b += static_cast<uint64_t>(p / r * key);
   }
   return b;
 }
@@ -200,12 +207,20 @@ TEST(Roofline, RepeatedContextHasTheCachesOfARealPrefill) {
     EXPECT_EQ(a.window_kv, f.window_kv) << l;
     EXPECT_EQ(a.compressor.kv, f.compressor.kv) << l;
     EXPECT_EQ(a.index_compressor.kv, f.index_compressor.kv) << l;
-    // Extended rows repeat the filled ones.
+    // Extended rows and keys repeat the filled ones.
     const int64_t n = f.num_compressed();
-    for (int64_t j = 0; j < a.num_compressed(); ++j)
-      for (int64_t d = 0; d < a.head_dim; ++d)
-        ASSERT_EQ(a.compressed_kv[j * a.head_dim + d], f.compressed_kv[(j % n) * a.head_dim + d])
-            << "layer " << l << " row " << j;
+    std::vector<float> got(a.head_dim), want(a.head_dim);
+    for (int64_t j = 0; j < a.num_compressed(); ++j) {
+      a.compressed_row(j, got.data());
+      f.compressed_row(j % n, want.data());
+      ASSERT_EQ(got, want) << "layer " << l << " row " << j;
+    }
+    std::vector<float> got_key(a.index_head_dim), want_key(a.index_head_dim);
+    for (int64_t j = 0; j < a.num_index_keys(); ++j) {
+      a.index_key(j, got_key.data());
+      f.index_key(j % f.num_index_keys(), want_key.data());
+      ASSERT_EQ(got_key, want_key) << "layer " << l << " key " << j;
+    }
   }
   // A decode step runs on the extended state and yields finite logits.
   const int32_t next = 3;
