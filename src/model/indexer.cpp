@@ -50,47 +50,52 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
   sel.entries.assign(n * sel.width, -1);
   sel.scores.assign(n * sel.width, 0.0f);
 
-  // Scores of entries [j0, j1) for query i, into score[j0..j1). Keys are
-  // decoded from the FP4 cache a block at a time. I[t, j] = Σ_h w[t, h]·
+  auto visible_to = [&](int64_t i) { return std::min(total, (pos + i + 1) / ratio); };
+  // Scores of queries [i0, i1) for entries [j0, j1) that each can see, query
+  // i's row at score + (i − i0)·stride. Keys are decoded from the FP4 cache a
+  // block at a time, once for all the queries. I[t, j] = Σ_h w[t, h]·
   // relu(q[t, h]·K[j]); each einsum result and product is bf16, the head sum
-  // accumulates in fp32 and rounds once. Every score depends on its entry
-  // only, so any split of the entries gives the same scores.
-  constexpr int64_t kKeyBlock = 64;
-  auto score_entries = [&](int64_t i, int64_t j0, int64_t j1, float* score) {
+  // accumulates in fp32 and rounds once. Every score depends on its query and
+  // entry only, so any split of the work gives the same scores.
+  constexpr int64_t kKeyBlock = 64, kQueryBlock = 16;
+  auto score_block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* score,
+                         int64_t stride) {
     std::vector<float> keys(kKeyBlock * hd);
     for (int64_t b0 = j0; b0 < j1; b0 += kKeyBlock) {
       const int64_t b1 = std::min(j1, b0 + kKeyBlock);
       for (int64_t j = b0; j < b1; ++j) state.index_key(j, keys.data() + (j - b0) * hd);
-      for (int64_t j = b0; j < b1; ++j) {
-        const float* k = keys.data() + (j - b0) * hd;
-        float sum = 0;
-        for (int64_t h = 0; h < heads; ++h) {
-          const float* qh = q.data() + (i * heads + h) * hd;
-          const float dot = kernels::bf16_round(static_cast<float>(kernels::dot_f64(qh, k, hd)));
-          sum += kernels::bf16_round(std::max(dot, 0.0f) * hw[i * heads + h]);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = b0; j < std::min(b1, visible_to(i)); ++j) {
+          const float* k = keys.data() + (j - b0) * hd;
+          float sum = 0;
+          for (int64_t h = 0; h < heads; ++h) {
+            const float* qh = q.data() + (i * heads + h) * hd;
+            const float dot = kernels::bf16_round(static_cast<float>(kernels::dot_f64(qh, k, hd)));
+            sum += kernels::bf16_round(std::max(dot, 0.0f) * hw[i * heads + h]);
+          }
+          score[(i - i0) * stride + j] = kernels::bf16_round(sum);
         }
-        score[j] = kernels::bf16_round(sum);
-      }
     }
   };
   // Top-k of query i's scores (ties: the lower entry, as kernels::topk does).
-  auto select = [&](int64_t i, const std::vector<float>& score, int64_t visible) {
-    const std::vector<int32_t> best = kernels::topk(score.data(), visible, sel.width);
+  auto select = [&](int64_t i, const float* score) {
+    const std::vector<int32_t> best = kernels::topk(score, visible_to(i), sel.width);
     for (size_t r = 0; r < best.size(); ++r) {
       sel.entries[i * sel.width + r] = best[r];
       sel.scores[i * sel.width + r] = score[best[r]];
     }
   };
-  auto visible_to = [&](int64_t i) { return std::min(total, (pos + i + 1) / ratio); };
 
   if (n >= ThreadPool::global().num_threads()) {
-    // A prefill chunk: queries in parallel, each scoring its entries in order.
+    // A prefill chunk: queries in parallel, in blocks that share key decodes.
     parallel_for(n, [&](int64_t i0, int64_t i1, int) {
       std::vector<float> score;
-      for (int64_t i = i0; i < i1; ++i) {
-        score.assign(visible_to(i), 0.0f);
-        score_entries(i, 0, visible_to(i), score.data());
-        select(i, score, visible_to(i));
+      for (int64_t b0 = i0; b0 < i1; b0 += kQueryBlock) {
+        const int64_t b1 = std::min(i1, b0 + kQueryBlock);
+        const int64_t stride = visible_to(b1 - 1);  // the block's last query sees the most
+        score.assign((b1 - b0) * stride, 0.0f);
+        score_block(b0, b1, 0, stride, score.data(), stride);
+        for (int64_t i = b0; i < b1; ++i) select(i, score.data() + (i - b0) * stride);
       }
     });
   } else {
@@ -98,12 +103,12 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
     // dominates the step, so the entries are split across the threads.
     std::vector<float> score;
     for (int64_t i = 0; i < n; ++i) {
-      const int64_t visible = visible_to(i);
-      score.assign(visible, 0.0f);
+      score.assign(visible_to(i), 0.0f);
       parallel_for(
-          visible, [&](int64_t j0, int64_t j1, int) { score_entries(i, j0, j1, score.data()); },
+          visible_to(i),
+          [&](int64_t j0, int64_t j1, int) { score_block(i, i + 1, j0, j1, score.data(), 0); },
           4 * kKeyBlock);
-      select(i, score, visible);
+      select(i, score.data());
     }
   }
   return sel;

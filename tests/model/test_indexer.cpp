@@ -5,6 +5,7 @@
 #include <memory>
 #include <random>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "golden_checks.h"
@@ -12,6 +13,7 @@
 #include "model/indexer.h"
 #include "model/model.h"
 #include "model/state.h"
+#include "util/threadpool.h"
 
 namespace dsv4 {
 namespace {
@@ -91,6 +93,52 @@ TEST_F(IndexerTest, QueriesSeeOnlyCompletedEntries) {
     }
     EXPECT_EQ(static_cast<int64_t>(chosen.size()), std::min(visible, sel.width)) << "query " << t;
   }
+}
+
+// Scoring is split across threads (over entries for a decode step, over
+// queries for a prefill chunk): the selection must not depend on the split.
+TEST_F(IndexerTest, SelectionDoesNotDependOnTheThreadCount) {
+  const ModelConfig& cfg = model_->config();
+  const IndexerWeights& w = model_->weights().layers[layer_].attn.indexer;
+  LayerState st = make_layer_state(cfg, layer_);
+  // 1500 random keys on the FP4 grid, a quarter of them repeats (ties).
+  const int64_t hd = cfg.index_head_dim, n_keys = 1500;
+  std::mt19937 rng(4);
+  std::normal_distribution<float> d;
+  std::vector<float> keys(n_keys * hd);
+  for (int64_t j = 0; j < n_keys; ++j) {
+    float* k = keys.data() + j * hd;
+    if (j % 4 == 3) {
+      std::copy_n(keys.data() + (j / 2) * hd, hd, k);
+      continue;
+    }
+    for (int64_t c = 0; c < hd; ++c) k[c] = kernels::bf16_round(d(rng));
+    kernels::fp4_fake_quant(k, hd, 32);
+  }
+  st.append_index_keys(keys);
+  const int64_t pos = n_keys * 4;  // queries from here see all n_keys keys
+  const int64_t n = 5;
+  std::vector<float> x(n * cfg.dim), qr(n * cfg.q_lora_rank);
+  for (float& v : x) v = kernels::bf16_round(d(rng));
+  for (float& v : qr) v = kernels::bf16_round(d(rng));
+  auto run = [&](int threads, int64_t count) {
+    ThreadPool::set_global_threads(threads);
+    LayerState copy = st;
+    return indexer_forward(model_->context(), w, copy, pos, count, x.data(), qr.data());
+  };
+  // Decode steps (one query, entries split) and a chunk of n queries.
+  const IndexerSelection one = run(1, 1), many = run(4, 1);
+  EXPECT_EQ(one.entries, many.entries);
+  EXPECT_EQ(one.scores, many.scores);
+  const IndexerSelection chunk1 = run(1, n), chunk3 = run(3, n), chunk8 = run(8, n);
+  EXPECT_EQ(chunk1.entries, chunk3.entries);  // 3 threads: 5 queries split across them
+  EXPECT_EQ(chunk1.entries, chunk8.entries);  // 8 threads: entries split, per query
+  EXPECT_EQ(chunk1.scores, chunk8.scores);
+  // The first query of the chunk is the single decode step's query.
+  ASSERT_EQ(chunk1.width, one.width);
+  EXPECT_EQ(std::vector<int32_t>(chunk1.entries.begin(), chunk1.entries.begin() + one.width),
+            one.entries);
+  ThreadPool::set_global_threads(static_cast<int>(std::thread::hardware_concurrency()));
 }
 
 }  // namespace
