@@ -20,6 +20,18 @@ class ModelSequence {
   // [vocab_size] that follow the last of them.
   virtual void forward(std::span<const int32_t> tokens, std::vector<float>* last_logits) = 0;
   virtual int64_t position() const = 0;  // number of tokens fed so far
+
+  // Prefix caching (engine/prefix_cache.h). A model that cannot snapshot its
+  // sequences returns nullptr from clone(), and the cache stays empty.
+  // clone(): an independent copy of this sequence (a snapshot to keep, or a
+  // snapshot's copy to continue); must be safe to call on a const snapshot
+  // from several threads at once.
+  virtual std::unique_ptr<ModelSequence> clone() const { return nullptr; }
+  // The length of the prompt this sequence is about to prefill, in one call
+  // or in chunks, so that chunks compute what one whole-prompt call would.
+  virtual void set_prompt_length(int64_t /*tokens*/) {}
+  // Bytes this sequence holds (an upper bound; the cache's memory budget).
+  virtual uint64_t memory_bytes() const { return 0; }
 };
 
 class LanguageModel {
@@ -28,6 +40,14 @@ class LanguageModel {
   virtual int vocab_size() const = 0;
   virtual int64_t context_length() const = 0;
   virtual std::unique_ptr<ModelSequence> new_sequence() const = 0;
+
+  // Prefix caching: a snapshot taken at position p (a multiple of
+  // snapshot_granularity()) while prefilling a prompt of length L can
+  // continue a prompt of length L' exactly (bit for bit as a cold prefill of
+  // L') when prefix_class(L) == prefix_class(L'). The cache keeps classes
+  // apart. 0 granularity: the model cannot be snapshotted.
+  virtual int64_t snapshot_granularity() const { return 0; }
+  virtual int64_t prefix_class(int64_t /*prompt_length*/) const { return 0; }
 };
 
 // Incremental detokenizer of one generation: push returns the text that is

@@ -27,9 +27,22 @@ const char* finish_reason_name(FinishReason reason) {
   return "unknown";
 }
 
+bool prefix_cache_usable(const LanguageModel& model, const PrefixCache* cache) {
+  const int64_t granularity = model.snapshot_granularity();
+  return cache && cache->enabled() && granularity > 0 &&
+         cache->options().block_tokens % granularity == 0;
+}
+
+int64_t cached_prompt_tokens(const LanguageModel& model, const PrefixCache* cache,
+                             const GenerationRequest& request) {
+  if (!prefix_cache_usable(model, cache) || request.prompt.empty()) return 0;
+  const int64_t n = static_cast<int64_t>(request.prompt.size());
+  return cache->probe(request.prompt, n - 1, request.cache_space, model.prefix_class(n));
+}
+
 void generate(const LanguageModel& model, const Detokenizer& detok,
               const GenerationRequest& request, const std::atomic<bool>& cancelled,
-              const EventSink& emit) {
+              const EventSink& emit, PrefixCache* cache) {
   GenerationEvent ev;
   ev.prompt_tokens = static_cast<int64_t>(request.prompt.size());
   auto finish = [&](FinishReason reason, std::string error = {}) {
@@ -59,9 +72,33 @@ void generate(const LanguageModel& model, const Detokenizer& detok,
   std::vector<float> logits;
 
   if (cancelled.load()) return finish(FinishReason::kCancelled);
+  int64_t cache_hit = 0;
   try {
-    seq = model.new_sequence();
-    seq->forward(request.prompt, &logits);
+    const int64_t n = static_cast<int64_t>(request.prompt.size());
+    const bool use_cache = prefix_cache_usable(model, cache);
+    const int64_t prefix_class = use_cache ? model.prefix_class(n) : 0;
+    if (use_cache) {
+      PrefixCache::Hit hit =
+          cache->lookup(request.prompt, n - 1, request.cache_space, prefix_class);
+      if (hit.sequence) {
+        seq = std::move(hit.sequence);
+        cache_hit = hit.tokens;
+      }
+    }
+    if (!seq) seq = model.new_sequence();
+    // Chunks at the snapshot points compute what one whole-prompt call would.
+    seq->set_prompt_length(n);
+    int64_t pos = cache_hit;
+    const std::span<const int32_t> prompt(request.prompt);
+    if (use_cache)
+      for (int64_t point : cache->snapshot_points(n)) {
+        if (point <= pos) continue;
+        seq->forward(prompt.subspan(pos, point - pos), point == n ? &logits : nullptr);
+        pos = point;
+        cache->insert(prompt.first(point), request.cache_space, prefix_class, *seq);
+        if (cancelled.load()) return finish(FinishReason::kCancelled);
+      }
+    if (pos < n) seq->forward(prompt.subspan(pos), &logits);
   } catch (const std::bad_alloc&) {
     return finish(FinishReason::kInsufficientResource, "out of memory during prefill");
   } catch (const std::exception& e) {
@@ -81,6 +118,7 @@ void generate(const LanguageModel& model, const Detokenizer& detok,
     return false;
   };
 
+  ev.prompt_cache_hit_tokens = cache_hit;
   int64_t generated = 0;
   while (true) {
     if (static_cast<int>(logits.size()) != model.vocab_size())
@@ -120,6 +158,7 @@ void generate(const LanguageModel& model, const Detokenizer& detok,
     emit(std::move(ev));
     ev = GenerationEvent{};
     ev.prompt_tokens = static_cast<int64_t>(request.prompt.size());
+    ev.prompt_cache_hit_tokens = cache_hit;
     ev.completion_tokens = generated;
 
     if (cancelled.load()) return finish(FinishReason::kCancelled);

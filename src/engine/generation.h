@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/prefix_cache.h"
 #include "engine/sampling.h"
 
 namespace dsv4::engine {
@@ -34,6 +35,9 @@ struct GenerationRequest {
   std::vector<std::string> stop;                 // stop strings; their text is not returned
   std::vector<int32_t> stop_tokens;              // e.g. EOS; ends generation, text not returned
   std::shared_ptr<LogitsConstraint> constraint;  // optional
+  // Prefix-cache isolation: requests share cached prefixes only within one
+  // space (the server uses the API key and user_id).
+  std::string cache_space;
 };
 
 struct GenerationEvent {
@@ -45,7 +49,8 @@ struct GenerationEvent {
   std::string matched_stop;       // kStop by a stop string: which one
   std::string error;              // kInsufficientResource / kError: why
   int64_t prompt_tokens = 0;
-  int64_t completion_tokens = 0;  // tokens sampled so far, stop tokens included
+  int64_t prompt_cache_hit_tokens = 0;  // of prompt_tokens, served from the prefix cache
+  int64_t completion_tokens = 0;        // tokens sampled so far, stop tokens included
   std::chrono::steady_clock::time_point time;
 };
 
@@ -56,8 +61,17 @@ using EventSink = std::function<void(GenerationEvent&&)>;
 // done = true. `cancelled` is checked before every model step, so a cancel
 // takes effect within one token. Errors of the model during generation end
 // the request with kInsufficientResource instead of propagating.
+// With a prefix cache (optional), the prompt continues the longest cached
+// prefix of it (at most prompt - 1 tokens: the last one is always computed,
+// for its logits) and the prefill leaves snapshots at the cache's points.
+// Whether `cache` can serve `model` (its blocks are whole snapshot units).
+bool prefix_cache_usable(const LanguageModel& model, const PrefixCache* cache);
+// The prompt tokens generate() would serve from `cache` if it ran now.
+int64_t cached_prompt_tokens(const LanguageModel& model, const PrefixCache* cache,
+                             const GenerationRequest& request);
+
 void generate(const LanguageModel& model, const Detokenizer& detok,
               const GenerationRequest& request, const std::atomic<bool>& cancelled,
-              const EventSink& emit);
+              const EventSink& emit, PrefixCache* cache = nullptr);
 
 }  // namespace dsv4::engine

@@ -47,8 +47,8 @@ void RequestHandle::push(GenerationEvent&& ev) {
 }
 
 Scheduler::Scheduler(std::shared_ptr<const LanguageModel> model,
-                     std::shared_ptr<const Detokenizer> detok)
-    : model_(std::move(model)), detok_(std::move(detok)) {
+                     std::shared_ptr<const Detokenizer> detok, std::shared_ptr<PrefixCache> cache)
+    : model_(std::move(model)), detok_(std::move(detok)), cache_(std::move(cache)) {
   worker_ = std::thread([this] { worker_loop(); });
 }
 
@@ -103,10 +103,13 @@ void Scheduler::worker_loop() {
     running_.store(1);
     bool finished = false;
     try {
-      generate(*model_, *detok_, handle->request_, handle->cancelled_, [&](GenerationEvent&& ev) {
-        finished = ev.done;
-        handle->push(std::move(ev));
-      });
+      generate(
+          *model_, *detok_, handle->request_, handle->cancelled_,
+          [&](GenerationEvent&& ev) {
+            finished = ev.done;
+            handle->push(std::move(ev));
+          },
+          cache_.get());
     } catch (const std::exception& e) {
       // A fault outside the model step (e.g. in the detokenizer): end the
       // request with an error rather than leaving its client waiting.

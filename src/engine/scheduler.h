@@ -47,7 +47,9 @@ class RequestHandle {
 
 class Scheduler {
  public:
-  Scheduler(std::shared_ptr<const LanguageModel> model, std::shared_ptr<const Detokenizer> detok);
+  // cache: optional prefix cache shared by every request (may be null).
+  Scheduler(std::shared_ptr<const LanguageModel> model, std::shared_ptr<const Detokenizer> detok,
+            std::shared_ptr<PrefixCache> cache = nullptr);
   ~Scheduler();  // cancels everything and joins the worker
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -58,12 +60,18 @@ class Scheduler {
   size_t running() const { return running_.load(); }
 
   const LanguageModel& model() const { return *model_; }
+  PrefixCache* prefix_cache() const { return cache_.get(); }
+  // Prompt tokens the cache would serve this request now (0 without a cache).
+  int64_t cached_prompt_tokens(const GenerationRequest& request) const {
+    return engine::cached_prompt_tokens(*model_, cache_.get(), request);
+  }
 
  private:
   void worker_loop();
 
   std::shared_ptr<const LanguageModel> model_;
   std::shared_ptr<const Detokenizer> detok_;
+  std::shared_ptr<PrefixCache> cache_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<RequestHandle>> queue_;

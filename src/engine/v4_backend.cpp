@@ -1,18 +1,43 @@
 #include "engine/v4_backend.h"
 
+#include <algorithm>
+#include <numeric>
+
 #include "model/state.h"
 
 namespace dsv4::engine {
 
 namespace {
 
+uint64_t compressor_bytes(const CompressorState& c) {
+  return (c.kv.size() + c.score.size()) * sizeof(float);
+}
+
 class V4Sequence : public ModelSequence {
  public:
   explicit V4Sequence(const Model& model) : model_(model), state_(model.new_sequence()) {}
+  // A SequenceState is a plain value: copying it snapshots the sequence.
+  V4Sequence(const Model& model, const SequenceState& state)
+      : model_(model), state_(std::make_unique<SequenceState>(state)) {}
   void forward(std::span<const int32_t> tokens, std::vector<float>* last_logits) override {
     model_.forward(*state_, tokens, last_logits);
   }
   int64_t position() const override { return state_->pos; }
+  std::unique_ptr<ModelSequence> clone() const override {
+    return std::make_unique<V4Sequence>(model_, *state_);
+  }
+  void set_prompt_length(int64_t tokens) override { state_->frame.prompt_len = tokens; }
+  // The packed caches and the compressor states. Full pages of compressed
+  // rows are shared between copies, and counted in each: an upper bound.
+  uint64_t memory_bytes() const override {
+    uint64_t bytes = sizeof(SequenceState);
+    for (const auto* layers : {&state_->layers, &state_->mtp})
+      for (const LayerState& l : *layers)
+        bytes += l.window_kv.size() + l.compressed_kv.stored_bytes() +
+                 l.index_keys.stored_bytes() + compressor_bytes(l.compressor) +
+                 compressor_bytes(l.index_compressor) + sizeof(LayerState);
+    return bytes;
+  }
 
  private:
   const Model& model_;
@@ -43,6 +68,22 @@ int64_t V4LanguageModel::context_length() const {
 
 std::unique_ptr<ModelSequence> V4LanguageModel::new_sequence() const {
   return std::make_unique<V4Sequence>(*model_);
+}
+
+int64_t V4LanguageModel::snapshot_granularity() const {
+  // Which query rows get the reference's exact (vectorised) per-head norm
+  // depends on the prompt length, in units of 32 (row, head) pairs (see
+  // model/attention.cpp): before a position p with p * n_heads a multiple
+  // of 32 the choice is the same for every prompt of length >= p.
+  const int64_t heads = model_->config().n_heads;
+  return 32 / std::gcd<int64_t, int64_t>(heads, 32);
+}
+
+int64_t V4LanguageModel::prefix_class(int64_t prompt_length) const {
+  // The window section of a prompt's index lists is min(L, window) wide,
+  // which moves the attention's 64-entry tile boundaries: prompts at least a
+  // window long all agree.
+  return std::min<int64_t>(prompt_length, model_->config().window_size);
 }
 
 std::unique_ptr<TextStream> TokenizerDetokenizer::new_stream() const {

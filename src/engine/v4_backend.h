@@ -17,6 +17,8 @@ class V4LanguageModel : public LanguageModel {
   // config.json's max_position_embeddings.
   int64_t context_length() const override;
   std::unique_ptr<ModelSequence> new_sequence() const override;
+  int64_t snapshot_granularity() const override;
+  int64_t prefix_class(int64_t prompt_length) const override;
   const Model& model() const { return *model_; }
 
  private:
