@@ -143,8 +143,8 @@ double* thread_scratch(int64_t n, int slot) {
   struct Free {
     void operator()(double* p) const { std::free(p); }
   };
-  thread_local std::unique_ptr<double, Free> buffer[2];
-  thread_local int64_t capacity[2] = {0, 0};
+  thread_local std::unique_ptr<double, Free> buffer[3];
+  thread_local int64_t capacity[3] = {0, 0, 0};
   if (n > capacity[slot]) {
     const size_t bytes = (static_cast<size_t>(n) * sizeof(double) + 63) / 64 * 64;
     buffer[slot].reset(static_cast<double*>(std::aligned_alloc(64, bytes)));

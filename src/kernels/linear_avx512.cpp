@@ -725,6 +725,110 @@ constexpr BlockFn kBlocks[kMI][kNR] = {
 
 }  // namespace
 
+// ---- Small batches (2 ≤ m ≤ 8), FP8 with E8M0 scales. ----
+//
+// Routed experts see a handful of tokens each even in a long prefill, so
+// small m is common. Here the weights are decoded in registers as in the
+// matrix-vector path (codes straight to doubles, activations pre-scaled by
+// 2^600, scale applied to the exact tile sum) and each decoded group is
+// applied to every activation row: one accumulator per (activation row,
+// weight row) pair, exact in any order.
+constexpr int kSmallMaxM = 8;
+constexpr int kSmallRows = 2;
+
+template <int MI, int NR>
+void small_fp8_rows(const LinearTask& t, int64_t r, const double* xs, int64_t ld) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, scale_cols = (in + 127) / 128;
+  const uint8_t* rows[NR];
+  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * in;
+  const uint8_t* scale_bytes = static_cast<const uint8_t*>(w.scale);
+  float result[MI][NR] = {};
+  for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += 128) {
+    const int64_t end = std::min<int64_t>(in, k0 + 128);
+    __m512d acc[MI][NR];
+    for (int i = 0; i < MI; ++i)
+      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_pd();
+    for (int64_t k = k0; k < end; k += kGroup) {
+      __m512d w_lo[NR], w_hi[NR];
+      if (k + kGroup <= end) {
+        for (int j = 0; j < NR; ++j) {
+          w_lo[j] =
+              fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k)));
+          w_hi[j] = fp8_codes_to_doubles(
+              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k + 8)));
+        }
+      } else {  // partial last group: masked load, code 0 (= +0) past the end
+        const __mmask16 mask = static_cast<__mmask16>((1u << (end - k)) - 1);
+        for (int j = 0; j < NR; ++j) {
+          const __m128i c = _mm_maskz_loadu_epi8(mask, rows[j] + k);
+          w_lo[j] = fp8_codes_to_doubles(c);
+          w_hi[j] = fp8_codes_to_doubles(_mm_srli_si128(c, 8));
+        }
+      }
+      for (int i = 0; i < MI; ++i) {
+        const __m512d x_lo = _mm512_load_pd(xs + i * ld + k);
+        const __m512d x_hi = _mm512_load_pd(xs + i * ld + k + 8);
+        for (int j = 0; j < NR; ++j)
+          acc[i][j] = _mm512_fmadd_pd(x_hi, w_hi[j], _mm512_fmadd_pd(x_lo, w_lo[j], acc[i][j]));
+      }
+    }
+    // Horizontal sums (any order: exact), eight pairs per reduce8.
+    alignas(64) double sums[16];
+    __m512d v[8];
+    for (int half = 0; half * 8 < MI * NR; ++half) {
+      for (int p = 0; p < 8; ++p) {
+        const int q = half * 8 + p;
+        v[p] = q < MI * NR ? acc[q / NR][q % NR] : _mm512_setzero_pd();
+      }
+      _mm512_store_pd(sums + half * 8, reduce8(v));
+    }
+    for (int j = 0; j < NR; ++j) {
+      const uint8_t e = scale_bytes[((r + j) / 128) * scale_cols + b];
+      const double s = std::ldexp(1.0, static_cast<int>(e) - 127 + kTileShift);
+      for (int i = 0; i < MI; ++i) result[i][j] += static_cast<float>(sums[i * NR + j] * s);
+    }
+  }
+  for (int i = 0; i < MI; ++i)
+    for (int j = 0; j < NR; ++j)
+      t.y[i * t.ldy + (r + j - t.row_begin)] =
+          t.round_bf16 ? bf16_round(result[i][j]) : result[i][j];
+}
+
+template <int MI>
+void small_fp8(const LinearTask& t, int64_t r0, int64_t r1, const double* xs, int64_t ld) {
+  const uint8_t* scale_bytes = static_cast<const uint8_t*>(t.w->scale);
+  const int64_t scale_cols = (t.w->in + 127) / 128;
+  for (int64_t r = r0; r < r1; r += kSmallRows) {
+    const int64_t nr = std::min<int64_t>(kSmallRows, r1 - r);
+    // A huge or NaN scale anywhere in these rows: the float-decode path.
+    bool exact = true;
+    for (int64_t j = 0; j < nr; ++j)
+      for (int64_t b = 0; b < scale_cols; ++b)
+        exact = exact && scale_bytes[((r + j) / 128) * scale_cols + b] <= kMaxFoldedFp8Scale;
+    if (!exact) {
+      quant_gemm(t, r, r + nr);
+    } else if (nr == 2) {
+      small_fp8_rows<MI, 2>(t, r, xs, ld);
+    } else {
+      small_fp8_rows<MI, 1>(t, r, xs, ld);
+    }
+  }
+}
+
+void small_fp8_batch(const LinearTask& t, int64_t r0, int64_t r1) {
+  const int64_t ld = padded_in(t.w->in);
+  double* xs = thread_scratch(t.m * ld, 2);  // quant_gemm (the fallback) uses slots 0 and 1
+  const __m512d shift = _mm512_set1_pd(std::ldexp(1.0, kXShift));
+  for (int64_t k = 0; k < t.m * ld; k += 8)
+    _mm512_store_pd(xs + k, _mm512_mul_pd(_mm512_load_pd(t.xd + k), shift));
+  using SmallFn = void (*)(const LinearTask&, int64_t, int64_t, const double*, int64_t);
+  static constexpr SmallFn kBatches[kSmallMaxM + 1] = {nullptr,      nullptr,      small_fp8<2>,
+                                                       small_fp8<3>, small_fp8<4>, small_fp8<5>,
+                                                       small_fp8<6>, small_fp8<7>, small_fp8<8>};
+  kBatches[t.m](t, r0, r1, xs, ld);
+}
+
 void set_avx512_vbmi_allowed(bool allowed) {
   g_vbmi_allowed.store(allowed);
 }
@@ -748,6 +852,9 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
         return gemv<WeightFormat::kF32>(t, r0, r1);
     }
   }
+  if (t.tile > 0 && format == WeightFormat::kFP8 && !t.w->scale_is_f32 && t.m >= 2 &&
+      t.m <= kSmallMaxM)
+    return small_fp8_batch(t, r0, r1);
   if (t.tile > 0) return quant_gemm(t, r0, r1);
   // Plain matrix-matrix: the sixteen lane sums run over the whole row, so K
   // is not chunked; decode a block of whole rows once, apply it to every

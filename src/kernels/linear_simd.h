@@ -36,8 +36,10 @@ inline int64_t padded_in(int64_t in) {
 // (doubles, ≤ ~512 KB) should stay in L2 while activation rows stream past it.
 int64_t decode_block_rows(int64_t in, int64_t row_multiple);
 
-// Per-thread scratch buffer `slot` (0 or 1) of at least n doubles (64-byte
-// aligned, reused across calls).
+// Per-thread scratch buffer `slot` of at least n doubles (64-byte aligned,
+// reused across calls). Slots: 0 decoded weights, 1 fp32 accumulators or
+// scaled activations of the matrix-vector paths, 2 scaled activations of the
+// small-batch path (which may fall back to a path using 0 and 1).
 double* thread_scratch(int64_t n, int slot);
 
 // The FP8 or FP4 block scale `index` as the scalar path decodes it.

@@ -194,8 +194,12 @@ TEST(QuantLinear, SimdMatchesScalarWithHugeScales) {
   std::mt19937 rng(78);
   for (int64_t i = 0; i < out * in; ++i)
     w.data[kMisalign + i] = static_cast<uint8_t>((rng() & 0x80) | (rng() & 0x17));  // < 2^-4
-  for (size_t i = kMisalign; i < w.scale.size(); ++i)
-    w.scale[i] = static_cast<uint8_t>(i % 2 ? 246 + rng() % 8 : 120 + rng() % 8);
+  // Block row 0 (weight rows 0..127) mixes huge and ordinary scales; block
+  // row 1 (rows 128..149) is ordinary, so fast rows follow fallback rows.
+  const int64_t scale_cols = (in + 127) / 128;
+  for (int64_t i = 0; i < 2 * scale_cols; ++i)
+    w.scale[kMisalign + i] =
+        static_cast<uint8_t>(i < scale_cols && i % 2 == 0 ? 247 + rng() % 7 : 120 + rng() % 8);
   // FP4: scales up to 2^127 (the fast FP4 path stops at 2^125), all codes, so
   // 6·2^126 overflows to inf in the scalar decode and ±inf products make
   // NaN sums, which a path that scaled the tile sum instead would miss.
