@@ -795,38 +795,48 @@ void small_fp8_rows(const LinearTask& t, int64_t r, const double* xs, int64_t ld
           t.round_bf16 ? bf16_round(result[i][j]) : result[i][j];
 }
 
+// Any m: blocks of 64 weight rows (64·in bytes of FP8, kept in L2 while the
+// activation chunks pass) × chunks of up to 8 activation rows, pre-scaled
+// into a small buffer.
+constexpr int64_t kSmallBlockRows = 64;
+
+using SmallRowsFn = void (*)(const LinearTask&, int64_t, const double*, int64_t);
 template <int MI>
-void small_fp8(const LinearTask& t, int64_t r0, int64_t r1, const double* xs, int64_t ld) {
-  const uint8_t* scale_bytes = static_cast<const uint8_t*>(t.w->scale);
-  const int64_t scale_cols = (t.w->in + 127) / 128;
-  for (int64_t r = r0; r < r1; r += kSmallRows) {
-    const int64_t nr = std::min<int64_t>(kSmallRows, r1 - r);
-    // A huge or NaN scale anywhere in these rows: the float-decode path.
-    bool exact = true;
-    for (int64_t j = 0; j < nr; ++j)
-      for (int64_t b = 0; b < scale_cols; ++b)
-        exact = exact && scale_bytes[((r + j) / 128) * scale_cols + b] <= kMaxFoldedFp8Scale;
-    if (!exact) {
-      quant_gemm(t, r, r + nr);
-    } else if (nr == 2) {
-      small_fp8_rows<MI, 2>(t, r, xs, ld);
-    } else {
-      small_fp8_rows<MI, 1>(t, r, xs, ld);
-    }
-  }
-}
+constexpr SmallRowsFn kSmallRowsFns[2] = {small_fp8_rows<MI, 1>, small_fp8_rows<MI, 2>};
+constexpr const SmallRowsFn* kSmallRowsByM[kSmallMaxM + 1] = {
+    nullptr,          kSmallRowsFns<1>, kSmallRowsFns<2>, kSmallRowsFns<3>, kSmallRowsFns<4>,
+    kSmallRowsFns<5>, kSmallRowsFns<6>, kSmallRowsFns<7>, kSmallRowsFns<8>};
 
 void small_fp8_batch(const LinearTask& t, int64_t r0, int64_t r1) {
   const int64_t ld = padded_in(t.w->in);
-  double* xs = thread_scratch(t.m * ld, 2);  // quant_gemm (the fallback) uses slots 0 and 1
+  const uint8_t* scale_bytes = static_cast<const uint8_t*>(t.w->scale);
+  const int64_t scale_cols = (t.w->in + 127) / 128;
+  double* xs = thread_scratch(kSmallMaxM * ld, 2);  // quant_gemm (the fallback) uses 0 and 1
   const __m512d shift = _mm512_set1_pd(std::ldexp(1.0, kXShift));
-  for (int64_t k = 0; k < t.m * ld; k += 8)
-    _mm512_store_pd(xs + k, _mm512_mul_pd(_mm512_load_pd(t.xd + k), shift));
-  using SmallFn = void (*)(const LinearTask&, int64_t, int64_t, const double*, int64_t);
-  static constexpr SmallFn kBatches[kSmallMaxM + 1] = {nullptr,      nullptr,      small_fp8<2>,
-                                                       small_fp8<3>, small_fp8<4>, small_fp8<5>,
-                                                       small_fp8<6>, small_fp8<7>, small_fp8<8>};
-  kBatches[t.m](t, r0, r1, xs, ld);
+  for (int64_t rb = r0; rb < r1; rb += kSmallBlockRows) {
+    const int64_t re = std::min(r1, rb + kSmallBlockRows);
+    for (int64_t i0 = 0; i0 < t.m; i0 += kSmallMaxM) {
+      const int64_t mi = std::min<int64_t>(kSmallMaxM, t.m - i0);
+      for (int64_t k = 0; k < mi * ld; k += 8)
+        _mm512_store_pd(xs + k, _mm512_mul_pd(_mm512_load_pd(t.xd + i0 * ld + k), shift));
+      LinearTask chunk = t;
+      chunk.y = t.y + i0 * t.ldy;
+      for (int64_t r = rb; r < re; r += kSmallRows) {
+        const int64_t nr = std::min<int64_t>(kSmallRows, re - r);
+        // A huge or NaN scale anywhere in these rows: the float-decode path,
+        // once for all activation rows.
+        bool exact = true;
+        for (int64_t j = 0; j < nr; ++j)
+          for (int64_t b = 0; b < scale_cols; ++b)
+            exact = exact && scale_bytes[((r + j) / 128) * scale_cols + b] <= kMaxFoldedFp8Scale;
+        if (!exact) {
+          if (i0 == 0) quant_gemm(t, r, r + nr);
+          continue;
+        }
+        kSmallRowsByM[mi][nr - 1](chunk, r, xs, ld);
+      }
+    }
+  }
 }
 
 void set_avx512_vbmi_allowed(bool allowed) {
@@ -852,8 +862,7 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
         return gemv<WeightFormat::kF32>(t, r0, r1);
     }
   }
-  if (t.tile > 0 && format == WeightFormat::kFP8 && !t.w->scale_is_f32 && t.m >= 2 &&
-      t.m <= kSmallMaxM)
+  if (t.tile > 0 && format == WeightFormat::kFP8 && !t.w->scale_is_f32)
     return small_fp8_batch(t, r0, r1);
   if (t.tile > 0) return quant_gemm(t, r0, r1);
   // Plain matrix-matrix: the sixteen lane sums run over the whole row, so K
