@@ -120,6 +120,28 @@ TEST(KvLayout, Fp4KeysPackLosslesslyAndByteByByte) {
   EXPECT_EQ(packed[65], 127 - 4);
 }
 
+// Every code in every position, against the scalar definitions.
+TEST(KvLayout, Fp4KeysDecodeEveryCode) {
+  for (int64_t dim : {int64_t{128}, int64_t{64}, int64_t{36}}) {
+    const Fp4KeyLayout layout = Fp4KeyLayout::for_dim(dim);
+    std::vector<uint8_t> packed(layout.bytes);
+    std::vector<float> key(dim);
+    for (int byte = 0; byte < 256; ++byte) {
+      for (int64_t i = 0; i < dim / 2; ++i) packed[i] = static_cast<uint8_t>(byte + 37 * i);
+      for (int64_t b = 0; b < layout.scales; ++b)
+        packed[dim / 2 + b] = static_cast<uint8_t>(100 + 13 * b + byte % 7);
+      layout.unpack(packed.data(), key.data());
+      for (int64_t d = 0; d < dim; ++d) {
+        const uint8_t code = (packed[d / 2] >> (4 * (d % 2))) & 0xf;
+        const float want =
+            kernels::fp4_e2m1_decode(code) * kernels::e8m0_decode(packed[dim / 2 + d / 32]);
+        ASSERT_EQ(kernels::float_bits(key[d]), kernels::float_bits(want))
+            << "dim " << dim << " byte " << byte << " d " << d;
+      }
+    }
+  }
+}
+
 TEST(PagedRows, GrowsInPagesAndCopiesShareFullPages) {
   PagedRows rows(3);
   const int64_t n = 2 * PagedRows::kRowsPerPage + 5;
