@@ -56,6 +56,18 @@ options:
   --logit-bias ID=B    add B (in [-100, 100]) to token ID's logit in every
                        request (repeatable; e.g. a large end-of-sequence bias
                        makes a random-weight test checkpoint answer briefly)
+  --prefix-cache-bytes N
+                       memory for the prefix (context) cache: snapshots of
+                       prompts' model state reused by later requests that
+                       start with the same tokens (suffix K, M, G allowed;
+                       default: a quarter of physical memory, at most 8G;
+                       0 disables). Hits are reported as
+                       prompt_cache_hit_tokens and billed at the hit price
+  --prefix-cache-block N
+                       tokens per cache unit; hits are whole units (default 64)
+  --prefix-cache-interval N
+                       also snapshot every N tokens inside long prompts
+                       (a multiple of the unit; default 1024)
   --no-preload         do not read the weights into the page cache at startup
                        (by default they are, with a progress bar, when they
                        take at most half of the physical memory)
@@ -156,6 +168,31 @@ void preload_weights(const std::filesystem::path& dir) {
   report(true);
 }
 
+// "8G", "512M", "1000000" -> bytes.
+uint64_t parse_bytes(const std::string& option, const std::string& text) {
+  char* end = nullptr;
+  const double v = std::strtod(text.c_str(), &end);
+  double unit = 1;
+  const std::string suffix = end ? std::string(end) : "";
+  if (suffix == "K" || suffix == "k")
+    unit = 1024.0;
+  else if (suffix == "M" || suffix == "m")
+    unit = 1024.0 * 1024;
+  else if (suffix == "G" || suffix == "g")
+    unit = 1024.0 * 1024 * 1024;
+  else if (!suffix.empty() || text.empty())
+    fail("--", option, " expects a byte count such as 4G, 512M or 1000000, got \"", text, "\"");
+  if (!(v >= 0) || v * unit > 1e19)
+    fail("--", option, " must be a byte count >= 0, got \"", text, "\"");
+  return static_cast<uint64_t>(v * unit);
+}
+
+uint64_t default_prefix_cache_bytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  const uint64_t ram = pages > 0 && page > 0 ? uint64_t(pages) * uint64_t(page) : 0;
+  return std::min<uint64_t>(ram / 4, 8ull << 30);
+}
+
 int run_serve(int argc, char** argv) {
   Args args("serve", argc, argv,
             {{"help", false},
@@ -175,6 +212,9 @@ int run_serve(int argc, char** argv) {
              {"max-context", true},
              {"log-requests", false},
              {"logit-bias", true, true},
+             {"prefix-cache-bytes", true},
+             {"prefix-cache-block", true},
+             {"prefix-cache-interval", true},
              {"no-preload", false}});
   if (args.has("help")) {
     std::fputs(kUsage, stdout);
@@ -220,6 +260,16 @@ int run_serve(int argc, char** argv) {
   opt.keepalive_interval = std::chrono::milliseconds(static_cast<int64_t>(ka * 1000));
   opt.log_requests = args.has("log-requests");
   opt.logit_bias = parse_logit_bias(args.all("logit-bias"));
+  engine::PrefixCacheOptions cache_opt;
+  cache_opt.budget_bytes = args.has("prefix-cache-bytes")
+                               ? parse_bytes("prefix-cache-bytes", args.get("prefix-cache-bytes"))
+                               : default_prefix_cache_bytes();
+  cache_opt.block_tokens = args.get_int("prefix-cache-block", 64);
+  cache_opt.interval_tokens = args.get_int("prefix-cache-interval", 1024);
+  if (cache_opt.interval_tokens % std::max<int64_t>(cache_opt.block_tokens, 1) != 0 &&
+      !args.has("prefix-cache-interval"))
+    cache_opt.interval_tokens = (1024 / cache_opt.block_tokens + 1) * cache_opt.block_tokens;
+  auto prefix_cache = std::make_shared<engine::PrefixCache>(cache_opt);  // validates
 
   // SIGINT/SIGTERM are taken by sigwait below, in every thread.
   sigset_t signals;
@@ -252,7 +302,13 @@ int run_serve(int argc, char** argv) {
   }
   auto lm = std::make_shared<engine::V4LanguageModel>(model);
   auto backend = std::make_shared<server::V4ChatBackend>(tok);
-  auto scheduler = std::make_shared<engine::Scheduler>(lm, backend->detokenizer());
+  if (prefix_cache->enabled() && !engine::prefix_cache_usable(*lm, prefix_cache.get())) {
+    api.stop();
+    http.join();
+    fail("--prefix-cache-block ", cache_opt.block_tokens, " is not a multiple of ",
+         lm->snapshot_granularity(), " tokens, the unit this model can snapshot exactly");
+  }
+  auto scheduler = std::make_shared<engine::Scheduler>(lm, backend->detokenizer(), prefix_cache);
   api.attach(scheduler, backend);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const int64_t ctx =
@@ -260,6 +316,12 @@ int run_serve(int argc, char** argv) {
   std::printf("dsv4 serve: ready in %.1f s: model %s, context %lld tokens, vocab %d, %s\n", secs,
               model_dir.c_str(), static_cast<long long>(ctx), lm->vocab_size(),
               opt.api_keys.empty() ? "no API keys (loopback only)" : "API keys required");
+  if (prefix_cache->enabled())
+    std::printf("dsv4 serve: prefix cache %.2f GiB in units of %lld tokens\n",
+                double(cache_opt.budget_bytes) / double(1ull << 30),
+                static_cast<long long>(cache_opt.block_tokens));
+  else
+    std::printf("dsv4 serve: prefix cache off\n");
   std::printf(
       "dsv4 serve: OpenAI base URL http://%s:%d (or /v1), Anthropic base URL "
       "http://%s:%d/anthropic\n",

@@ -533,16 +533,25 @@ struct ApiServer::Impl {
     if (!ledger.has_balance(key)) throw ApiError(ErrorKind::kBalance, "Insufficient Balance");
   }
 
-  void record_usage(const std::string& key, const std::string& price_key, int64_t prompt,
-                    int64_t completion) {
+  void record_usage(const std::string& key, const std::string& price_key,
+                    const engine::GenerationEvent& ev) {
+    const int64_t prompt = ev.prompt_tokens, hit = ev.prompt_cache_hit_tokens;
     Usage u;
-    u.prompt_cache_hit_tokens = 0;  // no prefix cache yet
-    u.prompt_cache_miss_tokens = prompt;
-    u.completion_tokens = completion;
+    u.prompt_cache_hit_tokens = hit;  // billed at the cache-hit input price
+    u.prompt_cache_miss_tokens = prompt - hit;
+    u.completion_tokens = ev.completion_tokens;
     ledger.record(key, u, cost_usd(prices.get(price_key), u));
     metrics.prompt_tokens += prompt;
-    metrics.prompt_cache_miss_tokens += prompt;
-    metrics.generation_tokens += completion;
+    metrics.prompt_cache_hit_tokens += hit;
+    metrics.prompt_cache_miss_tokens += prompt - hit;
+    metrics.generation_tokens += ev.completion_tokens;
+  }
+
+  // Prefix-cache isolation: requests share cached prompts only under the same
+  // API key and user_id (api-surface.md §10: each user's cache is isolated,
+  // user_id isolates further).
+  static std::string cache_space(const std::string& key, const std::string& user_id) {
+    return key + '\n' + user_id;
   }
 
   // Context checks with the platform's texts, then the effective max_tokens.
@@ -608,6 +617,7 @@ struct ApiServer::Impl {
     job.gen.prompt = std::move(prompt);
     job.gen.stop_tokens = backend->stop_tokens();
     job.gen.sampling.logit_bias = opt.logit_bias;
+    job.gen.cache_space = cache_space(key, job.user_id);
     if (!job.constrained_tools.empty() && !job.prefix)
       job.gen.constraint = std::make_shared<engine::ToolCallConstraint>(
           backend->token_table(), job.gen.stop_tokens,
@@ -618,8 +628,10 @@ struct ApiServer::Impl {
       job.gen.constraint = std::make_shared<engine::JsonObjectConstraint>(
           backend->token_table(), job.gen.stop_tokens,
           job.parser_thinking ? backend->think_end_token() : -1);
+    const int64_t cached_now = sched->cached_prompt_tokens(job.gen);
     auto handle = submit(*sched, job.gen);
     auto state = std::make_shared<Run>(this, std::move(job), key, handle, backend, t0);
+    state->cached_at_submit = cached_now;
     if (state->job.stream) {
       res.set_header("Cache-Control", "no-cache");
       res.set_chunked_content_provider(
@@ -672,6 +684,7 @@ struct ApiServer::Impl {
     std::unique_ptr<OutputParser> parser;
     Clock::time_point t0, last_token;
     bool first_token = true;
+    int64_t cached_at_submit = 0;  // prefix-cache hit expected when submitted
     Collected out;
     engine::GenerationEvent final_ev;
     std::string id;
@@ -770,7 +783,7 @@ struct ApiServer::Impl {
       final_ev = ev;
       srv->metrics.e2e_seconds.observe(std::chrono::duration<double>(Clock::now() - t0).count());
       if (ev.finish != engine::FinishReason::kError)
-        srv->record_usage(key, job.model.price_key, ev.prompt_tokens, ev.completion_tokens);
+        srv->record_usage(key, job.model.price_key, ev);
     }
 
     // Waits for the whole generation. With a sink, writes a blank line at
@@ -875,7 +888,7 @@ struct ApiServer::Impl {
                                         {"logprobs", logprobs},
                                         {"finish_reason", finish_name(ev, tool_calls())}}})},
               {"usage", openai_usage(ev.prompt_tokens, ev.completion_tokens, out.reasoning_tokens,
-                                     0, true)}};
+                                     ev.prompt_cache_hit_tokens, true)}};
     }
 
     static json parse_args(const std::string& args) {
@@ -889,9 +902,10 @@ struct ApiServer::Impl {
     }
 
     json anthropic_usage(const engine::GenerationEvent& ev) const {
-      return {{"input_tokens", ev.prompt_tokens},
+      // Anthropic semantics: input_tokens counts the non-cached prompt tokens.
+      return {{"input_tokens", ev.prompt_tokens - ev.prompt_cache_hit_tokens},
               {"cache_creation_input_tokens", 0},
-              {"cache_read_input_tokens", 0},
+              {"cache_read_input_tokens", ev.prompt_cache_hit_tokens},
               {"output_tokens", ev.completion_tokens},
               {"service_tier", "standard"}};
     }
@@ -1010,8 +1024,8 @@ struct ApiServer::Impl {
         if (!lp.is_null()) buf += data(chunk(json::object(), nullptr, lp));
         if (ev->done) {
           if (ev->finish == engine::FinishReason::kCancelled) return;
-          json usage =
-              openai_usage(ev->prompt_tokens, ev->completion_tokens, out.reasoning_tokens, 0, true);
+          json usage = openai_usage(ev->prompt_tokens, ev->completion_tokens, out.reasoning_tokens,
+                                    ev->prompt_cache_hit_tokens, true);
           json last = chunk({{"content", ""}, {"reasoning_content", nullptr}},
                             finish_name(*ev, tool_calls()));
           last["usage"] = usage;
@@ -1031,9 +1045,12 @@ struct ApiServer::Impl {
     }
 
     void stream_anthropic(httplib::DataSink& sink) {
-      json start_usage = {{"input_tokens", static_cast<int64_t>(job.gen.prompt.size())},
+      // message_start goes out before the request runs: its cache figures
+      // are what the cache holds now; message_delta carries the final ones.
+      const int64_t cached = cached_at_submit;
+      json start_usage = {{"input_tokens", static_cast<int64_t>(job.gen.prompt.size()) - cached},
                           {"cache_creation_input_tokens", 0},
-                          {"cache_read_input_tokens", 0},
+                          {"cache_read_input_tokens", cached},
                           {"output_tokens", 0},
                           {"service_tier", "standard"}};
       std::string buf = named("message_start", {{"type", "message_start"},
@@ -1162,6 +1179,7 @@ struct ApiServer::Impl {
     job.gen.prompt = std::move(prompt);
     job.gen.stop_tokens = backend->stop_tokens();
     job.gen.sampling.logit_bias = opt.logit_bias;
+    job.gen.cache_space = cache_space(key, "");
     auto handle = submit(*sched, job.gen);
     const std::string id = uuid4();
     const int64_t created = unix_now();
@@ -1230,7 +1248,8 @@ struct ApiServer::Impl {
       json body =
           body_of(text, finish_name(last, false),
                   job.logprobs ? lp_of(toks, job.echo ? job.prompt.size() : 0) : json(nullptr));
-      body["usage"] = openai_usage(last.prompt_tokens, last.completion_tokens, 0, 0, false);
+      body["usage"] = openai_usage(last.prompt_tokens, last.completion_tokens, 0,
+                                   last.prompt_cache_hit_tokens, false);
       res.set_content(dump(body), "application/json");
       return;
     }
@@ -1275,7 +1294,8 @@ struct ApiServer::Impl {
               done(*ev);
               json u = body_of("", nullptr, nullptr);
               u["choices"] = json::array();
-              u["usage"] = openai_usage(ev->prompt_tokens, ev->completion_tokens, 0, 0, false);
+              u["usage"] = openai_usage(ev->prompt_tokens, ev->completion_tokens, 0,
+                                        ev->prompt_cache_hit_tokens, false);
               if (job.include_usage) buf += "data: " + dump(u) + "\n\n";
               buf += "data: [DONE]\n\n";
               write(buf);
@@ -1295,7 +1315,7 @@ struct ApiServer::Impl {
   void metrics_done(const std::string& key, const std::string& price_key,
                     const engine::GenerationEvent& ev, Clock::time_point t0) {
     metrics.e2e_seconds.observe(std::chrono::duration<double>(Clock::now() - t0).count());
-    record_usage(key, price_key, ev.prompt_tokens, ev.completion_tokens);
+    record_usage(key, price_key, ev);
   }
 };
 

@@ -161,7 +161,7 @@ expect claude 200 'events[0] === "message_start" && events.includes("ping") && e
 echo "POST /anthropic/v1/messages: the same, not streamed"
 request claude_ns POST /anthropic/v1/messages "$(node -e 'const b = JSON.parse(process.argv[1]); b.stream = false; console.log(JSON.stringify(b))' "$CLAUDE")" \
   -H 'anthropic-version: 2023-06-01'
-expect claude_ns 200 'r.type === "message" && r.role === "assistant" && r.content[0].type === "thinking" && typeof r.content[0].signature === "string" && ["end_turn", "max_tokens", "tool_use"].includes(r.stop_reason) && "stop_sequence" in r && r.usage.input_tokens > 0 && r.usage.cache_read_input_tokens === 0 && r.usage.output_tokens >= 1'
+expect claude_ns 200 'r.type === "message" && r.role === "assistant" && r.content[0].type === "thinking" && typeof r.content[0].signature === "string" && ["end_turn", "max_tokens", "tool_use"].includes(r.stop_reason) && "stop_sequence" in r && r.usage.input_tokens > 0 && r.usage.cache_read_input_tokens % 64 === 0 && r.usage.output_tokens >= 1'
 echo "POST /anthropic/v1/messages/count_tokens"
 request count POST /anthropic/v1/messages/count_tokens "$CLAUDE"
 expect count 200 'Number.isInteger(r.input_tokens) && r.input_tokens > 0'
