@@ -48,6 +48,11 @@ class LanguageModel {
   // apart. 0 granularity: the model cannot be snapshotted.
   virtual int64_t snapshot_granularity() const { return 0; }
   virtual int64_t prefix_class(int64_t /*prompt_length*/) const { return 0; }
+  // Whether a snapshot taken after decoding tokens that follow a prompt of
+  // this length (at a multiple of snapshot_granularity()) continues later
+  // prompts of its class exactly too, so that a conversation's next turn can
+  // hit the previous answer.
+  virtual bool decoded_snapshots_exact(int64_t /*prompt_length*/) const { return false; }
 };
 
 // Incremental detokenizer of one generation: push returns the text that is

@@ -45,7 +45,27 @@ void generate(const LanguageModel& model, const Detokenizer& detok,
               const EventSink& emit, PrefixCache* cache) {
   GenerationEvent ev;
   ev.prompt_tokens = static_cast<int64_t>(request.prompt.size());
+  // Snapshots at the last two unit ends reached while decoding (the next
+  // turn of a conversation may repeat the answer), kept in the cache when
+  // the request ends: two entries per answer however long it is.
+  std::vector<int32_t> consumed;  // prompt + decoded tokens, when keeping those
+  std::unique_ptr<ModelSequence> decoded_units[2];
+  std::string cache_space;
+  int64_t decoded_class = 0;
+  auto keep_decoded = [&] {
+    for (auto& unit : decoded_units)
+      if (unit) {
+        cache->insert(std::span<const int32_t>(consumed).first(unit->position()), cache_space,
+                      decoded_class, *unit);
+        unit.reset();
+      }
+  };
   auto finish = [&](FinishReason reason, std::string error = {}) {
+    try {
+      keep_decoded();
+    } catch (const std::exception&) {
+      // Best effort: the answer is complete without its snapshots.
+    }
     ev.done = true;
     ev.finish = reason;
     ev.error = std::move(error);
@@ -99,6 +119,11 @@ void generate(const LanguageModel& model, const Detokenizer& detok,
         if (cancelled.load()) return finish(FinishReason::kCancelled);
       }
     if (pos < n) seq->forward(prompt.subspan(pos), &logits);
+    if (use_cache && model.decoded_snapshots_exact(n)) {
+      consumed = request.prompt;
+      cache_space = request.cache_space;
+      decoded_class = prefix_class;
+    }
   } catch (const std::bad_alloc&) {
     return finish(FinishReason::kInsufficientResource, "out of memory during prefill");
   } catch (const std::exception& e) {
@@ -164,6 +189,13 @@ void generate(const LanguageModel& model, const Detokenizer& detok,
     if (cancelled.load()) return finish(FinishReason::kCancelled);
     try {
       seq->forward(std::span<const int32_t>(&id, 1), &logits);
+      if (!consumed.empty()) {
+        consumed.push_back(id);
+        if (seq->position() % cache->options().block_tokens == 0) {
+          decoded_units[0] = std::move(decoded_units[1]);
+          decoded_units[1] = seq->clone();
+        }
+      }
     } catch (const std::bad_alloc&) {
       return finish(FinishReason::kInsufficientResource, "out of memory during decoding");
     } catch (const std::exception& e) {

@@ -33,9 +33,9 @@ class V4Sequence : public ModelSequence {
     uint64_t bytes = sizeof(SequenceState);
     for (const auto* layers : {&state_->layers, &state_->mtp})
       for (const LayerState& l : *layers)
-        bytes += l.window_kv.size() + l.compressed_kv.stored_bytes() +
-                 l.index_keys.stored_bytes() + compressor_bytes(l.compressor) +
-                 compressor_bytes(l.index_compressor) + sizeof(LayerState);
+        bytes += l.window_kv.size() + l.compressed_kv.stored_bytes() + l.index_keys.stored_bytes() +
+                 compressor_bytes(l.compressor) + compressor_bytes(l.index_compressor) +
+                 sizeof(LayerState);
     return bytes;
   }
 
@@ -84,6 +84,15 @@ int64_t V4LanguageModel::prefix_class(int64_t prompt_length) const {
   // which moves the attention's 64-entry tile boundaries: prompts at least a
   // window long all agree.
   return std::min<int64_t>(prompt_length, model_->config().window_size);
+}
+
+bool V4LanguageModel::decoded_snapshots_exact(int64_t prompt_length) const {
+  // A decode step is a frame of one row: its heads take the vectorised norm
+  // when n_heads is a multiple of 32 (V4-Flash 64, V4-Pro 128), as the rows
+  // of any prompt before its last unit do; its window section is `window`
+  // wide, as in every prompt at least a window long.
+  const ModelConfig& c = model_->config();
+  return c.n_heads % 32 == 0 && prompt_length >= c.window_size;
 }
 
 std::unique_ptr<TextStream> TokenizerDetokenizer::new_stream() const {

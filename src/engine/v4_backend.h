@@ -19,6 +19,7 @@ class V4LanguageModel : public LanguageModel {
   std::unique_ptr<ModelSequence> new_sequence() const override;
   int64_t snapshot_granularity() const override;
   int64_t prefix_class(int64_t prompt_length) const override;
+  bool decoded_snapshots_exact(int64_t prompt_length) const override;
   const Model& model() const { return *model_; }
 
  private:

@@ -44,6 +44,8 @@ class HistoryModel : public LanguageModel {
   mutable std::atomic<int64_t> tokens_computed{0};
   int64_t granularity = 1;
   int64_t class_cap = 0;  // 0: one class for every prompt
+  bool decoded_exact = false;
+  bool decoded_snapshots_exact(int64_t) const override { return decoded_exact; }
 
  private:
   struct Seq : ModelSequence {
@@ -242,7 +244,7 @@ struct Outcome {
 };
 
 Outcome run(const HistoryModel& m, std::vector<int32_t> prompt, PrefixCache* cache,
-        std::string space = "", int64_t max_tokens = 5) {
+            std::string space = "", int64_t max_tokens = 5) {
   testing::PieceDetokenizer detok({});
   GenerationRequest req;
   req.prompt = std::move(prompt);
@@ -311,6 +313,27 @@ TEST(PrefixCacheGeneration, ExtendedPromptHitsAndIsolationHolds) {
   run(coarse, tokens(30), &c3);
   EXPECT_EQ(c3.stats().entries, 0u);
   EXPECT_EQ(run(coarse, tokens(30), &c3).last.prompt_cache_hit_tokens, 0);
+}
+
+TEST(PrefixCacheGeneration, NextTurnHitsTheDecodedAnswerWhenExact) {
+  for (bool exact : {false, true}) {
+    SCOPED_TRACE(exact ? "decoded snapshots exact" : "prompt snapshots only");
+    HistoryModel m;
+    m.decoded_exact = exact;
+    PrefixCache cache(small_blocks());
+    const auto prompt = tokens(10);
+    // 12 tokens sampled, 11 fed back: positions 11..21 pass unit ends 12,
+    // 16 and 20; the last two are kept.
+    const Outcome answer = run(m, prompt, &cache, "", 12);
+    ASSERT_EQ(answer.tokens.size(), 12u);
+    EXPECT_EQ(cache.stats().entries, exact ? 4u : 2u);  // + prompt's 4 and 8
+    auto turn2 = prompt;
+    turn2.insert(turn2.end(), answer.tokens.begin(), answer.tokens.end());
+    for (int32_t t : {7, 8, 9}) turn2.push_back(t);
+    const Outcome next = run(m, turn2, &cache);
+    EXPECT_EQ(next.last.prompt_cache_hit_tokens, exact ? 20 : 8);
+    EXPECT_EQ(next.tokens, run(m, turn2, nullptr).tokens);
+  }
 }
 
 TEST(PrefixCacheGeneration, PrefixClassesDoNotMix) {

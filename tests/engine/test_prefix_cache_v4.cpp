@@ -207,5 +207,82 @@ TEST_F(PrefixCacheV4, SnapshotsTheCacheAvoidsWouldDiffer) {
   EXPECT_EQ(continued(*seq, b), ref);
 }
 
+// V4-Flash attention dimensions (64 heads, window 128; 3 layers, one of them
+// CSA, small experts and hidden size): decoded tokens are on the exact grid
+// too, so the next turn of a conversation hits the previous answer, bit for
+// bit. The tiny model (4 heads) must not keep decoded snapshots.
+TEST_F(PrefixCacheV4, NextTurnHitsTheAnswerOnFlashHeads) {
+  EXPECT_FALSE(lm_->decoded_snapshots_exact(1000));
+  const fs::path dir =
+      fs::temp_directory_path() / ("dsv4-test-prefix-cache-flash-" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  SynthOptions o;
+  o.like = "flash";
+  o.layers = 3;
+  o.experts = 4;
+  o.dim = 256;
+  o.vocab = 1000;
+  o.seed = 4;
+  o.out = dir.string();
+  synth_checkpoint(o);
+  V4LanguageModel flash(std::make_shared<const Model>(dir.string()));
+  const int64_t window = flash.model().config().window_size;
+  ASSERT_EQ(flash.model().config().n_heads % 32, 0);
+  ASSERT_TRUE(flash.decoded_snapshots_exact(window));
+  ASSERT_FALSE(flash.decoded_snapshots_exact(window - 1));
+
+  std::mt19937 rng(9);
+  std::uniform_int_distribution<int32_t> d(0, flash.vocab_size() - 1);
+  std::vector<int32_t> turn1(static_cast<size_t>(window + 22));
+  for (auto& t : turn1) t = d(rng);
+
+  PrefixCache cache(options());  // units of 16
+  testing::PieceDetokenizer detok({});
+  auto run = [&](const std::vector<int32_t>& prompt, PrefixCache* c, int64_t max_tokens,
+                 std::vector<int32_t>* out) {
+    GenerationRequest req;
+    req.prompt = prompt;
+    req.max_tokens = max_tokens;
+    req.sampling.temperature = 0;
+    std::atomic<bool> cancelled{false};
+    int64_t hit = -1;
+    generate(
+        flash, detok, req, cancelled,
+        [&](GenerationEvent&& ev) {
+          for (const auto& t : ev.tokens) out->push_back(t.token);
+          if (ev.done) hit = ev.prompt_cache_hit_tokens;
+        },
+        c);
+    return hit;
+  };
+  // Turn 1 decodes 40 tokens: positions L+1 .. L+39 pass two or three unit ends.
+  std::vector<int32_t> answer;
+  run(turn1, &cache, 40, &answer);
+  ASSERT_EQ(answer.size(), 40u);
+  const int64_t fed = static_cast<int64_t>(turn1.size()) + 39;
+  const int64_t last_unit = fed / 16 * 16;
+
+  std::vector<int32_t> turn2 = turn1;
+  turn2.insert(turn2.end(), answer.begin(), answer.end());
+  for (int i = 0; i < 20; ++i) turn2.push_back(d(rng));
+  auto hit = cache.lookup(turn2, static_cast<int64_t>(turn2.size()) - 1, "",
+                          flash.prefix_class(static_cast<int64_t>(turn2.size())));
+  ASSERT_TRUE(hit.sequence);
+  EXPECT_EQ(hit.tokens, last_unit);
+  hit.sequence->set_prompt_length(static_cast<int64_t>(turn2.size()));
+  std::vector<float> warm, ref;
+  hit.sequence->forward(std::span<const int32_t>(turn2).subspan(hit.tokens), &warm);
+  auto seq = flash.new_sequence();
+  seq->set_prompt_length(static_cast<int64_t>(turn2.size()));
+  seq->forward(turn2, &ref);
+  EXPECT_EQ(warm, ref) << "a hit on decoded tokens must reproduce the cold prefill bit for bit";
+
+  std::vector<int32_t> warm_out, cold_out;
+  EXPECT_EQ(run(turn2, &cache, 3, &warm_out), last_unit);
+  run(turn2, nullptr, 3, &cold_out);
+  EXPECT_EQ(warm_out, cold_out);
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace dsv4::engine
