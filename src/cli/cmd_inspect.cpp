@@ -2,7 +2,10 @@
 #include <cstdio>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
 #include "cli/command.h"
+#include "cli/roofline.h"
 #include "model/checkpoint.h"
 #include "model/inspect.h"
 #include "model/synth.h"
@@ -68,6 +71,27 @@ int run_inspect(int argc, char** argv) {
     summary = summarize(ckpt.config(), checkpoint_tensor_stats(ckpt));
     if (!args.has("json"))
       std::printf("Model folder: %s (%zu shard file(s))\n\n", dir.c_str(), ckpt.num_shards());
+    // Weights are mmapped, never copied: what is resident is what the page
+    // cache holds for this process (after the load-time checks above).
+    const uint64_t mapped = mapped_resident_bytes(dir), rss = read_memory_status().vm_rss;
+    const uint64_t total = ckpt.total_bytes();
+    if (args.has("json")) {
+      nlohmann::json j = nlohmann::json::parse(summary_to_json(summary));
+      j["memory"] = {{"checkpoint_bytes", total},
+                     {"checkpoint_resident_bytes", mapped},
+                     {"process_rss_bytes", rss}};
+      const std::string text = j.dump(2) + "\n";
+      std::fwrite(text.data(), 1, text.size(), stdout);
+    } else {
+      const std::string text = summary_to_text(summary);
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::printf(
+          "\nMemory: %.1f MB of the checkpoint's %.1f MB resident (mmapped, not copied); "
+          "process RSS %.1f MB\n",
+          static_cast<double>(mapped) / 1e6, static_cast<double>(total) / 1e6,
+          static_cast<double>(rss) / 1e6);
+    }
+    return 0;
   }
   const std::string text = args.has("json") ? summary_to_json(summary) : summary_to_text(summary);
   std::fwrite(text.data(), 1, text.size(), stdout);

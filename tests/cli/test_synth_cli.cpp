@@ -102,11 +102,18 @@ TEST_F(SynthCli, TinyShardedLoadsAndInspectAgreesWithTheFiles) {
   }
   EXPECT_EQ(j["kv"]["row_bytes"], 584);
   EXPECT_DOUBLE_EQ(j["kv"]["bytes_per_token"].get<double>(), 2 * (584 + 68) / 4.0 + 584 / 128.0);
+  // Weights are mapped, not copied: residency is reported, never above the file sizes.
+  EXPECT_EQ(j["memory"]["checkpoint_bytes"].get<uint64_t>(), bytes);
+  uint64_t file_pages = 0;  // what the mappings can hold: whole files, page-rounded
+  for (const auto& e : std::filesystem::directory_iterator(dir_))
+    if (e.path().extension() == ".safetensors") file_pages += (e.file_size() + 4095) / 4096 * 4096;
+  EXPECT_LE(j["memory"]["checkpoint_resident_bytes"].get<uint64_t>(), file_pages);
+  EXPECT_GT(j["memory"]["process_rss_bytes"].get<uint64_t>(), 0u);
 
   const CmdResult text = run("inspect --model " + dir());
   ASSERT_EQ(text.rc, 0) << text.out;
   for (const char* part : {"Layer schedule", "Parameters", "read per decoded token", "KV cache",
-                           "Tensors by dtype", "F8_E4M3", "I8", "F8_E8M0"})
+                           "Tensors by dtype", "F8_E4M3", "I8", "F8_E8M0", "resident"})
     EXPECT_NE(text.out.find(part), std::string::npos) << part << "\n" << text.out;
 }
 
