@@ -33,6 +33,14 @@ LayerState make_layer_state(const ModelConfig& cfg, int64_t layer_id) {
   return s;
 }
 
+uint64_t LayerState::stored_bytes() const {
+  auto compressor_bytes = [](const CompressorState& c) {
+    return (c.kv.size() + c.score.size()) * sizeof(float);
+  };
+  return window_kv.size() + compressed_kv.stored_bytes() + index_keys.stored_bytes() +
+         compressor_bytes(compressor) + compressor_bytes(index_compressor);
+}
+
 void LayerState::store_window_row(int64_t pos, const float* row) {
   kv_layout.pack(row, window_kv.data() + (pos % window) * kv_layout.bytes);
 }

@@ -47,6 +47,10 @@ struct LayerState {
 
   int64_t num_compressed() const { return compressed_kv.size(); }
   int64_t num_index_keys() const { return index_keys.size(); }
+  // Bytes held by this layer's caches as stored: window ring, compressed rows
+  // and indexer keys (rows in use), compressor states. Full pages may be
+  // shared with copies of the state.
+  uint64_t stored_bytes() const;
 
   // Float views (head_dim / index_head_dim values per row).
   void store_window_row(int64_t pos, const float* row);

@@ -267,6 +267,21 @@ TEST_F(KvCacheModelTest, EveryCachedRowOfAForwardIsOnItsGrid) {
   }
   EXPECT_GT(rows, 0);
   EXPECT_GT(keys, 0);
+
+  // The bytes a layer holds, counted from the config: §6.3 rows and keys.
+  const int64_t p = st->pos;
+  const int64_t row_bytes = nope + 2 * cfg.rope_head_dim + ((nope + 63) / 64 + 7) / 8 * 8;
+  const int64_t key_bytes = ihd / 2 + (ihd + 31) / 32;
+  for (size_t i = 0; i < st->layers.size(); ++i) {
+    const int64_t r = cfg.ratio(static_cast<int64_t>(i));
+    int64_t want = cfg.window_size * row_bytes;
+    if (r > 0) {
+      const int64_t coff = r == 4 ? 2 : 1;
+      want += p / r * row_bytes + 2 * 4 * coff * r * coff * hd;  // rows; kv + score states
+      if (r == 4) want += p / r * key_bytes + 2 * 4 * coff * r * coff * ihd;
+    }
+    EXPECT_EQ(st->layers[i].stored_bytes(), static_cast<uint64_t>(want)) << "layer " << i;
+  }
 }
 
 // A copied state (a forked sequence) shares the full pages of its caches;
