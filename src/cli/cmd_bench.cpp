@@ -14,6 +14,7 @@
 
 #include "cli/command.h"
 #include "cli/roofline.h"
+#include "kernels/isa.h"
 #include "model/inspect.h"
 #include "model/model.h"
 #include "model/state.h"
@@ -123,6 +124,7 @@ int run_bench(int argc, char** argv) {
   const int threads = ThreadPool::global().num_threads();
   const uint64_t llc = last_level_cache_bytes();
   out["machine"] = {{"threads", threads},
+                    {"kernels", kernels::isa_name(kernels::active_isa())},
                     {"last_level_cache_bytes", llc},
                     {"load_average_at_start", load_average()}};
 
@@ -349,6 +351,8 @@ int run_bench(int argc, char** argv) {
   char b[128];
   t += "Machine\n";
   line("threads", std::to_string(threads));
+  line("linear kernels", std::string(kernels::isa_name(kernels::active_isa())) +
+                             " (DSV4_ISA=scalar|avx2|avx512 pins one)");
   line("last-level cache (sysfs)", human(double(llc), "B"));
   std::snprintf(b, sizeof b, "%.2f at start, %.2f at end (other load distorts every figure)",
                 out["machine"]["load_average_at_start"].get<double>(), load_average());
