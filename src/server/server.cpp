@@ -80,6 +80,25 @@ std::string fmt_usd(double x) {
   return buf;
 }
 
+// The prefix cache's state in Prometheus text (the hit/miss token counters
+// are in Metrics, counted per finished request).
+std::string prefix_cache_metrics(const engine::PrefixCacheStats& st, uint64_t budget) {
+  std::string out;
+  auto add = [&](const char* name, const char* type, const char* help, uint64_t v) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" +
+           name + " " + std::to_string(v) + "\n";
+  };
+  add("dsv4_prefix_cache_entries", "gauge", "Snapshots held by the prefix cache.", st.entries);
+  add("dsv4_prefix_cache_bytes", "gauge", "Bytes charged to the prefix cache's snapshots.",
+      st.bytes);
+  add("dsv4_prefix_cache_budget_bytes", "gauge", "The prefix cache's memory budget.", budget);
+  add("dsv4_prefix_cache_lookups_total", "counter", "Prefix cache lookups.", st.lookups);
+  add("dsv4_prefix_cache_hits_total", "counter", "Prefix cache lookups that hit.", st.hits);
+  add("dsv4_prefix_cache_evictions_total", "counter", "Snapshots evicted for the budget.",
+      st.evictions);
+  return out;
+}
+
 // The usage object of the OpenAI-format routes.
 json openai_usage(int64_t prompt, int64_t completion, int64_t reasoning, int64_t cache_hit,
                   bool chat) {
@@ -399,9 +418,11 @@ struct ApiServer::Impl {
         std::lock_guard<std::mutex> lock(attach_mu);
         s = scheduler;
       }
-      res.set_content(
-          metrics.render(s ? s->queue_depth() : 0, s ? s->running() : 0, s ? context_limit(*s) : 0),
-          "text/plain; version=0.0.4");
+      std::string text =
+          metrics.render(s ? s->queue_depth() : 0, s ? s->running() : 0, s ? context_limit(*s) : 0);
+      if (const engine::PrefixCache* cache = s ? s->prefix_cache() : nullptr)
+        text += prefix_cache_metrics(cache->stats(), cache->options().budget_bytes);
+      res.set_content(text, "text/plain; version=0.0.4");
     });
     post("/tokenize", "tokenize",
          [this](auto& req, auto& res, ApiStyle) { handle_tokenize(req, res); });

@@ -282,6 +282,11 @@ TEST(PrefixCacheServe, LedgerChargesTheHitPriceAndMetricsCount) {
   };
   EXPECT_EQ(value("dsv4_prompt_cache_hit_tokens_total"), t.hit);
   EXPECT_EQ(value("dsv4_prompt_cache_miss_tokens_total"), t.miss);
+  EXPECT_GT(value("dsv4_prefix_cache_entries"), 0);
+  EXPECT_GT(value("dsv4_prefix_cache_bytes"), 0);
+  EXPECT_LE(value("dsv4_prefix_cache_bytes"), value("dsv4_prefix_cache_budget_bytes"));
+  EXPECT_GT(value("dsv4_prefix_cache_hits_total"), 0);
+  EXPECT_GE(value("dsv4_prefix_cache_lookups_total"), value("dsv4_prefix_cache_hits_total"));
 }
 
 }  // namespace
