@@ -96,10 +96,12 @@ void generate(const LanguageModel& model, const Detokenizer& detok,
   try {
     const int64_t n = static_cast<int64_t>(request.prompt.size());
     const bool use_cache = prefix_cache_usable(model, cache);
+    int64_t shared = 0;
     const int64_t prefix_class = use_cache ? model.prefix_class(n) : 0;
     if (use_cache) {
       PrefixCache::Hit hit =
           cache->lookup(request.prompt, n - 1, request.cache_space, prefix_class);
+      shared = hit.shared_tokens;
       if (hit.sequence) {
         seq = std::move(hit.sequence);
         cache_hit = hit.tokens;
@@ -110,14 +112,23 @@ void generate(const LanguageModel& model, const Detokenizer& detok,
     seq->set_prompt_length(n);
     int64_t pos = cache_hit;
     const std::span<const int32_t> prompt(request.prompt);
-    if (use_cache)
-      for (int64_t point : cache->snapshot_points(n)) {
-        if (point <= pos) continue;
-        seq->forward(prompt.subspan(pos, point - pos), point == n ? &logits : nullptr);
-        pos = point;
-        cache->insert(prompt.first(point), request.cache_space, prefix_class, *seq);
-        if (cancelled.load()) return finish(FinishReason::kCancelled);
+    std::vector<int64_t> points;
+    if (use_cache) {
+      points = cache->snapshot_points(n);
+      // Where this prompt leaves the tokens another request cached: a unit
+      // both share, for the next request that shares it too.
+      if (shared > cache_hit && std::find(points.begin(), points.end(), shared) == points.end()) {
+        points.push_back(shared);
+        std::sort(points.begin(), points.end());
       }
+    }
+    for (int64_t point : points) {
+      if (point <= pos) continue;
+      seq->forward(prompt.subspan(pos, point - pos), point == n ? &logits : nullptr);
+      pos = point;
+      cache->insert(prompt.first(point), request.cache_space, prefix_class, *seq);
+      if (cancelled.load()) return finish(FinishReason::kCancelled);
+    }
     if (pos < n) seq->forward(prompt.subspan(pos), &logits);
     if (use_cache && model.decoded_snapshots_exact(n)) {
       consumed = request.prompt;

@@ -88,6 +88,16 @@ PrefixCache::Hit PrefixCache::lookup(std::span<const int32_t> prompt, int64_t ma
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.lookups;
+    {
+      const int64_t usable = std::min<int64_t>(max_tokens, static_cast<int64_t>(prompt.size()));
+      const std::vector<uint64_t> keys =
+          block_keys(prompt, usable > 0 ? usable / opt_.block_tokens : 0, space, prefix_class);
+      for (int64_t k = static_cast<int64_t>(keys.size()); k >= 1; --k)
+        if (prefix_refs_.count(keys[k - 1])) {
+          hit.shared_tokens = k * opt_.block_tokens;
+          break;
+        }
+    }
     auto it = find_locked(prompt, max_tokens, space, prefix_class);
     if (it == lru_.end()) return hit;
     lru_.splice(lru_.begin(), lru_, it);
@@ -145,6 +155,8 @@ void PrefixCache::insert(std::span<const int32_t> prefix, const std::string& spa
   e.tokens.assign(prefix.begin(), prefix.end());
   e.snapshot = std::move(snapshot);
   e.bytes = bytes;
+  for (uint64_t k : block_keys(prefix, n / opt_.block_tokens, space, prefix_class))
+    ++prefix_refs_[k];
   lru_.push_front(std::move(e));
   index_.emplace(key, lru_.begin());
   stats_.bytes += bytes;
@@ -161,6 +173,12 @@ void PrefixCache::evict_to_fit_locked(uint64_t incoming) {
         index_.erase(it);
         break;
       }
+    for (uint64_t k :
+         block_keys(victim->tokens, static_cast<int64_t>(victim->tokens.size()) / opt_.block_tokens,
+                    victim->space, victim->prefix_class)) {
+      auto ref = prefix_refs_.find(k);
+      if (ref != prefix_refs_.end() && --ref->second == 0) prefix_refs_.erase(ref);
+    }
     stats_.bytes -= victim->bytes;
     --stats_.entries;
     ++stats_.evictions;
@@ -191,6 +209,7 @@ void PrefixCache::clear() {
   std::lock_guard<std::mutex> lock(mu_);
   lru_.clear();
   index_.clear();
+  prefix_refs_.clear();
   stats_.entries = 0;
   stats_.bytes = 0;
 }

@@ -10,6 +10,8 @@
 // rounding details that must agree for a hit to be exact), and stores its
 // tokens so that a hash collision can never produce a wrong hit. Entries are
 // evicted least-recently-used once their bytes exceed the budget.
+// Common prefixes: every block prefix of every entry is counted, so a lookup
+// also reports how far the prompt runs along cached tokens (Hit::shared_tokens).
 // Thread-safe; snapshots are copied outside the lock.
 #pragma once
 
@@ -55,6 +57,12 @@ class PrefixCache {
   struct Hit {
     int64_t tokens = 0;                       // prompt tokens the snapshot covers (0: miss)
     std::unique_ptr<ModelSequence> sequence;  // a private copy of the snapshot
+    // The longest whole-block prefix (at most max_tokens) that this prompt
+    // shares with any cached snapshot's tokens, >= tokens. When it is longer
+    // than the hit, another request diverged from this one there: the
+    // prefill should snapshot at that point, so that a third request sharing
+    // it hits (the platform's common-prefix units: A+B, then A+C persists A).
+    int64_t shared_tokens = 0;
   };
   // The longest cached prefix of `prompt` of at most max_tokens tokens in
   // this namespace and prefix class; a miss has tokens 0 and no sequence.
@@ -104,6 +112,9 @@ class PrefixCache {
   mutable std::mutex mu_;
   mutable Lru lru_;
   std::unordered_multimap<uint64_t, Lru::iterator> index_;
+  // Hash-chain key of every block prefix of every entry -> number of entries
+  // holding it (a hash collision only misplaces a snapshot point, never a hit).
+  std::unordered_map<uint64_t, uint32_t> prefix_refs_;
   PrefixCacheStats stats_;
 };
 

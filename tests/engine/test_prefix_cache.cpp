@@ -336,6 +336,41 @@ TEST(PrefixCacheGeneration, NextTurnHitsTheDecodedAnswerWhenExact) {
   }
 }
 
+TEST(PrefixCacheGeneration, DivergingRequestsPersistTheirCommonPrefix) {
+  // The platform's example: A+B, then A+C (no hit) persists A, so A+D hits A.
+  HistoryModel m;
+  PrefixCacheOptions o = small_blocks();
+  o.interval_tokens = 64;  // no interval snapshots in these short prompts
+  PrefixCache cache(o);
+  const auto a = tokens(10);
+  auto with = [&](int32_t start) {
+    auto p = a;
+    for (int32_t t : tokens(9, start)) p.push_back(t);
+    return p;
+  };
+  EXPECT_EQ(run(m, with(500), &cache).last.prompt_cache_hit_tokens, 0);  // units 12, 16
+  auto probe = cache.lookup(with(600), 18, "", 0);
+  EXPECT_EQ(probe.tokens, 0);
+  EXPECT_EQ(probe.shared_tokens, 8);                                     // A's whole units
+  EXPECT_EQ(run(m, with(600), &cache).last.prompt_cache_hit_tokens, 0);  // persists 8
+  const Outcome third = run(m, with(700), &cache);
+  EXPECT_EQ(third.last.prompt_cache_hit_tokens, 8);
+  EXPECT_EQ(third.tokens, run(m, with(700), nullptr).tokens);
+  // Evicted entries no longer count as shared prefixes.
+  PrefixCache sizing(small_blocks());
+  const std::vector<int32_t> a500 = with(500);
+  const std::vector<int32_t> p16(a500.begin(), a500.begin() + 16);
+  sizing.insert(p16, "", 0, *fed(m, p16));
+  PrefixCache one(small_blocks(sizing.stats().bytes + 100));  // room for one entry
+  run(m, with(500), &one);
+  EXPECT_EQ(one.stats().entries, 1u);
+  EXPECT_EQ(one.lookup(with(600), 18, "", 0).shared_tokens, 8);
+  const auto other = tokens(16, 900);
+  one.insert(other, "", 0, *fed(m, other));
+  EXPECT_EQ(one.stats().entries, 1u);
+  EXPECT_EQ(one.lookup(with(600), 18, "", 0).shared_tokens, 0);
+}
+
 TEST(PrefixCacheGeneration, PrefixClassesDoNotMix) {
   HistoryModel m;
   m.class_cap = 16;  // prompts shorter than 16 tokens each form their own class
