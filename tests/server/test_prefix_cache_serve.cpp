@@ -132,11 +132,6 @@ struct Totals {
   }
 };
 
-Totals& totals() {
-  static Totals t;
-  return t;
-}
-
 json post_chat(const json& body) {
   auto r = server().post("/v1/chat/completions", body);
   EXPECT_TRUE(r);
@@ -144,7 +139,6 @@ json post_chat(const json& body) {
   EXPECT_EQ(r->status, 200) << r->body;
   json j = json::parse(r->body);
   check_openai_usage(j["usage"]);
-  totals().add(j["usage"]);
   return j;
 }
 
@@ -174,7 +168,6 @@ TEST(PrefixCacheServe, RepeatedRequestHitsAndAnswersTheSame) {
   const auto line_start = r->body.rfind("data: ", at) + 6;
   json last = json::parse(r->body.substr(line_start, r->body.find("\n\n", at) - line_start));
   check_openai_usage(last["usage"]);
-  totals().add(last["usage"]);
   EXPECT_EQ(last["usage"]["prompt_cache_hit_tokens"], repeat_hit(n));
 }
 
@@ -233,13 +226,6 @@ TEST(PrefixCacheServe, AnthropicReportsCacheReads) {
   EXPECT_EQ(second["usage"]["input_tokens"], n - repeat_hit(n));
   EXPECT_EQ(second["usage"]["cache_creation_input_tokens"], 0);
   EXPECT_EQ(first["content"], second["content"]);
-  for (const json* j : {&first, &second}) {
-    const json& u = (*j)["usage"];
-    totals().hit += u["cache_read_input_tokens"].get<int64_t>();
-    totals().miss += u["input_tokens"].get<int64_t>();
-    totals().out += u["output_tokens"].get<int64_t>();
-  }
-
   // Streaming: message_start already shows the hit the cache holds.
   a["stream"] = true;
   auto r = server().post("/anthropic/v1/messages", a);
@@ -251,42 +237,67 @@ TEST(PrefixCacheServe, AnthropicReportsCacheReads) {
   const auto d = r->body.find("data: ", r->body.find("event: message_delta")) + 6;
   json md = json::parse(r->body.substr(d, r->body.find('\n', d) - d));
   EXPECT_EQ(md["usage"]["cache_read_input_tokens"], repeat_hit(n));
-  totals().hit += md["usage"]["cache_read_input_tokens"].get<int64_t>();
-  totals().miss += md["usage"]["input_tokens"].get<int64_t>();
-  totals().out += md["usage"]["output_tokens"].get<int64_t>();
 }
 
-// Runs last (gtest keeps file order): everything above is in the ledger.
+// Self-contained (ctest runs each test in its own process): the ledger and
+// /metrics are compared before and after this test's own requests.
 TEST(PrefixCacheServe, LedgerChargesTheHitPriceAndMetricsCount) {
-  const Totals t = totals();
-  ASSERT_GT(t.hit, 0);
-  std::ifstream in(server().ledger);
-  ASSERT_TRUE(in.good());
-  json led = json::parse(in);
-  const json& acc = led["accounts"][kKey];
-  EXPECT_EQ(acc["prompt_cache_hit_tokens"], t.hit);
-  EXPECT_EQ(acc["prompt_cache_miss_tokens"], t.miss);
-  EXPECT_EQ(acc["completion_tokens"], t.out);
-  // deepseek-v4-flash list prices per 1M tokens: hit 0.028, miss 0.14, output 0.28.
-  const double expect = (t.hit * 0.028 + t.miss * 0.14 + t.out * 0.28) / 1e6;
-  EXPECT_NEAR(acc["spent_usd"].get<double>(), expect, 1e-12);
-  EXPECT_LT(acc["spent_usd"].get<double>(), ((t.hit + t.miss) * 0.14 + t.out * 0.28) / 1e6);
-
-  const std::string metrics = server().get("/metrics");
-  auto value = [&](const std::string& name) {
-    std::istringstream ss(metrics);
+  auto ledger_account = [] {
+    std::ifstream in(server().ledger);
+    if (!in.good()) return json::object();
+    json led = json::parse(in);
+    return led["accounts"].contains(kKey) ? led["accounts"][kKey] : json::object();
+  };
+  auto field = [](const json& acc, const char* name) {
+    return acc.contains(name) ? acc[name].get<double>() : 0.0;
+  };
+  auto metric = [](const std::string& name) {
+    std::istringstream ss(server().get("/metrics"));
     std::string line;
     while (std::getline(ss, line))
       if (line.rfind(name + " ", 0) == 0) return std::stoll(line.substr(name.size() + 1));
     return -1LL;
   };
-  EXPECT_EQ(value("dsv4_prompt_cache_hit_tokens_total"), t.hit);
-  EXPECT_EQ(value("dsv4_prompt_cache_miss_tokens_total"), t.miss);
-  EXPECT_GT(value("dsv4_prefix_cache_entries"), 0);
-  EXPECT_GT(value("dsv4_prefix_cache_bytes"), 0);
-  EXPECT_LE(value("dsv4_prefix_cache_bytes"), value("dsv4_prefix_cache_budget_bytes"));
-  EXPECT_GT(value("dsv4_prefix_cache_hits_total"), 0);
-  EXPECT_GE(value("dsv4_prefix_cache_lookups_total"), value("dsv4_prefix_cache_hits_total"));
+  const json before = ledger_account();
+  const long long hit0 = metric("dsv4_prompt_cache_hit_tokens_total");
+  const long long miss0 = metric("dsv4_prompt_cache_miss_tokens_total");
+
+  Totals t;
+  const json body = chat({{{"role", "system"}, {"content", long_system("the ledger")}},
+                          {{"role", "user"}, {"content", "How much does a hit cost?"}}},
+                         false);
+  for (int i = 0; i < 2; ++i) t.add(post_chat(body)["usage"]);
+  json a = {{"model", "deepseek-v4-flash"},
+            {"max_tokens", 3},
+            {"thinking", {{"type", "disabled"}}},
+            {"system", long_system("the ledger, Anthropic")},
+            {"messages", {{{"role", "user"}, {"content", "And on this route?"}}}}};
+  for (int i = 0; i < 2; ++i) {
+    json m = json::parse(server().post("/anthropic/v1/messages", a)->body);
+    t.hit += m["usage"]["cache_read_input_tokens"].get<int64_t>();
+    t.miss += m["usage"]["input_tokens"].get<int64_t>();
+    t.out += m["usage"]["output_tokens"].get<int64_t>();
+  }
+  ASSERT_GT(t.hit, 0);
+
+  const json after = ledger_account();
+  EXPECT_EQ(field(after, "prompt_cache_hit_tokens") - field(before, "prompt_cache_hit_tokens"),
+            t.hit);
+  EXPECT_EQ(field(after, "prompt_cache_miss_tokens") - field(before, "prompt_cache_miss_tokens"),
+            t.miss);
+  EXPECT_EQ(field(after, "completion_tokens") - field(before, "completion_tokens"), t.out);
+  // deepseek-v4-flash list prices per 1M tokens: hit 0.028, miss 0.14, output 0.28.
+  const double spent = field(after, "spent_usd") - field(before, "spent_usd");
+  EXPECT_NEAR(spent, (t.hit * 0.028 + t.miss * 0.14 + t.out * 0.28) / 1e6, 1e-12);
+  EXPECT_LT(spent, ((t.hit + t.miss) * 0.14 + t.out * 0.28) / 1e6);
+
+  EXPECT_EQ(metric("dsv4_prompt_cache_hit_tokens_total") - hit0, t.hit);
+  EXPECT_EQ(metric("dsv4_prompt_cache_miss_tokens_total") - miss0, t.miss);
+  EXPECT_GT(metric("dsv4_prefix_cache_entries"), 0);
+  EXPECT_GT(metric("dsv4_prefix_cache_bytes"), 0);
+  EXPECT_LE(metric("dsv4_prefix_cache_bytes"), metric("dsv4_prefix_cache_budget_bytes"));
+  EXPECT_GT(metric("dsv4_prefix_cache_hits_total"), 0);
+  EXPECT_GE(metric("dsv4_prefix_cache_lookups_total"), metric("dsv4_prefix_cache_hits_total"));
 }
 
 }  // namespace
