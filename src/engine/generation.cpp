@@ -55,9 +55,8 @@ void generate(const LanguageModel& model, const Detokenizer& detok,
   auto keep_decoded = [&] {
     for (auto& unit : decoded_units)
       if (unit) {
-        cache->insert(std::span<const int32_t>(consumed).first(unit->position()), cache_space,
-                      decoded_class, *unit);
-        unit.reset();
+        const auto prefix = std::span<const int32_t>(consumed).first(unit->position());
+        cache->insert(prefix, cache_space, decoded_class, std::move(unit));
       }
   };
   auto finish = [&](FinishReason reason, std::string error = {}) {

@@ -115,6 +115,19 @@ PrefixCache::Hit PrefixCache::lookup(std::span<const int32_t> prompt, int64_t ma
 
 void PrefixCache::insert(std::span<const int32_t> prefix, const std::string& space,
                          int64_t prefix_class, const ModelSequence& seq) {
+  insert_impl(prefix, space, prefix_class, seq, nullptr);
+}
+
+void PrefixCache::insert(std::span<const int32_t> prefix, const std::string& space,
+                         int64_t prefix_class, std::unique_ptr<ModelSequence> snapshot) {
+  if (!snapshot) return;
+  const ModelSequence& seq = *snapshot;  // before the move: argument order is unspecified
+  insert_impl(prefix, space, prefix_class, seq, std::move(snapshot));
+}
+
+void PrefixCache::insert_impl(std::span<const int32_t> prefix, const std::string& space,
+                              int64_t prefix_class, const ModelSequence& seq,
+                              std::unique_ptr<ModelSequence> owned) {
   if (!enabled() || prefix.empty()) return;
   const int64_t n = static_cast<int64_t>(prefix.size());
   if (n % opt_.block_tokens != 0)
@@ -123,7 +136,8 @@ void PrefixCache::insert(std::span<const int32_t> prefix, const std::string& spa
   if (seq.position() != n)
     fail("prefix cache: the sequence is at position ", seq.position(), ", not at the end of the ",
          n, "-token prefix");
-  const uint64_t key = block_keys(prefix, n / opt_.block_tokens, space, prefix_class).back();
+  const std::vector<uint64_t> keys = block_keys(prefix, n / opt_.block_tokens, space, prefix_class);
+  const uint64_t key = keys.back();
   auto present = [&] {
     auto [lo, hi] = index_.equal_range(key);
     for (auto it = lo; it != hi; ++it) {
@@ -142,7 +156,8 @@ void PrefixCache::insert(std::span<const int32_t> prefix, const std::string& spa
   }
   const uint64_t bytes = seq.memory_bytes() + prefix.size() * sizeof(int32_t) + sizeof(Entry);
   if (bytes > opt_.budget_bytes) return;
-  std::shared_ptr<const ModelSequence> snapshot = seq.clone();  // outside the lock
+  // Copied outside the lock (or kept as given).
+  std::shared_ptr<const ModelSequence> snapshot = owned ? std::move(owned) : seq.clone();
   if (!snapshot) return;
 
   std::lock_guard<std::mutex> lock(mu_);
@@ -155,8 +170,7 @@ void PrefixCache::insert(std::span<const int32_t> prefix, const std::string& spa
   e.tokens.assign(prefix.begin(), prefix.end());
   e.snapshot = std::move(snapshot);
   e.bytes = bytes;
-  for (uint64_t k : block_keys(prefix, n / opt_.block_tokens, space, prefix_class))
-    ++prefix_refs_[k];
+  for (uint64_t k : keys) ++prefix_refs_[k];
   lru_.push_front(std::move(e));
   index_.emplace(key, lru_.begin());
   stats_.bytes += bytes;

@@ -79,6 +79,9 @@ class PrefixCache {
   // cached, the snapshot alone exceeds the budget or the model cannot clone.
   void insert(std::span<const int32_t> prefix, const std::string& space, int64_t prefix_class,
               const ModelSequence& seq);
+  // The same, keeping `snapshot` itself (no copy).
+  void insert(std::span<const int32_t> prefix, const std::string& space, int64_t prefix_class,
+              std::unique_ptr<ModelSequence> snapshot);
 
   // Where a prefill of a prompt of `prompt_tokens` tokens should snapshot,
   // ascending: every interval_tokens, and the last two block boundaries at or
@@ -103,6 +106,8 @@ class PrefixCache {
   // Hash chain: key of blocks [0, k) for every k (index k-1).
   std::vector<uint64_t> block_keys(std::span<const int32_t> tokens, int64_t blocks,
                                    const std::string& space, int64_t prefix_class) const;
+  void insert_impl(std::span<const int32_t> prefix, const std::string& space, int64_t prefix_class,
+                   const ModelSequence& seq, std::unique_ptr<ModelSequence> owned);
   void evict_to_fit_locked(uint64_t incoming);
   // The entry of the longest cached prefix (end() if none).
   Lru::iterator find_locked(std::span<const int32_t> prompt, int64_t max_tokens,

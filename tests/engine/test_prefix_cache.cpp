@@ -115,10 +115,15 @@ TEST(PrefixCache, LongestCachedPrefixWins) {
   EXPECT_EQ(hit.tokens, 0);
   EXPECT_FALSE(hit.sequence);
 
+  // A snapshot handed over is kept as it is.
+  cache.insert(std::span(p).first(16), "", 0, fed(m, std::span(p).first(16)));
+  EXPECT_EQ(cache.lookup(p, 100, "", 0).tokens, 16);
+  EXPECT_EQ(cache.stats().entries, 4u);
+
   // The copy is private: feeding it leaves the snapshot untouched.
   hit = cache.lookup(p, 100, "", 0);
-  hit.sequence->forward(std::span(p).subspan(12, 4), nullptr);
-  EXPECT_EQ(cache.lookup(p, 100, "", 0).sequence->position(), 12);
+  hit.sequence->forward(std::span(p).subspan(16, 4), nullptr);
+  EXPECT_EQ(cache.lookup(p, 100, "", 0).sequence->position(), 16);
 }
 
 TEST(PrefixCache, OnlyWholeBlocksHit) {
