@@ -64,8 +64,9 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
     for (int64_t b0 = j0; b0 < j1; b0 += kKeyBlock) {
       const int64_t b1 = std::min(j1, b0 + kKeyBlock);
       for (int64_t j = b0; j < b1; ++j) state.index_key(j, keys.data() + (j - b0) * hd);
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t j = b0; j < std::min(b1, visible_to(i)); ++j) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t j_end = std::min(b1, visible_to(i));
+        for (int64_t j = b0; j < j_end; ++j) {
           const float* k = keys.data() + (j - b0) * hd;
           float sum = 0;
           for (int64_t h = 0; h < heads; ++h) {
@@ -75,6 +76,7 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
           }
           score[(i - i0) * stride + j] = kernels::bf16_round(sum);
         }
+      }
     }
   };
   // Top-k of query i's scores (ties: the lower entry, as kernels::topk does).
