@@ -269,7 +269,12 @@ int run_serve(int argc, char** argv) {
   if (cache_opt.interval_tokens % std::max<int64_t>(cache_opt.block_tokens, 1) != 0 &&
       !args.has("prefix-cache-interval"))
     cache_opt.interval_tokens = (1024 / cache_opt.block_tokens + 1) * cache_opt.block_tokens;
-  auto prefix_cache = std::make_shared<engine::PrefixCache>(cache_opt);  // validates
+  std::shared_ptr<engine::PrefixCache> prefix_cache;
+  try {
+    prefix_cache = std::make_shared<engine::PrefixCache>(cache_opt);  // validates
+  } catch (const Error& e) {
+    fail("--prefix-cache-block / --prefix-cache-interval: ", e.what());
+  }
 
   // SIGINT/SIGTERM are taken by sigwait below, in every thread.
   sigset_t signals;
