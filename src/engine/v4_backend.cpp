@@ -9,10 +9,6 @@ namespace dsv4::engine {
 
 namespace {
 
-uint64_t compressor_bytes(const CompressorState& c) {
-  return (c.kv.size() + c.score.size()) * sizeof(float);
-}
-
 class V4Sequence : public ModelSequence {
  public:
   explicit V4Sequence(const Model& model) : model_(model), state_(model.new_sequence()) {}
@@ -27,15 +23,13 @@ class V4Sequence : public ModelSequence {
     return std::make_unique<V4Sequence>(model_, *state_);
   }
   void set_prompt_length(int64_t tokens) override { state_->frame.prompt_len = tokens; }
-  // The packed caches and the compressor states. Full pages of compressed
-  // rows are shared between copies, and counted in each: an upper bound.
+  // The packed caches and the compressor states (LayerState::stored_bytes).
+  // Full pages of compressed rows are shared between copies, and counted in
+  // each: an upper bound.
   uint64_t memory_bytes() const override {
     uint64_t bytes = sizeof(SequenceState);
     for (const auto* layers : {&state_->layers, &state_->mtp})
-      for (const LayerState& l : *layers)
-        bytes += l.window_kv.size() + l.compressed_kv.stored_bytes() + l.index_keys.stored_bytes() +
-                 compressor_bytes(l.compressor) + compressor_bytes(l.index_compressor) +
-                 sizeof(LayerState);
+      for (const LayerState& l : *layers) bytes += l.stored_bytes() + sizeof(LayerState);
     return bytes;
   }
 

@@ -149,7 +149,11 @@ TEST_F(PrefixCacheV4, HitReproducesColdPrefillBitForBit) {
                           lm_->prefix_class(static_cast<int64_t>(b.size())));
   ASSERT_TRUE(hit.sequence);
   EXPECT_EQ(hit.tokens, expect_hit);
+  // Snapshots are charged their caches: more tokens, more compressed rows.
+  const uint64_t bytes_at_hit = hit.sequence->memory_bytes();
+  EXPECT_GT(bytes_at_hit, 0u);
   const std::vector<float> warm = continued(*hit.sequence, b);
+  EXPECT_GT(hit.sequence->memory_bytes(), bytes_at_hit);
   const std::vector<float> ref = cold(b);
   ASSERT_EQ(warm.size(), ref.size());
   EXPECT_EQ(warm, ref) << "a cache hit must reproduce the cold prefill bit for bit";
