@@ -17,13 +17,17 @@ constexpr const char* kUsage =
 
 Runs the ordinary forward pass over the prompt (prefill), then one token per
 decode id, and writes the fp32 logits after the prompt (`prefill`, [vocab])
-and after each decode token (`decode.0`, `decode.1`, ...).
+and after each decode token (`decode.0`, `decode.1`, ...). With
+--all-positions it also writes `positions` [prompt length, vocab]: the head
+applied to every prompt position's final streams of the same prefill (what a
+teacher-forced reference forward computes).
 
 options:
   --model DIR         model folder (default: the bundled demo model)
   --prompt-ids LIST   comma-separated prompt token ids
   --decode-ids LIST   comma-separated tokens fed one at a time after the prompt
   --chunk N           feed the prompt in chunks of N tokens (default: all at once)
+  --all-positions     also write the logits of every prompt position
   --out FILE          output safetensors file
 )";
 
@@ -38,6 +42,7 @@ int run_logits(int argc, char** argv) {
              {"decode-ids", true},
              {"chunk", true},
              {"out", true},
+             {"all-positions", false},
              {"help", false}});
   if (args.has("help")) {
     std::fputs(kUsage, stdout);
@@ -59,12 +64,23 @@ int run_logits(int argc, char** argv) {
   state->frame.prompt_len = static_cast<int64_t>(prompt.size());
   std::vector<float> logits;
   SafetensorsWriter w;
+  const bool all_positions = args.has("all-positions");
+  const int64_t stream = model.config().hc_mult * model.config().dim;
+  std::vector<float> hidden, positions;
+  if (all_positions) positions.resize(prompt.size() * static_cast<size_t>(vocab));
   const std::span<const int32_t> all(prompt);
   for (size_t c0 = 0; c0 < prompt.size(); c0 += static_cast<size_t>(chunk)) {
     const size_t n = std::min<size_t>(static_cast<size_t>(chunk), prompt.size() - c0);
-    model.forward(*state, all.subspan(c0, n), c0 + n == prompt.size() ? &logits : nullptr);
+    Model::ForwardOptions opt;
+    if (all_positions) opt.hidden = &hidden;
+    model.forward(*state, all.subspan(c0, n), c0 + n == prompt.size() ? &logits : nullptr, opt);
+    if (all_positions)
+      for (size_t i = 0; i < n; ++i)
+        model.head_logits(hidden.data() + i * stream, positions.data() + (c0 + i) * vocab);
   }
   w.add_f32("prefill", {vocab}, logits.data());
+  if (all_positions)
+    w.add_f32("positions", {static_cast<int64_t>(prompt.size()), vocab}, positions.data());
   for (size_t t = 0; t < decode.size(); ++t) {
     model.forward(*state, std::span<const int32_t>(&decode[t], 1), &logits);
     w.add_f32("decode." + std::to_string(t), {vocab}, logits.data());

@@ -4,7 +4,8 @@
 #
 #   tools/demo/build_demo.sh [DSV4_BINARY]     (default build/dsv4; run from anywhere)
 #
-# Environment: WORK (default out/demo), MODEL (default models/dsv4-demo), THREADS (2),
+# Environment: WORK (default out/demo), MODEL (default models/dsv4-demo), THREADS (1: on 2 cores
+# one torch thread measured faster than two, docs/demo-model.md),
 # TIME_BUDGET (training seconds, default 6000), STEPS (default 4000, whichever ends first),
 # EVAL_LIMIT (engine: prompts to generate for the gates, default 0 = all 1000),
 # TORCH_EVAL_LIMIT (the same with the PyTorch model, much slower per token: default 200).
@@ -16,7 +17,7 @@ cd "$ROOT"
 DSV4=${1:-build/dsv4}
 WORK=${WORK:-out/demo}
 MODEL=${MODEL:-models/dsv4-demo}
-THREADS=${THREADS:-2}
+THREADS=${THREADS:-1}
 TIME_BUDGET=${TIME_BUDGET:-6000}
 STEPS=${STEPS:-4000}
 EVAL_LIMIT=${EVAL_LIMIT:-0}

@@ -3,10 +3,12 @@
 
     compare_engine.py --model models/dsv4-demo --data out/demo/eval.npz --dsv4 build/dsv4 [--n 20]
 
-For each of the first --n conversations (or --ids 0,5,7,...), `dsv4 logits` feeds the first token
-as the prompt and the others one at a time (the engine's decode path), giving the logits at every
-position; tools/v4ref runs the same ids through its exact-numerics causal forward (the
-reference's prefill). Prints top-1 agreement over all positions and over the trained
+For each of the first --n conversations, `dsv4 logits --all-positions` prefills the whole
+conversation and applies the head to every position (teacher-forced, as the reference's prefill
+computes it); with --path decode it instead feeds the first token as the prompt and the others
+one at a time (the engine's decode path, whose bf16 rounding details are those of the
+reference's decode calls, not of its prefill). tools/v4ref runs the same ids through its
+exact-numerics causal forward (the reference's prefill). Prints top-1 agreement over all positions and over the trained
 (assistant-output) positions, and the rel L2 of the logits, as JSON; with --min-top1 the exit
 status is 1 when the agreement is lower.
 """
@@ -29,10 +31,17 @@ from v4ref.quant import EXACT  # noqa: E402  pylint: disable=wrong-import-positi
 from v4ref.safetensors_io import SafetensorsFile  # noqa: E402  pylint: disable=wrong-import-position
 
 
-def engine_logits(dsv4: str, model_dir: str, ids) -> torch.Tensor:
+def engine_logits(dsv4: str, model_dir: str, ids, path: str = "prefill") -> torch.Tensor:
     """[len(ids), vocab]: logits after each token, from the engine."""
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "logits.safetensors")
+        if path == "prefill":
+            cmd = [dsv4, "logits", "--model", model_dir, "--all-positions", "--out", out,
+                   "--prompt-ids", ",".join(str(int(t)) for t in ids)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                raise SystemExit(f"dsv4 logits failed: {proc.stderr.strip()}")
+            return SafetensorsFile(out).get("positions").float()
         cmd = [dsv4, "logits", "--model", model_dir, "--prompt-ids", str(ids[0]), "--out", out]
         if len(ids) > 1:
             cmd += ["--decode-ids", ",".join(str(int(t)) for t in ids[1:])]
@@ -44,13 +53,13 @@ def engine_logits(dsv4: str, model_dir: str, ids) -> torch.Tensor:
         return torch.stack([r.float() for r in rows])
 
 
-def compare(model_dir: str, dsv4: str, sequences, masks, threads: int = 2):
+def compare(model_dir: str, dsv4: str, sequences, masks, threads: int = 2, path: str = "prefill"):
     torch.set_num_threads(threads)
     model = load_model(model_dir)
     agree = agree_trained = total = trained = 0
     num = den = 0.0
     for ids, mask in zip(sequences, masks):
-        ref = engine_logits(dsv4, model_dir, ids)
+        ref = engine_logits(dsv4, model_dir, ids, path)
         with torch.no_grad():
             ours, _ = model.forward_train(torch.as_tensor(ids)[None].long(), EXACT,
                                           with_mtp=False)
@@ -65,7 +74,7 @@ def compare(model_dir: str, dsv4: str, sequences, masks, threads: int = 2):
         trained += int(tmask.sum())
         num += float((ref - ours).square().sum())
         den += float(ours.square().sum())
-    return {"sequences": len(sequences), "positions": total,
+    return {"engine_path": path, "sequences": len(sequences), "positions": total,
             "top1_agree": agree / max(1, total),
             "top1_agree_trained_positions": agree_trained / max(1, trained),
             "rel_l2": (num / max(den, 1e-30))**0.5}
@@ -80,6 +89,8 @@ def main(argv=None):
     p.add_argument("--max-len", type=int, default=1024)
     p.add_argument("--min-top1", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--path", choices=["prefill", "decode"], default="prefill",
+                   help="engine logits from one prefill (default) or from decode steps")
     args = p.parse_args(argv)
     d = np.load(args.data)
     off = d["offsets"]
@@ -90,7 +101,7 @@ def main(argv=None):
             masks.append(d["mask"][off[i]:off[i + 1]])
         if len(seqs) == args.n:
             break
-    res = compare(args.model, args.dsv4, seqs, masks, args.threads)
+    res = compare(args.model, args.dsv4, seqs, masks, args.threads, args.path)
     print(json.dumps(res))
     if res["top1_agree"] < args.min_top1:
         sys.exit(1)

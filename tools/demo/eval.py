@@ -77,6 +77,14 @@ def cmd_reference(args):
     return 0
 
 
+def loads_or_none(text):
+    """json.loads, or None when the model wrote arguments that are not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
 def parse_completion(dsv4, text, thinking):
     """The chat layer's parse of a completion, or None where it rejects it."""
     proc = subprocess.run([dsv4, "parse"], input=json.dumps(
@@ -118,8 +126,8 @@ def score(data, metas, completions, dsv4):
             add("tool_dsml_parsed", len(calls) >= 1)
             right = len(calls) >= 1 and calls[0]["function"]["name"] == meta["tool"]
             add("tool_right", right)
-            add("tool_arguments_exact",
-                right and json.loads(calls[0]["function"]["arguments"]) == meta["arguments"])
+            add("tool_arguments_exact", right and loads_or_none(calls[0]["function"]["arguments"])
+                == meta["arguments"])
         elif category == "tool_none":
             add("tool_none_answers_directly", parsed is not None and not calls and content.strip())
         elif category == "json":
