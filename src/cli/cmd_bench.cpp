@@ -309,7 +309,8 @@ int run_bench(int argc, char** argv) {
     if (ci + 1 == contexts.size()) {
       const StateBytes sb = state_bytes(*state);
       kv = {{"state_context_tokens", state->pos},
-            {"state_layout", "fp32 (compressed KV rows and indexer keys as float)"},
+            {"state_layout",
+             "packed (spec 6.3: FP8 NoPE + BF16 RoPE + UE8M0 rows, FP4 indexer keys)"},
             {"state_growing_bytes", sb.growing},
             {"state_fixed_bytes", sb.fixed},
             {"state_bytes_per_token", static_cast<double>(sb.growing) / double(state->pos)},
@@ -394,14 +395,14 @@ int run_bench(int argc, char** argv) {
             : (std::to_string(d["forward_fill_seconds"].get<double>()).substr(0, 5) + " s").c_str(),
         static_cast<long long>(d["repeated_to"].get<int64_t>()), d["repeat_seconds"].get<double>());
     line("  fill", b);
-    std::snprintf(b, sizeof b, "%s (fp32 state; %s packed); with the weights %.4f of bandwidth",
+    std::snprintf(b, sizeof b, "%s (state; %s spec packed); with the weights %.4f of bandwidth",
                   human(d["kv_bytes_read_per_token_state"].get<double>(), "B").c_str(),
                   human(d["kv_bytes_read_per_token_spec"].get<double>(), "B").c_str(),
                   d["fraction_of_bandwidth_with_kv"].get<double>());
     line("  KV read per token", b);
   }
   t += "\nKV cache per token of context\n";
-  std::snprintf(b, sizeof b, "%.2f B (fp32 rows; at %lld tokens)",
+  std::snprintf(b, sizeof b, "%.2f B (packed rows; at %lld tokens)",
                 kv["state_bytes_per_token"].get<double>(),
                 static_cast<long long>(kv["state_context_tokens"].get<int64_t>()));
   line("sequence state, measured", b);

@@ -63,8 +63,9 @@ uint64_t mapped_resident_bytes(const std::string& dir);
 
 // Bytes the sequence state holds. `growing`: the parts that grow with the
 // context (compressed KV rows and indexer keys of every main layer), as
-// stored (the state keeps fp32 values); `fixed`: window rings and compressor
-// buffers. Counted from the vectors' sizes, not from the config.
+// stored (packed, spec §6.3: model/kv_cache.h); `fixed`: window rings
+// (packed) and compressor buffers (fp32). Counted from the state, not from
+// the config.
 struct StateBytes {
   uint64_t growing = 0;
   uint64_t fixed = 0;
@@ -76,8 +77,10 @@ StateBytes state_bytes(const SequenceState& state);
 // code: every layer reads its min(context, window) window rows; a CSA layer
 // (ratio 4) scores all context/4 indexer keys and attends to
 // min(index_topk, context/4) compressed rows; an HCA layer attends to all
-// context/ratio compressed rows. `state`: at the sequence state's fp32 width;
-// `spec`: at the spec §6.3 packed sizes (row and key bytes as inspect counts).
+// context/ratio compressed rows. `state`: at the sequence state's row and
+// key widths (model/kv_cache.h); `spec`: at the spec §6.3 packed sizes (row
+// and key bytes as inspect counts). The state stores that layout, so the two
+// are equal.
 struct KvReadBytes {
   double state = 0;
   double spec = 0;

@@ -1,6 +1,7 @@
 // `dsv4 bench` end to end on a tiny synth checkpoint: every figure is present
 // and sane, the KV bytes per token equal the spec §6.3 formula and the state's
-// fp32 count made here from config.json, and user errors exit 1.
+// packed count made here from config.json (the state stores that layout),
+// and user errors exit 1.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -105,7 +106,8 @@ TEST_F(BenchCli, JsonFiguresArePresentAndSane) {
                 bytes * d["tokens_per_second"].get<double>(),
                 1e-6 * d["weight_bytes_per_second"].get<double>());
     expect_ratio(d["fraction_of_bandwidth"], "decode fraction of bandwidth");
-    EXPECT_GT(d["kv_bytes_read_per_token_state"].get<double>(),
+    // The state stores the packed layout: it reads what the spec's does.
+    EXPECT_EQ(d["kv_bytes_read_per_token_state"].get<double>(),
               d["kv_bytes_read_per_token_spec"].get<double>());
     EXPECT_GT(d["fraction_of_bandwidth_with_kv"].get<double>(),
               d["fraction_of_bandwidth"].get<double>());
@@ -137,15 +139,16 @@ TEST_F(BenchCli, JsonFiguresArePresentAndSane) {
   EXPECT_EQ(kv["spec_kv_row_bytes"].get<int64_t>(), row);
   EXPECT_EQ(kv["spec_indexer_key_bytes"].get<int64_t>(), key);
   EXPECT_NEAR(kv["spec_bytes_per_token"].get<double>(), spec, 1e-9);
-  // The state (fp32) at the last context: floor(P / ratio) rows per layer.
+  // The state (packed as above) at the last context: floor(P / ratio) rows
+  // per compressed layer, as many keys per CSA layer.
   const int64_t P = kv["state_context_tokens"];
   EXPECT_EQ(P, 1024);  // after the two decode steps
   uint64_t state = 0;
   for (int64_t l = 0; l < layers; ++l) {
     const int64_t r = c["compress_ratios"][l];
     if (r == 0) continue;
-    state += static_cast<uint64_t>(P / r) * hd * 4;
-    if (r == 4) state += static_cast<uint64_t>(P / r) * ihd * 4;
+    state += static_cast<uint64_t>(P / r * row);
+    if (r == 4) state += static_cast<uint64_t>(P / r * key);
   }
   EXPECT_EQ(kv["state_growing_bytes"].get<uint64_t>(), state);
   EXPECT_NEAR(kv["state_bytes_per_token"].get<double>(), double(state) / double(P), 1e-9);
@@ -166,7 +169,7 @@ TEST_F(BenchCli, JsonFiguresArePresentAndSane) {
 
 TEST_F(BenchCli, DecodesAtAMillionTokensOfContext) {
   // The tiny config's full context (max_position_embeddings = 2^20). The
-  // state holds the fp32 caches of 2^20 positions (~1.4 GB).
+  // state holds the packed caches of 2^20 positions (~347 MB).
   const CmdResult r = run("bench --json --model " + dir_->string() +
                               " --contexts 1048576 --prefill 0 --decode-tokens 1"
                               " --fill-tokens 256 --stream-bytes 16M --stream-runs 1"
@@ -179,13 +182,17 @@ TEST_F(BenchCli, DecodesAtAMillionTokensOfContext) {
   EXPECT_EQ(j["decode"][0]["repeated_to"].get<int64_t>(), 1048575);
   EXPECT_GT(j["decode"][0]["tokens_per_second"].get<double>(), 0);
   EXPECT_EQ(j["kv"]["state_context_tokens"].get<int64_t>(), 1048576);
+  // Spec §6.3 packed rows and keys (as in JsonFiguresArePresentAndSane).
+  const int64_t hd = c["head_dim"], rd = c["qk_rope_head_dim"], ihd = c["index_head_dim"];
+  const int64_t nope = hd - rd;
+  const int64_t row = nope + 2 * rd + (nope / 64 + 7) / 8 * 8;
+  const int64_t key = ihd / 2 + ihd / 32;
   uint64_t state = 0;
   for (int64_t l = 0; l < c["num_hidden_layers"].get<int64_t>(); ++l) {
     const int64_t r = c["compress_ratios"][l];
     if (r == 0) continue;
-    state += static_cast<uint64_t>(1048576 / r) * c["head_dim"].get<uint64_t>() * 4;
-    if (r == 4)
-      state += static_cast<uint64_t>(1048576 / r) * c["index_head_dim"].get<uint64_t>() * 4;
+    state += static_cast<uint64_t>(1048576 / r * row);
+    if (r == 4) state += static_cast<uint64_t>(1048576 / r * key);
   }
   EXPECT_EQ(j["kv"]["state_growing_bytes"].get<uint64_t>(), state);
   EXPECT_GE(j["memory"]["peak_rss_bytes"].get<uint64_t>(), state);
