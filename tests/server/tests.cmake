@@ -30,6 +30,14 @@ if(DSV4_NODE AND EXISTS ${DSV4_SERVER_AGENTS}/node_modules/@anthropic-ai/claude-
   set_tests_properties(server_coding_agents PROPERTIES
     TIMEOUT 1800 LABELS "js;agents"
     ENVIRONMENT "DSV4_BINARY=$<TARGET_FILE:dsv4>;DSV4_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+  # The same agents against the bundled demo model (a trained model: it ends its turns itself).
+  if(EXISTS ${PROJECT_SOURCE_DIR}/models/dsv4-demo/config.json)
+    add_test(NAME server_coding_agents_demo COMMAND ${DSV4_NODE} --test --test-concurrency=1
+             WORKING_DIRECTORY ${DSV4_SERVER_AGENTS})
+    set_tests_properties(server_coding_agents_demo PROPERTIES
+      TIMEOUT 1800 LABELS "js;agents"
+      ENVIRONMENT "DSV4_BINARY=$<TARGET_FILE:dsv4>;DSV4_SOURCE_DIR=${PROJECT_SOURCE_DIR};DSV4_AGENTS_MODEL=${PROJECT_SOURCE_DIR}/models/dsv4-demo")
+  endif()
 else()
   add_test(NAME server_coding_agents
            COMMAND ${CMAKE_COMMAND} -E echo
