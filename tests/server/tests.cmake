@@ -30,13 +30,15 @@ if(DSV4_NODE AND EXISTS ${DSV4_SERVER_AGENTS}/node_modules/@anthropic-ai/claude-
   set_tests_properties(server_coding_agents PROPERTIES
     TIMEOUT 1800 LABELS "js;agents"
     ENVIRONMENT "DSV4_BINARY=$<TARGET_FILE:dsv4>;DSV4_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
-  # The same agents against the bundled demo model (a trained model: it ends its turns itself).
+  # The same agents against the bundled demo model (a trained model: it ends its turns itself,
+  # after some reasoning, so the output limit leaves room for that; the server samples at the
+  # platform's default temperature 1, so 16 tokens were sometimes too few).
   if(EXISTS ${PROJECT_SOURCE_DIR}/models/dsv4-demo/config.json)
     add_test(NAME server_coding_agents_demo COMMAND ${DSV4_NODE} --test --test-concurrency=1
              WORKING_DIRECTORY ${DSV4_SERVER_AGENTS})
     set_tests_properties(server_coding_agents_demo PROPERTIES
       TIMEOUT 1800 LABELS "js;agents"
-      ENVIRONMENT "DSV4_BINARY=$<TARGET_FILE:dsv4>;DSV4_SOURCE_DIR=${PROJECT_SOURCE_DIR};DSV4_AGENTS_MODEL=${PROJECT_SOURCE_DIR}/models/dsv4-demo")
+      ENVIRONMENT "DSV4_BINARY=$<TARGET_FILE:dsv4>;DSV4_SOURCE_DIR=${PROJECT_SOURCE_DIR};DSV4_AGENTS_MODEL=${PROJECT_SOURCE_DIR}/models/dsv4-demo;DSV4_AGENTS_MAX_TOKENS=1024")
   endif()
 else()
   add_test(NAME server_coding_agents
