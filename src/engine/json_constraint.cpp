@@ -4,6 +4,8 @@
 #include <cmath>
 #include <limits>
 
+#include "engine/byte_constraint.h"
+
 namespace dsv4::engine {
 
 namespace {
@@ -238,32 +240,14 @@ JsonObjectConstraint::JsonObjectConstraint(
 
 void JsonObjectConstraint::mask(std::span<float> logits) {
   if (!active_) return;
-  const auto& bytes = *bytes_;
-  const float ninf = -std::numeric_limits<float>::infinity();
+  // Once the object is closed only an end token may follow, and only then.
   const bool done = machine_.complete();
-  for (size_t i = 0; i < logits.size(); ++i) {
-    if (logits[i] == ninf) continue;
-    const bool is_end = std::find(end_tokens_.begin(), end_tokens_.end(),
-                                  static_cast<int32_t>(i)) != end_tokens_.end();
-    bool ok;
-    if (done || is_end) {
-      ok = done && is_end;  // the end token exactly when the object is closed
-    } else if (i >= bytes.size() || bytes[i].empty() || markup(bytes[i])) {
-      ok = false;
-    } else {
-      JsonMachine trial = machine_;
-      ok = trial.feed(bytes[i]);
-    }
-    if (!ok) logits[i] = ninf;
-  }
+  mask_by_machine(logits, *bytes_, end_tokens_, machine_, /*end_ok=*/done, /*text_ok=*/!done,
+                  markup);
 }
 
 void JsonObjectConstraint::accept(int32_t token) {
-  if (!active_) {
-    active_ = token == start_token_;
-    return;
-  }
-  if (token >= 0 && static_cast<size_t>(token) < bytes_->size()) machine_.feed((*bytes_)[token]);
+  accept_token(token, start_token_, *bytes_, active_, machine_);
 }
 
 }  // namespace dsv4::engine

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "engine/byte_constraint.h"
 #include "util/error.h"
 
 namespace dsv4::engine {
@@ -704,32 +705,12 @@ ToolCallConstraint::ToolCallConstraint(std::shared_ptr<const std::vector<std::st
 
 void ToolCallConstraint::mask(std::span<float> logits) {
   if (!active_) return;
-  const auto& bytes = *bytes_;
-  const float ninf = -std::numeric_limits<float>::infinity();
-  const bool can_end = machine_.can_end();
-  for (size_t i = 0; i < logits.size(); ++i) {
-    if (logits[i] == ninf) continue;
-    const bool is_end = std::find(end_tokens_.begin(), end_tokens_.end(),
-                                  static_cast<int32_t>(i)) != end_tokens_.end();
-    bool ok;
-    if (is_end) {
-      ok = can_end;
-    } else if (i >= bytes.size() || bytes[i].empty()) {
-      ok = false;
-    } else {
-      ToolCallMachine trial = machine_;
-      ok = trial.feed(bytes[i]);
-    }
-    if (!ok) logits[i] = ninf;
-  }
+  mask_by_machine(logits, *bytes_, end_tokens_, machine_, /*end_ok=*/machine_.can_end(),
+                  /*text_ok=*/true, [](const std::string&) { return false; });
 }
 
 void ToolCallConstraint::accept(int32_t token) {
-  if (!active_) {
-    active_ = token == start_token_;
-    return;
-  }
-  if (token >= 0 && static_cast<size_t>(token) < bytes_->size()) machine_.feed((*bytes_)[token]);
+  accept_token(token, start_token_, *bytes_, active_, machine_);
 }
 
 }  // namespace dsv4::engine
