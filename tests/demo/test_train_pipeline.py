@@ -12,7 +12,8 @@
    FP8 (F8_E4M3 + F8_E8M0 scales) linears, packed FP4 (I8) routed experts, BF16 norms.
    Its held-out loss, reloaded by tools/v4ref, must equal the trained model's QAT loss (the
    export quantises exactly what QAT simulated).
-5. `dsv4 logits` loads it and agrees with tools/v4ref teacher-forced (compare_engine.py).
+5. --procs 2 (data parallel): pause, resume, identical replicas, falling loss.
+6. `dsv4 logits` loads it and agrees with tools/v4ref teacher-forced (compare_engine.py).
 Exit 77 (skipped) without torch.
 """
 
@@ -133,6 +134,26 @@ def main():
         diff = abs(rep["eval_loss_exported"] - rep["eval_loss_trained_ste"])
         expect(diff < 2e-3, f"exported model's held-out loss {rep['eval_loss_exported']} == "
                f"trained QAT loss {rep['eval_loss_trained_ste']} (diff {diff:.2g})")
+
+        # Data parallelism: two processes, paused after the first step and resumed; train.py
+        # itself compares the replicas' weights at the end and fails if they differ.
+        ddp_dir = os.path.join(work, "run-ddp")
+        ddp = [PY, os.path.join(DEMO, "train.py"), "--data", train, "--out", ddp_dir,
+               "--config", os.path.join(DEMO, "tiny_config.json"), "--steps", "12",
+               "--batch-tokens", "384", "--warmup", "2", "--lr", "1e-2", "--log-every", "1",
+               "--procs", "2", "--threads", "1"]
+        out = run(ddp + ["--time-limit", "0.001"])
+        expect("time limit reached at step 1" in out, "2 processes: --time-limit pauses")
+        out = run(ddp)
+        expect("resumed from" in out and "2 data-parallel replicas identical after step 12" in out,
+               "2 processes resume and end with identical replicas")
+        with open(os.path.join(ddp_dir, "log.jsonl")) as f:
+            log = [json.loads(line) for line in f]
+        expect([r["step"] for r in log if "loss" in r] == list(range(1, 13)),
+               "2 processes: one log record per step")
+        losses = [r["loss"] for r in log if "loss" in r]
+        expect(np.mean(losses[-3:]) < np.mean(losses[:3]),
+               f"2 processes: training loss falls: {losses[:3]} -> {losses[-3:]}")
 
         import compare_engine  # pylint: disable=import-outside-toplevel
         d = np.load(ev)

@@ -4,8 +4,9 @@
 #
 #   tools/demo/build_demo.sh [DSV4_BINARY]     (default build/dsv4; run from anywhere)
 #
-# Environment: WORK (default out/demo), MODEL (default models/dsv4-demo), THREADS (1: on 2 cores
-# one torch thread measured faster than two, docs/demo-model.md),
+# Environment: WORK (default out/demo), MODEL (default models/dsv4-demo), PROCS (data-parallel
+# training processes, default 2), THREADS (torch threads per process, default 1: on 2 cores two
+# 1-thread processes train 1.6x faster than one, one 2-thread process slower, docs/demo-model.md),
 # TIME_BUDGET (training seconds, default 6000), STEPS (default 4000, whichever ends first),
 # EVAL_LIMIT (engine: prompts to generate for the gates, default 0 = all 1000),
 # TORCH_EVAL_LIMIT (the same with the PyTorch model, much slower per token: default 200).
@@ -18,6 +19,7 @@ DSV4=${1:-build/dsv4}
 WORK=${WORK:-out/demo}
 MODEL=${MODEL:-models/dsv4-demo}
 THREADS=${THREADS:-1}
+PROCS=${PROCS:-2}
 TIME_BUDGET=${TIME_BUDGET:-6000}
 STEPS=${STEPS:-4000}
 EVAL_LIMIT=${EVAL_LIMIT:-0}
@@ -41,7 +43,7 @@ mkdir -p "$WORK"
 
 # Each data step runs only when its output is missing (delete $WORK to regenerate everything).
 [ -f "$WORK/train.jsonl" ] ||
-  $PY tools/demo/gen_data.py --seed 1 --n 40000 --out "$WORK/train.jsonl" --meta "$WORK/train.meta.jsonl"
+  $PY tools/demo/gen_data.py --seed 1 --n 60000 --out "$WORK/train.jsonl" --meta "$WORK/train.meta.jsonl"
 [ -f "$WORK/eval.jsonl" ] ||
   $PY tools/demo/gen_data.py --seed 2 --n 1000 --split eval --out "$WORK/eval.jsonl" --meta "$WORK/eval.meta.jsonl"
 [ -f "$WORK/tokenizer/tokenizer.json" ] ||
@@ -53,7 +55,7 @@ mkdir -p "$WORK"
       --max-tokens 768 --out "$WORK/train.npz"
 
 $PY tools/demo/train.py --data "$WORK/train.npz" --eval-data "$WORK/eval.npz" --out "$WORK/run" \
-    --threads "$THREADS" --time-budget "$TIME_BUDGET" --steps "$STEPS" \
+    --procs "$PROCS" --threads "$THREADS" --time-budget "$TIME_BUDGET" --steps "$STEPS" \
     --loss-png docs/loss-curve.png --export "$MODEL" --tokenizer "$WORK/tokenizer"
 
 # Engine vs PyTorch, teacher-forced on held-out conversations (gate: top-1 >= 99 %).

@@ -200,6 +200,9 @@ ARITH_QUESTIONS = [
     "{a}{op}{b}=?", "What do you get for {a} {op} {b}?",
 ]
 ARITH_ANSWERS = ["{a} {op} {b} = {r}.", "{r}", "The answer is {r}.", "{a} {op} {b} = {r}"]
+# Chat mode answers at once: restating the expression first puts both operands right before
+# the result, which a 4-layer model can then add in a single step.
+ARITH_DIRECT_ANSWERS = ["{a} {op} {b} = {r}.", "{a} {op} {b} = {r}", "{a} {op} {b} is {r}."]
 
 
 def draw_operands(rng):
@@ -218,11 +221,24 @@ def gen_arithmetic(rng, thinking, effort=None):
     q = rng.choice(ARITH_QUESTIONS).format(a=a, op=op, b=b)
     s.messages.append({"role": "user", "content": q})
     reasoning, result = arithmetic_reasoning(a, op, b, thorough=effort == "max")
-    answer = rng.choice(ARITH_ANSWERS).format(a=a, op=op, b=b, r=result)
+    forms = ARITH_ANSWERS if thinking else ARITH_DIRECT_ANSWERS
+    answer = rng.choice(forms).format(a=a, op=op, b=b, r=result)
     s.messages.append(assistant(answer, reasoning, thinking))
     s.thinking_mode = "thinking" if thinking else "chat"
     s.reasoning_effort = effort
     s.meta = {"answer": str(result), "a": a, "op": op, "b": b}
+    return s
+
+
+def gen_arithmetic_drill(rng, thinking, effort=None):
+    """3-6 independent problems in one conversation: many answers per token of context (earlier
+    turns render without their reasoning, as the chat format drops it)."""
+    s = gen_arithmetic(rng, thinking, effort)
+    for _ in range(rng.randint(2, 5)):
+        nxt = gen_arithmetic(rng, thinking, effort)
+        s.messages += [m for m in nxt.messages if m["role"] != "system"]
+        s.key += "|" + nxt.key
+        s.meta = nxt.meta
     return s
 
 
@@ -673,12 +689,13 @@ def gen_multiturn(rng, thinking, effort=None):
 
 # (generator, weight, reasoning_effort). Think-Max only applies in thinking mode.
 MIX = [
-    (gen_arithmetic, 26, None),
-    (gen_qa, 22, None),
-    (gen_tool, 18, None),
+    (gen_arithmetic, 24, None),
+    (gen_arithmetic_drill, 14, None),
+    (gen_qa, 19, None),
+    (gen_tool, 17, None),
     (gen_tool_not_needed, 4, None),
-    (gen_json, 12, None),
-    (gen_multiturn, 10, None),
+    (gen_json, 11, None),
+    (gen_multiturn, 8, None),
     (gen_arithmetic, 4, "max"),
     (gen_qa, 2, "max"),
     (gen_tool, 2, "max"),

@@ -34,6 +34,8 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -189,6 +191,8 @@ class LoadBalancer:
     def update(self):
         for g in self.gates:
             c = self.counts.get(id(g))
+            if c is not None and dist_on():
+                dist.all_reduce(c)  # every rank moves the bias by the global load
             if c is not None and g.bias is not None:
                 g.bias += self.rate * torch.sign(c.mean() - c)
         self.counts = {}
@@ -202,6 +206,28 @@ def param_groups(model: Transformer, weight_decay: float):
         (decay if is_matrix else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": no_decay, "weight_decay": 0.0}]
+
+
+def dist_on() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def average_gradients(model: Transformer, procs: int):
+    """Data parallelism: one flat all-reduce of every gradient (an expert no token of this rank's
+    batch reached gets zeros), then the mean. Every rank then takes the same optimiser step on the
+    same numbers, so the replicas stay identical without broadcasting weights."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    dist.all_reduce(flat)
+    flat /= procs
+    off = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[off:off + n].view_as(p))
+        off += n
 
 
 def progress(step: int, elapsed: float, args) -> float:
@@ -289,7 +315,10 @@ def parse_args(argv=None):
     p.add_argument("--qat-fraction", type=float, default=0.15,
                    help="last fraction of the steps with STE fake quantisation")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    p.add_argument("--procs", type=int, default=1,
+                   help="data-parallel processes (gloo on this machine): each trains its own "
+                   "batch of --batch-tokens, gradients are averaged")
     p.add_argument("--time-budget", type=float, default=0,
                    help="seconds of training in all (resumed runs included): the schedule "
                    "(cosine, QAT phase, end) follows max(step/steps, time/budget); 0 = steps only")
@@ -307,6 +336,40 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.procs < 1:
+        raise SystemExit("--procs must be >= 1")
+    if args.procs == 1:
+        train(0, args, None)
+        return
+    import socket  # pylint: disable=import-outside-toplevel
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(train, args=(args, f"tcp://127.0.0.1:{port}"), nprocs=args.procs, join=True)
+
+
+def watch_parent():
+    """A spawned rank exits when the launching process dies (killed, not just interrupted),
+    instead of training on as an orphan."""
+    import threading  # pylint: disable=import-outside-toplevel
+    parent = os.getppid()
+
+    def poll():
+        while True:
+            time.sleep(2)
+            if os.getppid() != parent:
+                os._exit(1)  # pylint: disable=protected-access
+
+    threading.Thread(target=poll, daemon=True).start()
+
+
+def train(rank: int, args, init_method):
+    """One training process; rank 0 logs, evaluates, saves and exports."""
+    if init_method is not None:
+        watch_parent()
+        dist.init_process_group("gloo", init_method=init_method, rank=rank,
+                                world_size=args.procs)
+    lead = rank == 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
@@ -328,13 +391,17 @@ def main(argv=None):
         step, epoch, cursor, log, elapsed = (st["step"], st["epoch"], st["cursor"], st["log"],
                                              st["elapsed"])
         torch.set_rng_state(st["rng"])
-        print(f"resumed from {state_path} at step {step}", flush=True)
+        if lead:
+            print(f"resumed from {state_path} at step {step}", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({"params": n_params, "conversations": len(data.lengths),
+    if lead:
+        print(json.dumps({"params": n_params, "conversations": len(data.lengths),
                       "dropped_too_long": data.dropped, "steps": args.steps,
                       "args": vars(args)}), flush=True)
 
     def save():
+        if not lead:
+            return
         tmp = state_path + ".tmp"
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
                     "epoch": epoch, "cursor": cursor, "log": log, "elapsed": elapsed,
@@ -347,15 +414,25 @@ def main(argv=None):
 
     batches = data.batches(args.batch_tokens, args.seed * 1000 + epoch)
     start = time.time() - elapsed
+
+    def synced_clock() -> float:
+        """Seconds of training so far by rank 0's clock, so that every rank agrees on the
+        schedule (learning rate, QAT phase, end)."""
+        t = torch.tensor([time.time() - start], dtype=torch.float64)
+        if dist_on():
+            dist.broadcast(t, 0)
+        return float(t)
+
     last_save = time.time()
     model.train()
     done = progress(step, elapsed, args) >= 1.0
     while not done:
-        if cursor >= len(batches):
+        # A step takes `procs` batches, one per rank (cursor counts batches, not steps).
+        if cursor + args.procs > len(batches):
             epoch, cursor = epoch + 1, 0
             batches = data.batches(args.batch_tokens, args.seed * 1000 + epoch)
-        ids, mask = data.tensors(batches[cursor])
-        frac = progress(step, time.time() - start, args)
+        ids, mask = data.tensors(batches[cursor + rank])
+        frac = progress(step, synced_clock(), args)
         qat = frac >= 1 - args.qat_fraction
         nm = quant.TRAIN_STE if qat else quant.TRAIN_FP32
         lr = lr_at(step, frac, args)
@@ -366,20 +443,22 @@ def main(argv=None):
             loss = main + (args.mtp_weight * mtp if mtp is not None else 0.0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+        if dist_on():
+            average_gradients(model, args.procs)
         gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip))
         opt.step()
         balancer.update()
-        step, cursor = step + 1, cursor + 1
-        elapsed = time.time() - start
+        step, cursor = step + 1, cursor + args.procs
+        elapsed = synced_clock()
         done = progress(step, elapsed, args) >= 1.0
-        if step % args.log_every == 0 or done or step == 1:
+        if lead and (step % args.log_every == 0 or done or step == 1):
             rec = {"step": step, "epoch": epoch, "loss": round(float(main), 4),
                    "mtp_loss": round(float(mtp), 4) if mtp is not None else None,
                    "lr": lr, "grad_norm": round(gnorm, 3), "targets": n,
-                   "tokens": int(ids.numel()), "qat": qat, "elapsed": round(elapsed, 1)}
+                   "tokens": int(ids.numel()) * args.procs, "qat": qat, "elapsed": round(elapsed, 1)}
             log.append(rec)
             print(json.dumps(rec), flush=True)
-        if eval_batches and (step % args.eval_every == 0 or done):
+        if lead and eval_batches and (step % args.eval_every == 0 or done):
             ev = eval_loss(model, eval_data, eval_batches, nm, qat)
             log.append({"step": step, "eval_loss": round(ev, 4), "qat": qat})
             print(json.dumps(log[-1]), flush=True)
@@ -387,10 +466,23 @@ def main(argv=None):
             save()
             last_save = time.time()
         if not done and args.time_limit and elapsed > args.time_limit:
-            print(f"time limit reached at step {step}; rerun the same command to continue",
-                  flush=True)
+            if lead:
+                print(f"time limit reached at step {step}; rerun the same command to continue",
+                      flush=True)
             break
+    if dist_on():
+        # The replicas must have stayed identical (same data order, same reductions).
+        sums = torch.tensor([float(sum(p.double().sum() for p in model.parameters()))],
+                            dtype=torch.float64)
+        gathered = [torch.zeros_like(sums) for _ in range(args.procs)]
+        dist.all_gather(gathered, sums)
+        if any(float(g) != float(sums) for g in gathered):
+            raise SystemExit(f"data-parallel replicas diverged: {[float(g) for g in gathered]}")
+        if lead:
+            print(f"{args.procs} data-parallel replicas identical after step {step}", flush=True)
     save()
+    if not lead:
+        return
     if args.loss_png:
         plot_losses(log, args.loss_png,
                     f"dsv4 demo model ({n_params / 1e6:.1f} M parameters, {step} steps)")
