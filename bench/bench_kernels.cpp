@@ -21,6 +21,7 @@
 
 #include "kernels/isa.h"
 #include "kernels/linear.h"
+#include "kernels/linear_simd.h"
 
 namespace {
 
@@ -121,8 +122,10 @@ std::unique_ptr<WeightSet> make_weights(const Shape& s, bool big_working_set) {
   return set;
 }
 
-void run_linear(benchmark::State& state, Shape s, Isa isa, int64_t m) {
+// vnni = false: the AVX-512 FP4 matrix-vector product as on a CPU without AVX512-VNNI.
+void run_linear(benchmark::State& state, Shape s, Isa isa, int64_t m, bool vnni) {
   dsv4::kernels::set_isa(isa);
+  dsv4::kernels::detail::set_avx512_vnni_allowed(vnni);
   const auto weights = make_weights(s, m == 1);
   std::vector<float> x(m * s.in), y(m * s.out);
   uint64_t r = 12345;
@@ -148,6 +151,7 @@ void run_linear(benchmark::State& state, Shape s, Isa isa, int64_t m) {
   state.counters["working_set_MB"] =
       static_cast<double>(weights->refs.size() * (data_bytes(s) + scale_bytes(s)) / (1 << 20));
   state.SetLabel(dsv4::kernels::isa_name(isa));
+  dsv4::kernels::detail::set_avx512_vnni_allowed(true);
 }
 
 void register_all() {
@@ -159,9 +163,15 @@ void register_all() {
         if (isa == Isa::kScalar && m > 8) continue;
         const std::string name =
             std::string(s.name) + "/" + dsv4::kernels::isa_name(isa) + "/m=" + std::to_string(m);
-        benchmark::RegisterBenchmark(name.c_str(), run_linear, s, isa, m)
+        benchmark::RegisterBenchmark(name.c_str(), run_linear, s, isa, m, true)
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
+        if (isa == Isa::kAvx512 && s.format == WeightFormat::kFP4 && m == 1) {
+          const std::string plain = std::string(s.name) + "/avx512-no-vnni/m=1";
+          benchmark::RegisterBenchmark(plain.c_str(), run_linear, s, isa, m, false)
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime();
+        }
       }
   }
 }

@@ -632,6 +632,231 @@ DSV4_VBMI void gemv_fp4_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
   if (r < r1) kTails[r1 - r - 1](t, r);
 }
 
+// ---- FP4 with E8M0 scales, m = 1, on CPUs with AVX512-VNNI: integer sums. ----
+//
+// A tile's sum Σ x·q (q the e2m1 values) is exact in any order (docs/kernels.md), so it can be
+// computed in integers: within a tile every activation is an integer multiple X of one power of
+// two 2^u (the smallest set bit among them), every 2q is an integer in [-12, 12], and
+// Σ x·q = 2^(u-1)·Σ X·2q exactly. vpdpbusd multiplies unsigned by signed bytes (four products
+// per 32-bit lane, 64 per instruction): the weights enter as 2q + 12 (0..24, from a 16-byte
+// table), the activations as signed base-256 digits X = d0 + 2^8·d1 + 2^16·d2 (one to three
+// digit planes, as many as the chunk's largest |X| needs), and Σ X·2q = Σ X·(2q + 12) − 12·ΣX,
+// the last term once per tile for all rows. One instruction per 64 weights and plane replaces
+// eight double FMAs and the decode. |X| < 2^21 keeps every int32 partial sum below 2^31. The
+// integer sum converts to double exactly, times 2^(u - 1 + e - 127) (exact while that power of
+// two is a normal double and the product stays finite), and rounds to fp32 like the scalar tile
+// sum. Activations that do not fit (non-finite, double subnormals, |X| ≥ 2^21 — fake-quantized
+// FP8 stays below 2^18) send the whole call to the VBMI / float paths.
+#define DSV4_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+constexpr int kVnniMaxBits = 21;
+
+// 2q + 12 for each e2m1 code (bit 3 = sign; code 8 is -0).
+constexpr uint8_t kFp4TwicePlus12[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
+
+// Activations of one matrix-vector call in the kernel's layout. Weights are read as 32 packed
+// bytes per chunk of 64 (two tiles): low nibbles (even elements) in bytes 0..31 of the vector,
+// high nibbles (odd elements) in bytes 32..63; the digit planes use the same order.
+struct Fp4VnniActs {
+  int64_t tiles = 0, chunks = 0;
+  int8_t* plane[3] = {};      // [chunks * 64] signed digits of X
+  int32_t* unit = nullptr;    // per tile: u
+  int32_t* bias = nullptr;    // per tile: 12·ΣX
+  uint8_t* planes = nullptr;  // per chunk: digit planes needed (1..3)
+};
+
+inline int64_t vnni_pos(int64_t k) {  // element k → byte of the chunk layout
+  const int64_t w = k & 63;
+  return (k & ~int64_t{63}) + ((w & 1) ? 32 + w / 2 : w / 2);
+}
+
+bool prepare_fp4_vnni(const double* x, int64_t in, Fp4VnniActs* a) {
+  a->tiles = in / 32;
+  a->chunks = (a->tiles + 1) / 2;
+  const int64_t n = a->chunks * 64;
+  const int64_t bytes = 3 * n + 8 * a->tiles + a->chunks + 64;
+  auto* base = reinterpret_cast<uint8_t*>(thread_scratch((bytes + 7) / 8, 1));
+  for (int p = 0; p < 3; ++p) a->plane[p] = reinterpret_cast<int8_t*>(base + p * n);
+  a->unit = reinterpret_cast<int32_t*>(base + 3 * n);
+  a->bias = a->unit + a->tiles;
+  a->planes = base + 3 * n + 8 * a->tiles;
+  std::memset(base, 0, static_cast<size_t>(3 * n));
+  for (int64_t c = 0; c < a->chunks; ++c) a->planes[c] = 1;
+  for (int64_t tile = 0; tile < a->tiles; ++tile) {
+    int64_t sig[32];
+    int lsb[32];
+    int u = 1 << 30;
+    for (int i = 0; i < 32; ++i) {
+      uint64_t bits;
+      std::memcpy(&bits, x + tile * 32 + i, 8);
+      const int exp = static_cast<int>((bits >> 52) & 0x7FF);
+      const uint64_t frac = bits & ((uint64_t{1} << 52) - 1);
+      sig[i] = 0;
+      lsb[i] = 0;
+      if (exp == 0 && frac == 0) continue;         // ±0
+      if (exp == 0 || exp == 0x7FF) return false;  // subnormal, inf, NaN
+      const uint64_t mant = frac | (uint64_t{1} << 52);
+      const int tz = __builtin_ctzll(mant);
+      if ((mant >> tz) >= (uint64_t{1} << kVnniMaxBits)) return false;
+      sig[i] = static_cast<int64_t>(mant >> tz);
+      lsb[i] = exp - 1075 + tz;
+      if ((bits >> 63) != 0) sig[i] = -sig[i];
+      u = std::min(u, lsb[i]);
+    }
+    if (u == (1 << 30)) u = 0;  // all zero
+    if (u < -900 || u > 900) return false;
+    int64_t max_abs = 0, sum = 0;
+    for (int i = 0; i < 32; ++i) {
+      if (sig[i] == 0) continue;
+      const int shift = lsb[i] - u;
+      if (shift >= kVnniMaxBits) return false;
+      const int64_t X = sig[i] * (int64_t{1} << shift);
+      const int64_t mag = X < 0 ? -X : X;
+      if (mag >= (int64_t{1} << kVnniMaxBits)) return false;
+      max_abs = std::max(max_abs, mag);
+      sum += X;
+      const int64_t pos = vnni_pos(tile * 32 + i);
+      const auto d0 = static_cast<int8_t>(static_cast<uint8_t>(X & 0xFF));
+      const int64_t x1 = (X - d0) / 256;
+      const auto d1 = static_cast<int8_t>(static_cast<uint8_t>(x1 & 0xFF));
+      a->plane[0][pos] = d0;
+      a->plane[1][pos] = d1;
+      a->plane[2][pos] = static_cast<int8_t>((x1 - d1) / 256);  // |X| < 2^21: fits
+    }
+    a->unit[tile] = u;
+    a->bias[tile] = static_cast<int32_t>(12 * sum);
+    // One digit holds [-128, 127]; two hold [-32896, 32639].
+    const uint8_t need = max_abs <= 127 ? 1 : max_abs <= 32639 ? 2 : 3;
+    a->planes[tile / 2] = std::max(a->planes[tile / 2], need);
+  }
+  return true;
+}
+
+// Σ X·(2q + 12) over one 64-element chunk for NR rows, NP digit planes (lanes as loaded).
+template <int NR, int NP>
+DSV4_VNNI inline void fp4_vnni_chunk(const uint8_t* const* bytes, bool half, const Fp4VnniActs& a,
+                                     int64_t c, __m512i table, __m512i* sums) {
+  const __m512i shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512i planes[NP];
+  for (int p = 0; p < NP; ++p) planes[p] = _mm512_load_si512(a.plane[p] + 64 * c);
+  for (int j = 0; j < NR; ++j) {
+    const __m256i raw = half ? _mm256_maskz_loadu_epi8(0xFFFF, bytes[j])
+                             : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes[j]));
+    const __m512i nibbles =
+        _mm512_and_si512(_mm512_srlv_epi64(_mm512_broadcast_i64x4(raw), shifts), low4);
+    const __m512i w = _mm512_shuffle_epi8(table, nibbles);
+    __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, planes[NP - 1]);
+    for (int p = NP - 2; p >= 0; --p)
+      acc = _mm512_dpbusd_epi32(_mm512_slli_epi32(acc, 8), w, planes[p]);
+    sums[j] = acc;
+  }
+}
+
+// Lanes {0-3, 8-11} of sums[j] belong to the chunk's first tile, {4-7, 12-15} to its second:
+// returns both tiles' totals for the 8 rows (lane j = row j).
+DSV4_VNNI inline void fp4_vnni_reduce(const __m512i* sums, __m256i* first, __m256i* second) {
+  __m256i h[8];
+  for (int j = 0; j < 8; ++j)
+    h[j] = _mm256_add_epi32(_mm512_castsi512_si256(sums[j]), _mm512_extracti64x4_epi64(sums[j], 1));
+  const __m256i p01 = _mm256_hadd_epi32(h[0], h[1]), p23 = _mm256_hadd_epi32(h[2], h[3]);
+  const __m256i p45 = _mm256_hadd_epi32(h[4], h[5]), p67 = _mm256_hadd_epi32(h[6], h[7]);
+  const __m256i lo = _mm256_hadd_epi32(p01, p23), hi = _mm256_hadd_epi32(p45, p67);
+  *first = _mm256_permute2x128_si256(lo, hi, 0x20);
+  *second = _mm256_permute2x128_si256(lo, hi, 0x31);
+}
+
+template <int NR>
+DSV4_VNNI void gemv_rows_fp4_vnni(const LinearTask& t, int64_t r, const Fp4VnniActs& a) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, scale_cols = in / 32;
+  const uint8_t* rows[NR];
+  const uint8_t* scales[NR];
+  for (int j = 0; j < NR; ++j) {
+    rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * (in / 2);
+    scales[j] = static_cast<const uint8_t*>(w.scale) + (r + j) * scale_cols;
+  }
+  const __m512i table =
+      _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4TwicePlus12)));
+  const __m512 float_table = _mm512_loadu_ps(fp4_e2m1_table());
+  __m256 result = _mm256_setzero_ps();
+  for (int64_t c = 0; c < a.chunks; ++c) {
+    const int64_t t0 = 2 * c;
+    const bool half = t0 + 1 == a.tiles;
+    // 2^(u - 1 + e - 127) per row and tile, as double bits; 0 for missing rows.
+    alignas(64) int64_t bits[2][8] = {};
+    bool exact = true;
+    for (int h = 0; h < (half ? 1 : 2); ++h)
+      for (int j = 0; j < NR; ++j) {
+        const uint8_t e = scales[j][t0 + h];
+        const int p = a.unit[t0 + h] - 1 + e - 127;
+        exact = exact && e <= kMaxFoldedFp4Scale && p >= -1022 && p <= 990;
+        bits[h][j] = static_cast<int64_t>(p + 1023) << 52;
+      }
+    if (!exact) {  // huge or NaN scale, or an extreme activation unit: float decode
+      for (int h = 0; h < (half ? 1 : 2); ++h) {
+        __m512 s[NR];
+        for (int j = 0; j < NR; ++j)
+          s[j] = _mm512_set1_ps(weight_block_scale(w, (r + j) * scale_cols + t0 + h));
+        result = _mm256_add_ps(result, _mm512_cvtpd_ps(gemv_tile<WeightFormat::kFP4, NR, false>(
+                                           rows, t.xd, (t0 + h) * 32, 32, s, float_table)));
+      }
+      continue;
+    }
+    const uint8_t* bytes[NR];
+    for (int j = 0; j < NR; ++j) bytes[j] = rows[j] + c * 32;
+    __m512i sums[8];
+    for (int j = NR; j < 8; ++j) sums[j] = _mm512_setzero_si512();
+    switch (a.planes[c]) {
+      case 1:
+        fp4_vnni_chunk<NR, 1>(bytes, half, a, c, table, sums);
+        break;
+      case 2:
+        fp4_vnni_chunk<NR, 2>(bytes, half, a, c, table, sums);
+        break;
+      default:
+        fp4_vnni_chunk<NR, 3>(bytes, half, a, c, table, sums);
+        break;
+    }
+    __m256i first, second;
+    fp4_vnni_reduce(sums, &first, &second);
+    first = _mm256_sub_epi32(first, _mm256_set1_epi32(a.bias[t0]));
+    if (!half) second = _mm256_sub_epi32(second, _mm256_set1_epi32(a.bias[t0 + 1]));
+    result = _mm256_add_ps(
+        result, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtepi32_pd(first),
+                                              _mm512_castsi512_pd(_mm512_load_si512(bits[0])))));
+    if (!half)
+      result = _mm256_add_ps(
+          result, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtepi32_pd(second),
+                                                _mm512_castsi512_pd(_mm512_load_si512(bits[1])))));
+  }
+  store_results(t, result, 1, NR, 0, r);
+}
+
+std::atomic<bool> g_vnni_allowed{true};
+
+bool use_vnni() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512vnni") != 0;
+  }();
+  return has && g_vnni_allowed.load(std::memory_order_relaxed);
+}
+
+// False when the activations do not fit the integer path (the caller takes another).
+DSV4_VNNI bool gemv_fp4_vnni(const LinearTask& t, int64_t r0, int64_t r1) {
+  Fp4VnniActs a;
+  if (!prepare_fp4_vnni(t.xd, t.w->in, &a)) return false;
+  using RowsFn = void (*)(const LinearTask&, int64_t, const Fp4VnniActs&);
+  static constexpr RowsFn kTails[kGemvRows] = {
+      gemv_rows_fp4_vnni<1>, gemv_rows_fp4_vnni<2>, gemv_rows_fp4_vnni<3>, gemv_rows_fp4_vnni<4>,
+      gemv_rows_fp4_vnni<5>, gemv_rows_fp4_vnni<6>, gemv_rows_fp4_vnni<7>, gemv_rows_fp4_vnni<8>};
+  int64_t r = r0;
+  for (; r + kGemvRows <= r1; r += kGemvRows) gemv_rows_fp4_vnni<kGemvRows>(t, r, a);
+  if (r < r1) kTails[r1 - r - 1](t, r, a);
+  return true;
+}
+
 std::atomic<bool> g_vbmi_allowed{true};
 
 bool use_vbmi() {
@@ -843,6 +1068,10 @@ void set_avx512_vbmi_allowed(bool allowed) {
   g_vbmi_allowed.store(allowed);
 }
 
+void set_avx512_vnni_allowed(bool allowed) {
+  g_vnni_allowed.store(allowed);
+}
+
 void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
   const WeightFormat format = t.w->format;
   const bool quantized = format == WeightFormat::kFP8 || format == WeightFormat::kFP4;
@@ -854,6 +1083,7 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
         if (!t.w->scale_is_f32) return gemv_fp8_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP8>(t, r0, r1);
       case WeightFormat::kFP4:
+        if (!t.w->scale_is_f32 && use_vnni() && gemv_fp4_vnni(t, r0, r1)) return;
         if (!t.w->scale_is_f32 && use_vbmi()) return gemv_fp4_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP4>(t, r0, r1);
       case WeightFormat::kBF16:

@@ -50,5 +50,7 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1);
 // Lets tests run the AVX-512 kernels as on a CPU without AVX512-VBMI (the FP4
 // matrix-vector fast path needs it); true by default.
 void set_avx512_vbmi_allowed(bool allowed);
+// The same for AVX512-VNNI (the FP4 matrix-vector integer path); true by default.
+void set_avx512_vnni_allowed(bool allowed);
 
 }  // namespace dsv4::kernels::detail

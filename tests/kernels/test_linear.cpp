@@ -272,19 +272,69 @@ std::vector<float> independent_quant(const std::vector<float>& x, int64_t m, con
   return y;
 }
 
-TEST(QuantLinear, Avx512WithoutVbmiMatchesScalar) {
-  // The FP4 matrix-vector path for AVX-512 CPUs without VBMI (e.g. Skylake-X).
+TEST(QuantLinear, Avx512FallbackFp4PathsMatchScalar) {
+  // The FP4 matrix-vector paths for AVX-512 CPUs without VNNI (VBMI: doubles from byte tables)
+  // and without either (e.g. Skylake-X: float decode).
   if (!isa_supported(Isa::kAvx512)) GTEST_SKIP() << "no AVX-512";
   IsaGuard guard;
-  detail::set_avx512_vbmi_allowed(false);
   uint32_t seed = 150;
-  for (const auto& s : {std::array<int64_t, 2>{5, 96}, std::array<int64_t, 2>{70, 2048}}) {
-    const TestWeight w = make_weight(WeightFormat::kFP4, s[0], s[1], seed++);
-    const std::vector<float> x = make_activations(1, s[1], seed++);
-    expect_bits_equal(run_quant(Isa::kScalar, x, 1, w.ref), run_quant(Isa::kAvx512, x, 1, w.ref),
-                      "fp4 avx512 without vbmi");
+  for (bool vbmi : {true, false}) {
+    detail::set_avx512_vnni_allowed(false);
+    detail::set_avx512_vbmi_allowed(vbmi);
+    for (const auto& s : {std::array<int64_t, 2>{5, 96}, std::array<int64_t, 2>{70, 2048}}) {
+      const TestWeight w = make_weight(WeightFormat::kFP4, s[0], s[1], seed++);
+      const std::vector<float> x = make_activations(1, s[1], seed++);
+      expect_bits_equal(run_quant(Isa::kScalar, x, 1, w.ref), run_quant(Isa::kAvx512, x, 1, w.ref),
+                        vbmi ? "fp4 avx512 without vnni" : "fp4 avx512 without vnni and vbmi");
+    }
   }
+  detail::set_avx512_vnni_allowed(true);
   detail::set_avx512_vbmi_allowed(true);
+}
+
+TEST(QuantLinear, Fp4IntegerPathAcrossActivationRanges) {
+  // The VNNI matrix-vector path splits each tile's activations, as integers over the tile's
+  // smallest set bit, into 1, 2 or 3 byte planes. Tiles here: all zero; one value repeated
+  // (1 plane); a 2^10 spread (2 planes); the whole FP8 range down to its subnormals after
+  // fake quantization (3 planes); negative and −0 values; an odd number of tiles (half chunk).
+  IsaGuard guard;
+  uint32_t seed = 170;
+  for (int64_t in : {int64_t{32}, int64_t{96}, int64_t{544}, int64_t{2048}}) {
+    const TestWeight w = make_weight(WeightFormat::kFP4, 37, in, seed++);
+    std::mt19937 rng(seed++);
+    std::vector<float> x(in);
+    for (int64_t k = 0; k < in; ++k) {
+      const int64_t kind = (k / 32) % 5;
+      const float sign = (rng() & 1) ? -1.0f : 1.0f;
+      switch (kind) {
+        case 0:
+          x[k] = (rng() & 1) ? 0.0f : -0.0f;
+          break;
+        case 1:
+          x[k] = sign * 0.75f;
+          break;
+        case 2:
+          x[k] = sign * std::ldexp(1.0f + static_cast<float>(rng() % 8) / 8,
+                                   -static_cast<int>(rng() % 10));
+          break;
+        case 3:
+          // 448 at the top of the 128-block forces the block scale; the rest reach its
+          // FP8 subnormals (2^-9 of the scale) and everything between.
+          x[k] = k % 32 == 0 ? 448.0f
+                             : sign * std::ldexp(static_cast<float>(1 + rng() % 15),
+                                                 -static_cast<int>(rng() % 12));
+          break;
+        default:
+          x[k] = sign * static_cast<float>(rng() % 1000) / 7.0f;
+          break;
+      }
+    }
+    const std::vector<float> want = run_quant(Isa::kScalar, x, 1, w.ref);
+    for (Isa isa : simd_isas())
+      expect_bits_equal(
+          want, run_quant(isa, x, 1, w.ref),
+          std::string("fp4 activation ranges ") + isa_name(isa) + " in=" + std::to_string(in));
+  }
 }
 
 TEST(QuantLinear, ScalarMatchesIndependentExactSums) {
