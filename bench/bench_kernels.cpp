@@ -122,7 +122,7 @@ std::unique_ptr<WeightSet> make_weights(const Shape& s, bool big_working_set) {
   return set;
 }
 
-// vnni = false: the AVX-512 FP4 matrix-vector product as on a CPU without AVX512-VNNI.
+// vnni = false: the AVX-512 FP4 kernels as on a CPU without AVX512-VNNI.
 void run_linear(benchmark::State& state, Shape s, Isa isa, int64_t m, bool vnni) {
   dsv4::kernels::set_isa(isa);
   dsv4::kernels::detail::set_avx512_vnni_allowed(vnni);
@@ -166,8 +166,8 @@ void register_all() {
         benchmark::RegisterBenchmark(name.c_str(), run_linear, s, isa, m, true)
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
-        if (isa == Isa::kAvx512 && s.format == WeightFormat::kFP4 && m == 1) {
-          const std::string plain = std::string(s.name) + "/avx512-no-vnni/m=1";
+        if (isa == Isa::kAvx512 && s.format == WeightFormat::kFP4) {
+          const std::string plain = std::string(s.name) + "/avx512-no-vnni/m=" + std::to_string(m);
           benchmark::RegisterBenchmark(plain.c_str(), run_linear, s, isa, m, false)
               ->Unit(benchmark::kMillisecond)
               ->UseRealTime();

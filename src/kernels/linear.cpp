@@ -1,6 +1,8 @@
 #include "kernels/linear.h"
 
 #include <algorithm>
+#include <atomic>
+#include <climits>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -77,6 +79,46 @@ void scalar_rows(const detail::LinearTask& t, int64_t r0, int64_t r1) {
   }
 }
 
+// Lays out t's activations for the FP4 VNNI matrix-matrix kernel (in a per-thread buffer
+// reused across calls); false if some value does not fit it.
+bool prepare_fp4_batch(const detail::LinearTask& t, detail::Fp4BatchActs* a) {
+  a->tiles = t.w->in / 32;
+  a->blocks = (t.m + 15) / 16;
+  const int64_t bt = a->tiles * a->blocks;
+  const int64_t bytes = bt * (3 * 8 * 64 + 16 * 8 + 4 + 1);
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<uint8_t, Free> buffer;
+  thread_local int64_t capacity = 0;
+  if (bytes > capacity) {
+    buffer.reset(
+        static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>((bytes + 63) / 64 * 64))));
+    if (!buffer) throw std::bad_alloc();
+    capacity = bytes;
+  }
+  uint8_t* p = buffer.get();
+  a->digits = p;
+  a->unit_bits = reinterpret_cast<int64_t*>(p + bt * 3 * 8 * 64);
+  a->offset = reinterpret_cast<int32_t*>(p + bt * (3 * 8 * 64 + 16 * 8));
+  a->planes = p + bt * (3 * 8 * 64 + 16 * 8 + 4);
+  std::atomic<bool> ok{true};
+  parallel_for(a->blocks, [&](int64_t b0, int64_t b1, int) {
+    for (int64_t b = b0; b < b1 && ok.load(std::memory_order_relaxed); ++b)
+      if (!detail::prepare_fp4_batch_block(t, a, b)) ok.store(false);
+  });
+  if (!ok.load()) return false;
+  int64_t lo = INT64_MAX, hi = INT64_MIN;
+  for (int64_t i = 0; i < bt * 16; ++i) {
+    lo = std::min(lo, a->unit_bits[i]);
+    hi = std::max(hi, a->unit_bits[i]);
+  }
+  // unit_bits = u − 1 − 127 + 1023.
+  a->unit_min = static_cast<int32_t>(lo - 1023 + 128);
+  a->unit_max = static_cast<int32_t>(hi - 1023 + 128);
+  return true;
+}
+
 void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
   const Isa isa = active_isa();
   // SIMD kernels work on blocks of up to 8 rows; keep task boundaries on
@@ -125,6 +167,10 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
       for (int64_t k = in; k < ld; ++k) dst[k] = 0.0;
     }
     c.xd = xd.get();
+    detail::Fp4BatchActs batch;
+    if (isa == Isa::kAvx512 && c.m > 1 && t.tile > 0 && t.w->format == WeightFormat::kFP4 &&
+        !t.w->scale_is_f32 && detail::fp4_batch_available() && prepare_fp4_batch(c, &batch))
+      c.fp4_batch = &batch;
     rows(c);
   }
 }

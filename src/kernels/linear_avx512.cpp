@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/linear_simd.h"
 #include "kernels/numerics.h"
@@ -652,6 +653,7 @@ DSV4_VBMI void gemv_fp4_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
 constexpr int kVnniMaxBits = 21;
 
 // 2q + 12 for each e2m1 code (bit 3 = sign; code 8 is -0).
+constexpr int8_t kFp4Twice[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 constexpr uint8_t kFp4TwicePlus12[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
 
 // Activations of one matrix-vector call in the kernel's layout. Weights are read as 32 packed
@@ -948,6 +950,258 @@ constexpr BlockFn kBlocks[kMI][kNR] = {
     {block<2, 1>, block<2, 2>, block<2, 3>, block<2, 4>},
 };
 
+// ---- FP4 with E8M0 scales, m > 1, AVX512-VNNI: integer sums, activation rows in lanes. ----
+//
+// The same integer tile sums as the matrix-vector path, laid out for reuse: a vector holds 16
+// activation rows × 4 consecutive K of one digit plane (prepared once per call,
+// prepare_fp4_batch), and vpdpbusd multiplies it by one weight row's 4 values broadcast from
+// memory (2q as signed bytes, decoded once per task into a row buffer). Each 32-bit lane then
+// accumulates one (activation row, weight row) pair over the tile with no horizontal sum. The
+// activations enter as unsigned digits of X + off (off = 2^(8·planes−1), planes chosen per
+// 16-row block and tile), so Σ X·2q = Σ (X + off)·2q − off·Σ 2q, the last sum once per weight
+// row and tile. |X| < 2^21 keeps every int32 below 2^31. The tile sums convert to double,
+// are scaled by 2^(u − 1 + e − 127) per lane and added in fp32 in ascending K, as the scalar
+// path does.
+constexpr int kBatchLanes = 16;
+constexpr int64_t kBatchPlaneBytes = 8 * 64;  // one digit plane of a 16-row × 32-K tile
+
+inline uint8_t* batch_digits(const Fp4BatchActs& a, int64_t b, int64_t t) {
+  return a.digits + (b * a.tiles + t) * 3 * kBatchPlaneBytes;
+}
+
+// Fills one 16-row block of `a` from rows [i0, i0 + 16) of xd (rows past m are zero). False if a
+// value does not fit the integer path.
+bool prepare_fp4_batch_block_impl(const LinearTask& t, Fp4BatchActs* a, int64_t b) {
+  const int64_t in = t.w->in, ld = padded_in(in);
+  for (int64_t tile = 0; tile < a->tiles; ++tile) {
+    int64_t X[kBatchLanes][32];
+    int32_t u_of[kBatchLanes];
+    int64_t max_abs = 0;
+    for (int i = 0; i < kBatchLanes; ++i) {
+      const int64_t row = b * kBatchLanes + i;
+      int64_t sig[32];
+      int lsb[32];
+      int u = 1 << 30;
+      for (int k = 0; k < 32; ++k) {
+        sig[k] = 0;
+        lsb[k] = 0;
+        if (row >= t.m) continue;
+        uint64_t bits;
+        std::memcpy(&bits, t.xd + row * ld + tile * 32 + k, 8);
+        const int exp = static_cast<int>((bits >> 52) & 0x7FF);
+        const uint64_t frac = bits & ((uint64_t{1} << 52) - 1);
+        if (exp == 0 && frac == 0) continue;
+        if (exp == 0 || exp == 0x7FF) return false;
+        const uint64_t mant = frac | (uint64_t{1} << 52);
+        const int tz = __builtin_ctzll(mant);
+        if ((mant >> tz) >= (uint64_t{1} << kVnniMaxBits)) return false;
+        sig[k] = static_cast<int64_t>(mant >> tz);
+        if ((bits >> 63) != 0) sig[k] = -sig[k];
+        lsb[k] = exp - 1075 + tz;
+        u = std::min(u, lsb[k]);
+      }
+      if (u == (1 << 30)) u = 0;
+      if (u < -900 || u > 900) return false;
+      u_of[i] = u;
+      for (int k = 0; k < 32; ++k) {
+        X[i][k] = 0;
+        if (sig[k] == 0) continue;
+        const int shift = lsb[k] - u;
+        if (shift >= kVnniMaxBits) return false;
+        X[i][k] = sig[k] * (int64_t{1} << shift);
+        const int64_t mag = X[i][k] < 0 ? -X[i][k] : X[i][k];
+        if (mag >= (int64_t{1} << kVnniMaxBits)) return false;
+        max_abs = std::max(max_abs, mag);
+      }
+    }
+    // Digits of X + off must be unsigned bytes: off = 2^7 (|X| < 2^7), 2^15, or 2^21.
+    const int planes = max_abs < 128 ? 1 : max_abs < 32768 ? 2 : 3;
+    const int64_t off = planes == 1 ? 128 : planes == 2 ? 32768 : (int64_t{1} << 21);
+    const int64_t bt = b * a->tiles + tile;
+    a->planes[bt] = static_cast<uint8_t>(planes);
+    a->offset[bt] = static_cast<int32_t>(off);
+    uint8_t* d = batch_digits(*a, b, tile);
+    for (int i = 0; i < kBatchLanes; ++i) {
+      // Double exponent field of 2^(u − 1 − 127), to which the weight's e is added.
+      a->unit_bits[bt * kBatchLanes + i] = int64_t{u_of[i]} - 1 - 127 + 1023;
+      for (int k = 0; k < 32; ++k) {
+        const int64_t v = X[i][k] + off;  // in [0, 2^22)
+        const int64_t pos = (k / 4) * 64 + i * 4 + (k % 4);
+        for (int p = 0; p < 3; ++p)
+          d[p * kBatchPlaneBytes + pos] = static_cast<uint8_t>(p < planes ? (v >> (8 * p)) : 0);
+      }
+    }
+  }
+  return true;
+}
+
+// Tile t of one 16-row block against JB weight rows (2q bytes at w[j] + 32·t, their tile sums
+// of 2q in wsum[j]): JB vectors of 16 int32 tile sums Σ X·2q (lane = activation row).
+template <int NP, int JB>
+DSV4_VNNI inline void fp4_batch_tile(const __m512i* digits, const uint8_t* const* w,
+                                     const int32_t* wsum, int64_t off, __m512i* out) {
+  __m512i acc[JB];
+  for (int j = 0; j < JB; ++j) acc[j] = _mm512_setzero_si512();
+  for (int p = NP - 1; p >= 0; --p) {
+    if (p < NP - 1)
+      for (int j = 0; j < JB; ++j) acc[j] = _mm512_slli_epi32(acc[j], 8);
+    for (int s = 0; s < 8; ++s)
+      for (int j = 0; j < JB; ++j) {
+        int32_t four;
+        std::memcpy(&four, w[j] + 4 * s, 4);
+        acc[j] = _mm512_dpbusd_epi32(acc[j], digits[p * 8 + s], _mm512_set1_epi32(four));
+      }
+  }
+  for (int j = 0; j < JB; ++j)
+    out[j] = _mm512_sub_epi32(acc[j], _mm512_set1_epi32(static_cast<int32_t>(off * wsum[j])));
+}
+
+constexpr int64_t kBatchRows = 64;  // weight rows decoded per block (≤ 64 × in bytes)
+
+struct BatchTileArgs {
+  const __m512i* digits;  // the tile's digit planes of one 16-row block
+  const int8_t* wbuf;     // decoded rows (2q), `in` apart
+  const int32_t* wsum;    // their tile sums, `tiles` apart
+  float* facc;            // fp32 accumulators, 16 per weight row
+  const uint8_t* scales;  // E8M0 bytes of the block's first row, `tiles` per row
+  int64_t in, tiles, tile, off;
+  __m512i units_lo, units_hi;  // per lane u − 1 − 127 + 1023 (int64)
+  __m512i units32;             // per lane u − 1 (int32)
+};
+
+// Adds the tile of weight rows [j, end) (as many groups of JB as fit) to their fp32
+// accumulators; returns the first row not done.
+// kFloat: every 2^(u − 1 + e − 127) of the task lies in [2^-126, 2^96], so a tile sum S
+// (|S| < 2^31) scaled by it stays a normal float, and rounding S to float first and scaling
+// after (exact) gives the same float as scaling in double and rounding once.
+template <int NP, int JB, bool kFloat>
+DSV4_VNNI inline int64_t fp4_batch_rows(const BatchTileArgs& g, int64_t j, int64_t end) {
+  for (; j + JB <= end; j += JB) {
+    const uint8_t* wr[JB];
+    int32_t ws[JB];
+    for (int q = 0; q < JB; ++q) {
+      wr[q] = reinterpret_cast<const uint8_t*>(g.wbuf + (j + q) * g.in + g.tile * 32);
+      ws[q] = g.wsum[(j + q) * g.tiles + g.tile];
+    }
+    __m512i out[JB];
+    fp4_batch_tile<NP, JB>(g.digits, wr, ws, g.off, out);
+    for (int q = 0; q < JB; ++q) {
+      float* f = g.facc + (j + q) * kBatchLanes;
+      if constexpr (kFloat) {
+        const __m512i e = _mm512_set1_epi32(g.scales[(j + q) * g.tiles + g.tile]);
+        const __m512 scale =
+            _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(g.units32, e), 23));
+        _mm512_store_ps(
+            f, _mm512_add_ps(_mm512_load_ps(f), _mm512_mul_ps(_mm512_cvtepi32_ps(out[q]), scale)));
+        continue;
+      }
+      const __m512i e = _mm512_set1_epi64(g.scales[(j + q) * g.tiles + g.tile]);
+      const __m512d s_lo =
+          _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(g.units_lo, e), 52));
+      const __m512d s_hi =
+          _mm512_castsi512_pd(_mm512_slli_epi64(_mm512_add_epi64(g.units_hi, e), 52));
+      const __m256 f_lo =
+          _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_castsi512_si256(out[q])), s_lo));
+      const __m256 f_hi = _mm512_cvtpd_ps(
+          _mm512_mul_pd(_mm512_cvtepi32_pd(_mm512_extracti64x4_epi64(out[q], 1)), s_hi));
+      const __m512 both = _mm512_castpd_ps(_mm512_insertf64x4(
+          _mm512_castpd256_pd512(_mm256_castps_pd(f_lo)), _mm256_castps_pd(f_hi), 1));
+      _mm512_store_ps(f, _mm512_add_ps(_mm512_load_ps(f), both));
+    }
+  }
+  return j;
+}
+
+// All weight rows [0, nr) of a tile, in groups that keep enough independent vpdpbusd chains in
+// flight (8 when the digit planes leave room in the 32 registers).
+template <bool kFloat>
+DSV4_VNNI inline void fp4_batch_tile_rows(const BatchTileArgs& g, int np, int64_t nr) {
+  int64_t j;
+  if (np == 1) {
+    j = fp4_batch_rows<1, 8, kFloat>(g, 0, nr);
+    fp4_batch_rows<1, 1, kFloat>(g, j, nr);
+  } else if (np == 2) {
+    j = fp4_batch_rows<2, 8, kFloat>(g, 0, nr);
+    fp4_batch_rows<2, 1, kFloat>(g, j, nr);
+  } else {
+    j = fp4_batch_rows<3, 4, kFloat>(g, 0, nr);
+    fp4_batch_rows<3, 1, kFloat>(g, j, nr);
+  }
+}
+
+DSV4_VNNI void fp4_vnni_gemm(const LinearTask& t, const Fp4BatchActs& a, int64_t r0, int64_t r1) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, tiles = in / 32;
+  const auto* scale_bytes = static_cast<const uint8_t*>(w.scale);
+  // Every scale must fold (and every unit stay in range) for this task's rows; otherwise the
+  // general path takes the whole task.
+  bool in_float = true;
+  for (int64_t r = r0; r < r1; ++r)
+    for (int64_t tile = 0; tile < tiles; ++tile) {
+      const int e = scale_bytes[r * tiles + tile];
+      if (e > kMaxFoldedFp4Scale || a.unit_min - 1 + e - 127 < -1022 ||
+          a.unit_max - 1 + e - 127 > 990)
+        return quant_gemm(t, r0, r1);
+      in_float = in_float && a.unit_min - 1 + e - 127 >= -126 && a.unit_max - 1 + e - 127 <= 96;
+    }
+  // Decoded weights (2q as signed bytes, natural order) and their tile sums.
+  auto* wbuf = reinterpret_cast<int8_t*>(thread_scratch((kBatchRows * in + 7) / 8, 0));
+  auto* wsum = reinterpret_cast<int32_t*>(thread_scratch((kBatchRows * tiles + 1) / 2, 2));
+  float* facc = reinterpret_cast<float*>(thread_scratch(kBatchRows * kBatchLanes / 2, 1));
+  const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4Twice));
+  for (int64_t rb = r0; rb < r1; rb += kBatchRows) {
+    const int64_t nr = std::min(kBatchRows, r1 - rb);
+    for (int64_t j = 0; j < nr; ++j) {
+      const uint8_t* packed = static_cast<const uint8_t*>(w.data) + (rb + j) * (in / 2);
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(packed + tile * 16));
+        const __m128i lo = _mm_shuffle_epi8(table, _mm_and_si128(bytes, _mm_set1_epi8(0x0F)));
+        const __m128i hi =
+            _mm_shuffle_epi8(table, _mm_and_si128(_mm_srli_epi16(bytes, 4), _mm_set1_epi8(0x0F)));
+        int8_t* dst = wbuf + j * in + tile * 32;
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_unpacklo_epi8(lo, hi));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 16), _mm_unpackhi_epi8(lo, hi));
+        int32_t sum = 0;
+        for (int k = 0; k < 32; ++k) sum += dst[k];
+        wsum[j * tiles + tile] = sum;
+      }
+    }
+    for (int64_t b = 0; b < a.blocks; ++b) {
+      std::fill(facc, facc + nr * kBatchLanes, 0.0f);
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        const int64_t bt = b * a.tiles + tile;
+        const int np = a.planes[bt];
+        const int64_t off = a.offset[bt];
+        __m512i digits[24];
+        const uint8_t* d = batch_digits(a, b, tile);
+        for (int p = 0; p < np; ++p)
+          for (int s = 0; s < 8; ++s)
+            digits[p * 8 + s] = _mm512_load_si512(d + p * kBatchPlaneBytes + s * 64);
+        const __m512i units_lo = _mm512_loadu_si512(a.unit_bits + bt * kBatchLanes);
+        const __m512i units_hi = _mm512_loadu_si512(a.unit_bits + bt * kBatchLanes + 8);
+        const __m512i units32 = _mm512_sub_epi32(
+            _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(units_lo)),
+                               _mm512_cvtepi64_epi32(units_hi), 1),
+            _mm512_set1_epi32(896));
+        const BatchTileArgs args{digits,   wbuf,   wsum, facc, scale_bytes + rb * tiles,
+                                 in,       tiles,  tile, off,  units_lo,
+                                 units_hi, units32};
+        if (in_float)
+          fp4_batch_tile_rows<true>(args, np, nr);
+        else
+          fp4_batch_tile_rows<false>(args, np, nr);
+      }
+      for (int64_t j = 0; j < nr; ++j)
+        for (int i = 0; i < kBatchLanes; ++i) {
+          const int64_t row = b * kBatchLanes + i;
+          if (row >= t.m) break;
+          const float v = facc[j * kBatchLanes + i];
+          t.y[row * t.ldy + (rb + j - t.row_begin)] = t.round_bf16 ? bf16_round(v) : v;
+        }
+    }
+  }
+}
+
 }  // namespace
 
 // ---- Small batches (2 ≤ m ≤ 8), FP8 with E8M0 scales. ----
@@ -1064,6 +1318,14 @@ void small_fp8_batch(const LinearTask& t, int64_t r0, int64_t r1) {
   }
 }
 
+bool fp4_batch_available() {
+  return use_vnni();
+}
+
+bool prepare_fp4_batch_block(const LinearTask& t, Fp4BatchActs* a, int64_t b) {
+  return prepare_fp4_batch_block_impl(t, a, b);
+}
+
 void set_avx512_vbmi_allowed(bool allowed) {
   g_vbmi_allowed.store(allowed);
 }
@@ -1092,6 +1354,7 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
         return gemv<WeightFormat::kF32>(t, r0, r1);
     }
   }
+  if (t.fp4_batch != nullptr) return fp4_vnni_gemm(t, *t.fp4_batch, r0, r1);
   if (t.tile > 0 && format == WeightFormat::kFP8 && !t.w->scale_is_f32)
     return small_fp8_batch(t, r0, r1);
   if (t.tile > 0) return quant_gemm(t, r0, r1);

@@ -9,6 +9,19 @@
 
 namespace dsv4::kernels::detail {
 
+// Activations of an FP4 matrix-matrix product prepared for the AVX512-VNNI integer kernel
+// (linear_avx512.cpp): per block of 16 rows and 32-element tile, up to three planes of 8 × 64
+// digit bytes, the planes used, the digit offset, and per row the tile's power-of-two unit
+// (as a biased double exponent before the weight scale is added).
+struct Fp4BatchActs {
+  int64_t tiles = 0, blocks = 0;
+  uint8_t* digits = nullptr;     // [blocks][tiles][3][8][64], 64-byte aligned
+  uint8_t* planes = nullptr;     // [blocks][tiles]
+  int32_t* offset = nullptr;     // [blocks][tiles]
+  int64_t* unit_bits = nullptr;  // [blocks][tiles][16]
+  int32_t unit_min = 0, unit_max = 0;
+};
+
 // One linear over weight rows; the kernels compute rows [r0, r1) of it.
 struct LinearTask {
   const WeightRef* w = nullptr;
@@ -25,6 +38,8 @@ struct LinearTask {
   float* y = nullptr;  // y[i * ldy + (r - row_begin)]
   int64_t ldy = 0, row_begin = 0;
   bool round_bf16 = false;
+  // Set when the FP4 matrix-matrix product runs on the VNNI integer kernel.
+  const Fp4BatchActs* fp4_batch = nullptr;
 };
 
 // w.in rounded up to whole 16-element groups.
@@ -44,6 +59,12 @@ double* thread_scratch(int64_t n, int slot);
 
 // The FP8 or FP4 block scale `index` as the scalar path decodes it.
 float weight_block_scale(const WeightRef& w, int64_t index);
+
+// Whether this CPU runs the FP4 VNNI matrix-matrix kernel (AVX512-VNNI, allowed).
+bool fp4_batch_available();
+// Fills block b (activation rows 16b .. 16b+15 of t.xd) of `a`, whose tiles, blocks and
+// buffers are set; false if an activation does not fit the integer kernel.
+bool prepare_fp4_batch_block(const LinearTask& t, Fp4BatchActs* a, int64_t b);
 
 void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1);
 void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1);

@@ -283,9 +283,13 @@ TEST(QuantLinear, Avx512FallbackFp4PathsMatchScalar) {
     detail::set_avx512_vbmi_allowed(vbmi);
     for (const auto& s : {std::array<int64_t, 2>{5, 96}, std::array<int64_t, 2>{70, 2048}}) {
       const TestWeight w = make_weight(WeightFormat::kFP4, s[0], s[1], seed++);
-      const std::vector<float> x = make_activations(1, s[1], seed++);
-      expect_bits_equal(run_quant(Isa::kScalar, x, 1, w.ref), run_quant(Isa::kAvx512, x, 1, w.ref),
-                        vbmi ? "fp4 avx512 without vnni" : "fp4 avx512 without vnni and vbmi");
+      for (int64_t m : {1, 5}) {
+        const std::vector<float> x = make_activations(m, s[1], seed++);
+        expect_bits_equal(
+            run_quant(Isa::kScalar, x, m, w.ref), run_quant(Isa::kAvx512, x, m, w.ref),
+            std::string(vbmi ? "fp4 avx512 without vnni" : "fp4 avx512 without vnni and vbmi") +
+                " m=" + std::to_string(m));
+      }
     }
   }
   detail::set_avx512_vnni_allowed(true);
@@ -297,43 +301,66 @@ TEST(QuantLinear, Fp4IntegerPathAcrossActivationRanges) {
   // smallest set bit, into 1, 2 or 3 byte planes. Tiles here: all zero; one value repeated
   // (1 plane); a 2^10 spread (2 planes); the whole FP8 range down to its subnormals after
   // fake quantization (3 planes); negative and −0 values; an odd number of tiles (half chunk).
+  // m > 1: the matrix-matrix kernel puts 16 rows in the lanes of a vector and picks the planes
+  // per 16-row block, so rows of different kinds share blocks.
   IsaGuard guard;
   uint32_t seed = 170;
-  for (int64_t in : {int64_t{32}, int64_t{96}, int64_t{544}, int64_t{2048}}) {
-    const TestWeight w = make_weight(WeightFormat::kFP4, 37, in, seed++);
-    std::mt19937 rng(seed++);
-    std::vector<float> x(in);
-    for (int64_t k = 0; k < in; ++k) {
-      const int64_t kind = (k / 32) % 5;
-      const float sign = (rng() & 1) ? -1.0f : 1.0f;
-      switch (kind) {
-        case 0:
-          x[k] = (rng() & 1) ? 0.0f : -0.0f;
-          break;
-        case 1:
-          x[k] = sign * 0.75f;
-          break;
-        case 2:
-          x[k] = sign * std::ldexp(1.0f + static_cast<float>(rng() % 8) / 8,
-                                   -static_cast<int>(rng() % 10));
-          break;
-        case 3:
-          // 448 at the top of the 128-block forces the block scale; the rest reach its
-          // FP8 subnormals (2^-9 of the scale) and everything between.
-          x[k] = k % 32 == 0 ? 448.0f
-                             : sign * std::ldexp(static_cast<float>(1 + rng() % 15),
-                                                 -static_cast<int>(rng() % 12));
-          break;
-        default:
-          x[k] = sign * static_cast<float>(rng() % 1000) / 7.0f;
-          break;
+  for (int64_t in : {int64_t{32}, int64_t{96}, int64_t{544}, int64_t{2048}})
+    for (int64_t m : {int64_t{1}, int64_t{3}, int64_t{21}}) {
+      const TestWeight w = make_weight(WeightFormat::kFP4, 37, in, seed++);
+      std::mt19937 rng(seed++);
+      std::vector<float> x(m * in);
+      for (int64_t k = 0; k < m * in; ++k) {
+        const int64_t kind = (k / 32 + k / in) % 5;
+        const float sign = (rng() & 1) ? -1.0f : 1.0f;
+        switch (kind) {
+          case 0:
+            x[k] = (rng() & 1) ? 0.0f : -0.0f;
+            break;
+          case 1:
+            x[k] = sign * 0.75f;
+            break;
+          case 2:
+            x[k] = sign * std::ldexp(1.0f + static_cast<float>(rng() % 8) / 8,
+                                     -static_cast<int>(rng() % 10));
+            break;
+          case 3:
+            // 448 at the top of the 128-block forces the block scale; the rest reach its
+            // FP8 subnormals (2^-9 of the scale) and everything between.
+            x[k] = k % 32 == 0 ? 448.0f
+                               : sign * std::ldexp(static_cast<float>(1 + rng() % 15),
+                                                   -static_cast<int>(rng() % 12));
+            break;
+          default:
+            x[k] = sign * static_cast<float>(rng() % 1000) / 7.0f;
+            break;
+        }
       }
+      const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+      for (Isa isa : simd_isas())
+        expect_bits_equal(want, run_quant(isa, x, m, w.ref),
+                          std::string("fp4 activation ranges ") + isa_name(isa) +
+                              " in=" + std::to_string(in) + " m=" + std::to_string(m));
     }
-    const std::vector<float> want = run_quant(Isa::kScalar, x, 1, w.ref);
-    for (Isa isa : simd_isas())
-      expect_bits_equal(
-          want, run_quant(isa, x, 1, w.ref),
-          std::string("fp4 activation ranges ") + isa_name(isa) + " in=" + std::to_string(in));
+}
+
+TEST(QuantLinear, Fp4IntegerPathScalesOutsideFloatRange) {
+  // The VNNI matrix-matrix kernel scales its integer tile sums in fp32 only while every
+  // 2^(u − 1 + e − 127) keeps them normal floats; scales near 2^100 (sums past 2^96) and near
+  // 2^-120 (fp32 subnormal results) must take the double route and still match bit for bit.
+  IsaGuard guard;
+  for (int big : {0, 1}) {
+    TestWeight w = make_weight(WeightFormat::kFP4, 40, 256, 190 + static_cast<uint32_t>(big));
+    for (size_t i = kMisalign; i < w.scale.size(); ++i)
+      if (i % 2) w.scale[i] = static_cast<uint8_t>(big ? 127 + 100 : 127 - 120);
+    for (int64_t m : {1, 6, 19}) {
+      const std::vector<float> x = make_activations(m, 256, 191 + static_cast<uint32_t>(m));
+      const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+      for (Isa isa : simd_isas())
+        expect_bits_equal(want, run_quant(isa, x, m, w.ref),
+                          std::string("fp4 extreme scales ") + isa_name(isa) +
+                              " m=" + std::to_string(m) + (big ? " 2^100" : " 2^-120"));
+    }
   }
 }
 
