@@ -1161,8 +1161,12 @@ DSV4_VNNI void fp4_vnni_gemm(const LinearTask& t, const Fp4BatchActs& a, int64_t
         int8_t* dst = wbuf + j * in + tile * 32;
         _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm_unpacklo_epi8(lo, hi));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 16), _mm_unpackhi_epi8(lo, hi));
-        int32_t sum = 0;
-        for (int k = 0; k < 32; ++k) sum += dst[k];
+        // Σ 2q = Σ (2q + 12) − 32·12, the biased bytes summed by vpsadbw.
+        const __m128i twelve = _mm_set1_epi8(12), zero = _mm_setzero_si128();
+        const __m128i sad = _mm_add_epi64(_mm_sad_epu8(_mm_add_epi8(lo, twelve), zero),
+                                          _mm_sad_epu8(_mm_add_epi8(hi, twelve), zero));
+        const int32_t sum =
+            static_cast<int32_t>(_mm_cvtsi128_si64(sad) + _mm_extract_epi64(sad, 1)) - 32 * 12;
         wsum[j * tiles + tile] = sum;
       }
     }
