@@ -240,6 +240,15 @@ void block(const LinearTask& t, const double* wbuf, int64_t ldw, int64_t i0, int
 
 constexpr int kGemvRows = 8;  // weight rows at once: 16 accumulators, one full reduce8
 
+// call(n, r) for the rows [r0, r1): groups of kGemvRows rows, then one group of the rest (each
+// matrix-vector kernel has one instantiation per group size, called through a table).
+template <typename Call>
+inline void for_row_groups(int64_t r0, int64_t r1, Call call) {
+  int64_t r = r0;
+  for (; r + kGemvRows <= r1; r += kGemvRows) call(kGemvRows, r);
+  if (r < r1) call(static_cast<int>(r1 - r), r);
+}
+
 // 16 weights of one row starting at element k (n valid, the rest +0), as the
 // floats dequant_row produces.
 // For FP8, `scale` is the block scale × 256 (fp8_scale_folds), or with
@@ -437,9 +446,7 @@ void gemv_fp8_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
   static constexpr RowsFn kTails[kGemvRows] = {
       gemv_rows_fp8_e8m0<1>, gemv_rows_fp8_e8m0<2>, gemv_rows_fp8_e8m0<3>, gemv_rows_fp8_e8m0<4>,
       gemv_rows_fp8_e8m0<5>, gemv_rows_fp8_e8m0<6>, gemv_rows_fp8_e8m0<7>, gemv_rows_fp8_e8m0<8>};
-  int64_t r = r0;
-  for (; r + kGemvRows <= r1; r += kGemvRows) gemv_rows_fp8_e8m0<kGemvRows>(t, r, xs);
-  if (r < r1) kTails[r1 - r - 1](t, r, xs);
+  for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r, xs); });
 }
 
 // ---- FP4 with E8M0 scales, m = 1, on CPUs with AVX512-VBMI. ----
@@ -554,16 +561,23 @@ DSV4_VBMI inline __m512d fp4_e8m0_tile(const uint8_t* const* tiles, const double
   return reduce8(v);
 }
 
+// Packed codes and E8M0 scale bytes of FP4 weight rows r .. r + n - 1.
+inline void fp4_rows_and_scales(const WeightRef& w, int64_t r, int n, const uint8_t** rows,
+                                const uint8_t** scales) {
+  const int64_t in = w.in;
+  for (int j = 0; j < n; ++j) {
+    rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * (in / 2);
+    scales[j] = static_cast<const uint8_t*>(w.scale) + (r + j) * (in / 32);
+  }
+}
+
 template <int NR>
 DSV4_VBMI void gemv_rows_fp4_e8m0(const LinearTask& t, int64_t r) {
   const WeightRef& w = *t.w;
   const int64_t in = w.in, scale_cols = in / 32;
   const uint8_t* rows[NR];
   const uint8_t* scales[NR];
-  for (int j = 0; j < NR; ++j) {
-    rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * (in / 2);
-    scales[j] = static_cast<const uint8_t*>(w.scale) + (r + j) * scale_cols;
-  }
+  fp4_rows_and_scales(w, r, NR, rows, scales);
   __m512i idx[4];
   for (int c = 0; c < 4; ++c) idx[c] = _mm512_load_si512(kFp4Permutes.idx[c]);
   const __m512i byte6 =
@@ -628,9 +642,7 @@ DSV4_VBMI void gemv_fp4_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
   static constexpr RowsFn kTails[kGemvRows] = {
       gemv_rows_fp4_e8m0<1>, gemv_rows_fp4_e8m0<2>, gemv_rows_fp4_e8m0<3>, gemv_rows_fp4_e8m0<4>,
       gemv_rows_fp4_e8m0<5>, gemv_rows_fp4_e8m0<6>, gemv_rows_fp4_e8m0<7>, gemv_rows_fp4_e8m0<8>};
-  int64_t r = r0;
-  for (; r + kGemvRows <= r1; r += kGemvRows) gemv_rows_fp4_e8m0<kGemvRows>(t, r);
-  if (r < r1) kTails[r1 - r - 1](t, r);
+  for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r); });
 }
 
 // ---- FP4 with E8M0 scales, m = 1, on CPUs with AVX512-VNNI: integer sums. ----
@@ -774,10 +786,7 @@ DSV4_VNNI void gemv_rows_fp4_vnni(const LinearTask& t, int64_t r, const Fp4VnniA
   const int64_t in = w.in, scale_cols = in / 32;
   const uint8_t* rows[NR];
   const uint8_t* scales[NR];
-  for (int j = 0; j < NR; ++j) {
-    rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * (in / 2);
-    scales[j] = static_cast<const uint8_t*>(w.scale) + (r + j) * scale_cols;
-  }
+  fp4_rows_and_scales(w, r, NR, rows, scales);
   const __m512i table =
       _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4TwicePlus12)));
   const __m512 float_table = _mm512_loadu_ps(fp4_e2m1_table());
@@ -838,10 +847,7 @@ DSV4_VNNI void gemv_rows_fp4_vnni(const LinearTask& t, int64_t r, const Fp4VnniA
 std::atomic<bool> g_vnni_allowed{true};
 
 bool use_vnni() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vnni") != 0;
-  }();
+  static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx512vnni") != 0);
   return has && g_vnni_allowed.load(std::memory_order_relaxed);
 }
 
@@ -853,19 +859,14 @@ DSV4_VNNI bool gemv_fp4_vnni(const LinearTask& t, int64_t r0, int64_t r1) {
   static constexpr RowsFn kTails[kGemvRows] = {
       gemv_rows_fp4_vnni<1>, gemv_rows_fp4_vnni<2>, gemv_rows_fp4_vnni<3>, gemv_rows_fp4_vnni<4>,
       gemv_rows_fp4_vnni<5>, gemv_rows_fp4_vnni<6>, gemv_rows_fp4_vnni<7>, gemv_rows_fp4_vnni<8>};
-  int64_t r = r0;
-  for (; r + kGemvRows <= r1; r += kGemvRows) gemv_rows_fp4_vnni<kGemvRows>(t, r, a);
-  if (r < r1) kTails[r1 - r - 1](t, r, a);
+  for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r, a); });
   return true;
 }
 
 std::atomic<bool> g_vbmi_allowed{true};
 
 bool use_vbmi() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512vbmi") != 0;
-  }();
+  static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx512vbmi") != 0);
   return has && g_vbmi_allowed.load(std::memory_order_relaxed);
 }
 
@@ -875,9 +876,7 @@ void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
   static constexpr RowsFn kTails[kGemvRows] = {gemv_rows<F, 1>, gemv_rows<F, 2>, gemv_rows<F, 3>,
                                                gemv_rows<F, 4>, gemv_rows<F, 5>, gemv_rows<F, 6>,
                                                gemv_rows<F, 7>, gemv_rows<F, 8>};
-  int64_t r = r0;
-  for (; r + kGemvRows <= r1; r += kGemvRows) gemv_rows<F, kGemvRows>(t, r);
-  if (r < r1) kTails[r1 - r - 1](t, r);
+  for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r); });
 }
 
 // ---- Quantized matrix-matrix: K in chunks, so both operands stay in cache. ----
