@@ -673,8 +673,9 @@ constexpr uint8_t kFp4TwicePlus12[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11,
 // high nibbles (odd elements) in bytes 32..63; the digit planes use the same order.
 struct Fp4VnniActs {
   int64_t tiles = 0, chunks = 0;
-  int8_t* plane[3] = {};      // [chunks * 64] signed digits of X
-  int32_t* unit = nullptr;    // per tile: u
+  int8_t* plane[3] = {};    // [chunks * 64] signed digits of X
+  int32_t* unit = nullptr;  // per tile: u
+  int32_t unit_min = 0, unit_max = 0;
   int32_t* bias = nullptr;    // per tile: 12·ΣX
   uint8_t* planes = nullptr;  // per chunk: digit planes needed (1..3)
 };
@@ -738,6 +739,8 @@ bool prepare_fp4_vnni(const double* x, int64_t in, Fp4VnniActs* a) {
       a->plane[2][pos] = static_cast<int8_t>((x1 - d1) / 256);  // |X| < 2^21: fits
     }
     a->unit[tile] = u;
+    a->unit_min = tile == 0 ? u : std::min(a->unit_min, u);
+    a->unit_max = tile == 0 ? u : std::max(a->unit_max, u);
     a->bias[tile] = static_cast<int32_t>(12 * sum);
     // One digit holds [-128, 127]; two hold [-32896, 32639].
     const uint8_t need = max_abs <= 127 ? 1 : max_abs <= 32639 ? 2 : 3;
@@ -790,20 +793,45 @@ DSV4_VNNI void gemv_rows_fp4_vnni(const LinearTask& t, int64_t r, const Fp4VnniA
   const __m512i table =
       _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4TwicePlus12)));
   const __m512 float_table = _mm512_loadu_ps(fp4_e2m1_table());
+  // The rows' scale bytes transposed (8 per tile, rows past NR 127), so that a tile's 8 scale
+  // factors are built in one register; when every scale folds and every 2^(u − 1 + e − 127) is
+  // a normal double for this row group, no chunk needs a check.
+  auto* et = reinterpret_cast<uint8_t*>(thread_scratch(a.tiles + 1, 0));
+  int emin = 255, emax = 0;
+  for (int64_t tile = 0; tile < a.tiles; ++tile)
+    for (int j = 0; j < 8; ++j) {
+      const int e = j < NR ? scales[j][tile] : 127;
+      et[tile * 8 + j] = static_cast<uint8_t>(e);
+      emin = std::min(emin, e);
+      emax = std::max(emax, e);
+    }
+  const bool all_fold = emax <= kMaxFoldedFp4Scale && a.unit_min - 1 + emin - 127 >= -1022 &&
+                        a.unit_max - 1 + emax - 127 <= 990;
   __m256 result = _mm256_setzero_ps();
   for (int64_t c = 0; c < a.chunks; ++c) {
     const int64_t t0 = 2 * c;
     const bool half = t0 + 1 == a.tiles;
-    // 2^(u - 1 + e - 127) per row and tile, as double bits; 0 for missing rows.
+    // 2^(u - 1 + e - 127) per row and tile, as double bits.
     alignas(64) int64_t bits[2][8] = {};
     bool exact = true;
-    for (int h = 0; h < (half ? 1 : 2); ++h)
-      for (int j = 0; j < NR; ++j) {
-        const uint8_t e = scales[j][t0 + h];
-        const int p = a.unit[t0 + h] - 1 + e - 127;
-        exact = exact && e <= kMaxFoldedFp4Scale && p >= -1022 && p <= 990;
-        bits[h][j] = static_cast<int64_t>(p + 1023) << 52;
-      }
+    if (all_fold) {
+      for (int h = 0; h < (half ? 1 : 2); ++h)
+        _mm512_store_si512(
+            bits[h],
+            _mm512_slli_epi64(
+                _mm512_add_epi64(_mm512_cvtepu8_epi64(_mm_loadl_epi64(
+                                     reinterpret_cast<const __m128i*>(et + (t0 + h) * 8))),
+                                 _mm512_set1_epi64(int64_t{a.unit[t0 + h]} - 1 - 127 + 1023)),
+                52));
+    } else {
+      for (int h = 0; h < (half ? 1 : 2); ++h)
+        for (int j = 0; j < NR; ++j) {
+          const uint8_t e = scales[j][t0 + h];
+          const int p = a.unit[t0 + h] - 1 + e - 127;
+          exact = exact && e <= kMaxFoldedFp4Scale && p >= -1022 && p <= 990;
+          bits[h][j] = static_cast<int64_t>(p + 1023) << 52;
+        }
+    }
     if (!exact) {  // huge or NaN scale, or an extreme activation unit: float decode
       for (int h = 0; h < (half ? 1 : 2); ++h) {
         __m512 s[NR];
