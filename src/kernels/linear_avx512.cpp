@@ -340,6 +340,57 @@ void gemv_rows(const LinearTask& t, int64_t r) {
   store_results(t, result, 1, NR, 0, r);
 }
 
+// ---- FP8 weights in plain_linear, m = 1 (wo_a: the reference's bf16 einsum over the
+// dequantized weight): one linear_dot_f64 over the whole row, decoding each 128-block with its
+// own scale into the same sixteen lane sums, no buffer. ----
+template <int NR>
+void gemv_rows_plain_fp8(const LinearTask& t, int64_t r) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, scale_cols = (in + 127) / 128;
+  const uint8_t* rows[NR];
+  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * in;
+  const __m512 table = _mm512_setzero_ps();  // unused by FP8
+  __m512d lo[NR], hi[NR];
+  for (int j = 0; j < NR; ++j) lo[j] = hi[j] = _mm512_setzero_pd();
+  for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += 128) {
+    __m512 scales[NR];
+    bool folds = true;
+    for (int j = 0; j < NR; ++j) {
+      const float scale = weight_block_scale(w, ((r + j) / 128) * scale_cols + b);
+      folds = folds && fp8_scale_folds(scale);
+      scales[j] = _mm512_set1_ps(scale);
+    }
+    if (folds)
+      for (int j = 0; j < NR; ++j) scales[j] = _mm512_mul_ps(scales[j], _mm512_set1_ps(256.0f));
+    const int64_t end = std::min<int64_t>(in, k0 + 128);
+    for (int64_t k = k0; k < end; k += kGroup) {
+      const int64_t n = end - k;
+      const __m512d x_lo = _mm512_load_pd(t.xd + k);
+      const __m512d x_hi = _mm512_load_pd(t.xd + k + 8);
+      for (int j = 0; j < NR; ++j) {
+        const __m512 f = folds
+                             ? weights16<WeightFormat::kFP8, false>(rows[j], k, n, scales[j], table)
+                             : weights16<WeightFormat::kFP8, true>(rows[j], k, n, scales[j], table);
+        const __m256 f_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1));
+        lo[j] = _mm512_fmadd_pd(x_lo, _mm512_cvtps_pd(_mm512_castps512_ps256(f)), lo[j]);
+        hi[j] = _mm512_fmadd_pd(x_hi, _mm512_cvtps_pd(f_hi), hi[j]);
+      }
+    }
+  }
+  __m512d v[8];
+  for (int p = 0; p < 8; ++p) v[p] = p < NR ? _mm512_add_pd(lo[p], hi[p]) : _mm512_setzero_pd();
+  store_results(t, _mm512_cvtpd_ps(reduce8(v)), 1, NR, 0, r);
+}
+
+void gemv_plain_fp8(const LinearTask& t, int64_t r0, int64_t r1) {
+  using RowsFn = void (*)(const LinearTask&, int64_t);
+  static constexpr RowsFn kTails[kGemvRows] = {gemv_rows_plain_fp8<1>, gemv_rows_plain_fp8<2>,
+                                               gemv_rows_plain_fp8<3>, gemv_rows_plain_fp8<4>,
+                                               gemv_rows_plain_fp8<5>, gemv_rows_plain_fp8<6>,
+                                               gemv_rows_plain_fp8<7>, gemv_rows_plain_fp8<8>};
+  for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r); });
+}
+
 // ---- FP8 with E8M0 scales, m = 1: codes straight to doubles. ----
 //
 // With power-of-two scales no weight needs to be scaled before the tile sum:
@@ -1385,6 +1436,7 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
         return gemv<WeightFormat::kF32>(t, r0, r1);
     }
   }
+  if (t.m == 1 && format == WeightFormat::kFP8 && t.tile == 0) return gemv_plain_fp8(t, r0, r1);
   if (t.fp4_batch != nullptr) return fp4_vnni_gemm(t, *t.fp4_batch, r0, r1);
   if (t.tile > 0 && format == WeightFormat::kFP8 && !t.w->scale_is_f32)
     return small_fp8_batch(t, r0, r1);
