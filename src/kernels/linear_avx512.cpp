@@ -240,6 +240,14 @@ void block(const LinearTask& t, const double* wbuf, int64_t ldw, int64_t i0, int
 
 constexpr int kGemvRows = 8;  // weight rows at once: 16 accumulators, one full reduce8
 
+// The matrix-vector kernels stream 8 weight rows at once; measured on the development machine,
+// the hardware prefetchers alone leave them waiting on memory (BF16: 20 % faster with this).
+// A prefetch past the end of the mapping is harmless (it never faults).
+constexpr int64_t kPrefetchBytes = 2048;
+inline void prefetch_weights(const uint8_t* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+}
+
 // call(n, r) for the rows [r0, r1): groups of kGemvRows rows, then one group of the rest (each
 // matrix-vector kernel has one instantiation per group size, called through a table).
 template <typename Call>
@@ -258,15 +266,19 @@ inline __m512 weights16(const uint8_t* row, int64_t k, int64_t n, __m512 scale, 
   const __mmask16 mask = n >= kGroup ? __mmask16(0xffff) : __mmask16((1u << n) - 1);
   __m512 v;
   if constexpr (F == WeightFormat::kFP8) {
+    prefetch_weights(row + k);
     v = fp8_values(_mm_maskz_loadu_epi8(mask, row + k));
     if constexpr (kUnfolded) v = _mm512_mul_ps(v, _mm512_set1_ps(256.0f));
     v = _mm512_mul_ps(v, scale);
   } else if constexpr (F == WeightFormat::kFP4) {
+    prefetch_weights(row + k / 2);
     v = _mm512_mul_ps(fp4_values(row + k / 2, table), scale);  // FP4 rows are whole 32-groups
   } else if constexpr (F == WeightFormat::kBF16) {
+    prefetch_weights(row + 2 * k);
     const __m256i b = _mm256_maskz_loadu_epi16(mask, row + 2 * k);
     v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
   } else {
+    prefetch_weights(row + 4 * k);
     v = _mm512_maskz_loadu_ps(mask, row + 4 * k);
   }
   // Lanes past the row end must be +0 whatever the scale (0 × inf is NaN).
@@ -425,6 +437,7 @@ inline __m512d fp8_e8m0_tile(const uint8_t* const* rows, const double* xs, int64
     const __m512d x_lo = _mm512_load_pd(xs + k);
     const __m512d x_hi = _mm512_load_pd(xs + k + 8);
     for (int j = 0; j < NR; ++j) {
+      if ((k & 48) == 0) prefetch_weights(rows[j] + k);
       const __m512d w_lo =
           fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k)));
       const __m512d w_hi =
@@ -809,6 +822,7 @@ DSV4_VNNI inline void fp4_vnni_chunk(const uint8_t* const* bytes, bool half, con
   __m512i planes[NP];
   for (int p = 0; p < NP; ++p) planes[p] = _mm512_load_si512(a.plane[p] + 64 * c);
   for (int j = 0; j < NR; ++j) {
+    prefetch_weights(bytes[j]);
     const __m256i raw = half ? _mm256_maskz_loadu_epi8(0xFFFF, bytes[j])
                              : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes[j]));
     const __m512i nibbles =
