@@ -182,6 +182,12 @@ void block(const LinearTask& t, const double* wbuf, int64_t ldw, int64_t i, int6
 // ---- Matrix-vector (m = 1): weights decoded in registers, no buffer. ----
 
 // Mask of the first n (clamped to 0..8) float lanes.
+// As on AVX-512 (linear_avx512.cpp): a software prefetch 2 KB ahead in each streamed row.
+constexpr int64_t kPrefetchBytes = 2048;
+inline void prefetch_weights(const uint8_t* p) {
+  _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+}
+
 inline __m256 lane_mask(int64_t n) {
   const __m256i iota = _mm256_set_epi32(7, 6, 5, 4, 3, 2, 1, 0);
   const int c = static_cast<int>(std::clamp<int64_t>(n, 0, 8));
@@ -199,6 +205,7 @@ inline void weights16(const uint8_t* row, int64_t k, int64_t n, __m256 scale, __
                                                            : 0;
   alignas(64) uint8_t tail[64];
   const uint8_t* p = row + (F == WeightFormat::kFP4 ? k / 2 : k * bytes_per);
+  prefetch_weights(p);
   if (F != WeightFormat::kFP4 && n < kGroup) {  // FP4 rows are whole 32-groups
     std::memset(tail, 0, sizeof tail);
     std::memcpy(tail, p, static_cast<size_t>(n * bytes_per));
@@ -367,6 +374,7 @@ inline void fp8_e8m0_tile(const uint8_t* const* rows, const double* xs, int64_t 
     const uint8_t* src[NR];
     for (int j = 0; j < NR; ++j) {
       src[j] = rows[j] + k;
+      prefetch_weights(src[j]);
       if (end - k < kGroup) {  // partial last group: code 0 (= +0) past the end
         std::memset(tail[j], 0, 16);
         std::memcpy(tail[j], src[j], static_cast<size_t>(end - k));
@@ -451,6 +459,7 @@ inline void fp4_e8m0_tile(const uint8_t* const* tiles, const double* x, __m128i 
   const __m128i low4 = _mm_set1_epi8(0x0F);
   __m256d acc[NR][4];
   for (int j = 0; j < NR; ++j) {
+    prefetch_weights(tiles[j]);
     const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(tiles[j]));
     const __m128i lo = _mm_and_si128(b, low4);
     const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
