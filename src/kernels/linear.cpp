@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cmath>
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
@@ -119,6 +120,34 @@ bool prepare_fp4_batch(const detail::LinearTask& t, detail::Fp4BatchActs* a) {
   return true;
 }
 
+// t's activations (t.xd) as blocks of 8 rows, K-major, times 2^600, in a per-thread buffer
+// reused across calls (detail::LinearTask::fp8_rows_t).
+const double* prepare_fp8_rows_in_lanes(const detail::LinearTask& t) {
+  const int64_t ld = detail::padded_in(t.w->in), blocks = (t.m + 7) / 8;
+  const int64_t n = blocks * ld * 8;
+  struct Free {
+    void operator()(double* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<double, Free> buffer;
+  thread_local int64_t capacity = 0;
+  if (n > capacity) {
+    buffer.reset(static_cast<double*>(std::aligned_alloc(64, static_cast<size_t>(n) * 8)));
+    if (!buffer) throw std::bad_alloc();
+    capacity = n;
+  }
+  double* out = buffer.get();
+  const double scale = std::ldexp(1.0, 600);  // exact: the kernel's pre-scale
+  parallel_for(blocks, [&](int64_t b0, int64_t b1, int) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t k = 0; k < ld; ++k)
+        for (int64_t i = 0; i < 8; ++i) {
+          const int64_t row = b * 8 + i;
+          out[(b * ld + k) * 8 + i] = row < t.m ? t.xd[row * ld + k] * scale : 0.0;
+        }
+  });
+  return out;
+}
+
 void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
   const Isa isa = active_isa();
   // SIMD kernels work on blocks of up to 8 rows; keep task boundaries on
@@ -140,7 +169,11 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
               break;
           }
         },
-        grain);
+        // The FP8 rows-in-lanes kernel reads all activations once per task: one task per thread.
+        task.fp8_rows_t != nullptr
+            ? std::max(grain, (row_end - row_begin + ThreadPool::global().num_threads() * 16 - 1) /
+                                  (ThreadPool::global().num_threads() * 16) * 16)
+            : grain);
   };
   if (isa == Isa::kScalar) return rows(t);
   // The SIMD kernels read activations as zero-padded doubles (converted once
@@ -167,6 +200,9 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
       for (int64_t k = in; k < ld; ++k) dst[k] = 0.0;
     }
     c.xd = xd.get();
+    if (isa == Isa::kAvx512 && c.m >= detail::kFp8RowsInLanesMinM && t.tile > 0 &&
+        t.w->format == WeightFormat::kFP8 && !t.w->scale_is_f32)
+      c.fp8_rows_t = prepare_fp8_rows_in_lanes(c);
     detail::Fp4BatchActs batch;
     if (isa == Isa::kAvx512 && c.m > 1 && t.tile > 0 && t.w->format == WeightFormat::kFP4 &&
         !t.w->scale_is_f32 && detail::fp4_batch_available() && prepare_fp4_batch(c, &batch))

@@ -1414,6 +1414,112 @@ void small_fp8_batch(const LinearTask& t, int64_t r0, int64_t r1) {
   }
 }
 
+namespace {
+
+// ---- FP8 with E8M0 scales, m ≥ 16: activation rows in the lanes. ----
+//
+// quant_linear lays the activations out once per call as blocks of 8 rows, K-major (8 doubles
+// per column, pre-scaled by 2^600 as in the matrix-vector path; prepare_fp8_rows_in_lanes).
+// A task takes its weight rows 16 at a time and, tile by tile, decodes the 16 × 128 codes into
+// doubles q·2^-1016 (no scale: the tile sum is exact in any order; 16 KB, in L1), then for
+// every block of activation rows adds x[:, k] × broadcast(w_j[k]) into one accumulator per
+// weight row: 8 multiply-adds per FMA, no decode in the inner loop, no horizontal sums. A
+// tile's sums (lane = activation row) are scaled by 2^(e − 127 + 416), rounded to fp32 and
+// added in ascending K (per block and weight row, in a buffer), as everywhere.
+constexpr int kTRows = 16;  // weight rows per pass (16 accumulators)
+
+template <int J>
+void fp8_t_tile(const double* xb, const double* wd, int64_t len, const __m512d* s, __m256* facc) {
+  __m512d acc[J];
+  for (int j = 0; j < J; ++j) acc[j] = _mm512_setzero_pd();
+  for (int64_t k = 0; k < len; ++k) {
+    const __m512d x = _mm512_load_pd(xb + k * 8);
+    for (int j = 0; j < J; ++j)
+      acc[j] = _mm512_fmadd_pd(x, _mm512_set1_pd(wd[j * 128 + k]), acc[j]);
+  }
+  for (int j = 0; j < J; ++j)
+    facc[j] = _mm256_add_ps(facc[j], _mm512_cvtpd_ps(_mm512_mul_pd(acc[j], s[j])));
+}
+
+// Weight rows per pass over the activations: their decoded tile (256 KB) and this tile's slice
+// of all activation blocks share L2.
+constexpr int64_t kTPassRows = 256;
+
+// Rows [r0, r1), all scales folding. Per 128-tile: the rows' codes are decoded (1 KB per row),
+// then each group of 16 rows (16 KB, L1) meets every block of activation rows (this tile's
+// slice of all blocks, 8 KB per block, stays in L2 across groups). The activations are thus read
+// from memory once per tile per pass of kTPassRows rows, not once per group (quant_linear gives
+// this kernel one task per thread).
+void fp8_t_rows(const LinearTask& t, int64_t r0, int64_t r1) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, scale_cols = (in + 127) / 128, ld = padded_in(in);
+  const uint8_t* scale_bytes = static_cast<const uint8_t*>(w.scale);
+  const int64_t nr = r1 - r0, blocks = (t.m + 7) / 8, groups = (nr + kTRows - 1) / kTRows;
+  const int64_t padded = groups * kTRows;  // rows past nr repeat the last one (not stored)
+  double* wd = thread_scratch(padded * 128, 0);
+  auto* facc = reinterpret_cast<__m256*>(thread_scratch(blocks * padded * 4, 1));
+  auto* scales = reinterpret_cast<__m512d*>(thread_scratch(padded * 8 + 8, 2));
+  for (int64_t i = 0; i < blocks * padded; ++i) facc[i] = _mm256_setzero_ps();
+  for (int64_t tb = 0, k0 = 0; k0 < in; ++tb, k0 += 128) {
+    const int64_t len = std::min<int64_t>(128, in - k0);
+    for (int64_t j = 0; j < padded; ++j) {
+      const int64_t row = r0 + std::min(j, nr - 1);
+      const uint8_t* codes = static_cast<const uint8_t*>(w.data) + row * in + k0;
+      double* dst = wd + j * 128;
+      int64_t k = 0;
+      for (; k + 8 <= len; k += 8)
+        _mm512_store_pd(dst + k, fp8_codes_to_doubles(
+                                     _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + k))));
+      if (k < len) {  // the row's last, partial group
+        const __mmask16 mask = static_cast<__mmask16>((1u << (len - k)) - 1);
+        _mm512_store_pd(dst + k, fp8_codes_to_doubles(_mm_maskz_loadu_epi8(mask, codes + k)));
+      }
+      const uint8_t e = scale_bytes[(row / 128) * scale_cols + tb];
+      scales[j] = _mm512_castsi512_pd(
+          _mm512_set1_epi64(static_cast<int64_t>(e - 127 + kTileShift + 1023) << 52));
+    }
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t b = 0; b < blocks; ++b)
+        fp8_t_tile<kTRows>(t.fp8_rows_t + (b * ld + k0) * 8, wd + g * kTRows * 128, len,
+                           scales + g * kTRows, facc + b * padded + g * kTRows);
+  }
+  alignas(32) float out[8];
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t j = 0; j < nr; ++j) {
+      _mm256_store_ps(out, facc[b * padded + j]);
+      for (int i = 0; i < 8 && b * 8 + i < t.m; ++i) {
+        const float v = out[i];
+        t.y[(b * 8 + i) * t.ldy + (r0 + j - t.row_begin)] = t.round_bf16 ? bf16_round(v) : v;
+      }
+    }
+}
+
+void fp8_gemm_t(const LinearTask& t, int64_t r0, int64_t r1) {
+  const WeightRef& w = *t.w;
+  const int64_t scale_cols = (w.in + 127) / 128;
+  const uint8_t* scale_bytes = static_cast<const uint8_t*>(w.scale);
+  // Runs of rows whose scales all fold take the kernel; a row with a huge or NaN scale the
+  // float-decode path.
+  int64_t r = r0;
+  while (r < r1) {
+    auto folds = [&](int64_t row) {
+      for (int64_t b = 0; b < scale_cols; ++b)
+        if (scale_bytes[(row / 128) * scale_cols + b] > kMaxFoldedFp8Scale) return false;
+      return true;
+    };
+    int64_t e = r;
+    const bool ok = folds(r);
+    while (e < r1 && folds(e) == ok) ++e;
+    if (ok)
+      for (int64_t p = r; p < e; p += kTPassRows) fp8_t_rows(t, p, std::min(e, p + kTPassRows));
+    else
+      quant_gemm(t, r, e);
+    r = e;
+  }
+}
+
+}  // namespace
+
 bool fp4_batch_available() {
   return use_vnni();
 }
@@ -1452,6 +1558,7 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
   }
   if (t.m == 1 && format == WeightFormat::kFP8 && t.tile == 0) return gemv_plain_fp8(t, r0, r1);
   if (t.fp4_batch != nullptr) return fp4_vnni_gemm(t, *t.fp4_batch, r0, r1);
+  if (t.fp8_rows_t != nullptr) return fp8_gemm_t(t, r0, r1);
   if (t.tile > 0 && format == WeightFormat::kFP8 && !t.w->scale_is_f32)
     return small_fp8_batch(t, r0, r1);
   if (t.tile > 0) return quant_gemm(t, r0, r1);

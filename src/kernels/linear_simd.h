@@ -40,6 +40,9 @@ struct LinearTask {
   bool round_bf16 = false;
   // Set when the FP4 matrix-matrix product runs on the VNNI integer kernel.
   const Fp4BatchActs* fp4_batch = nullptr;
+  // FP8 (E8M0) with m >= kFp8RowsInLanesMinM on AVX-512: the activations as blocks of 8 rows,
+  // K-major, times 2^600 ([ceil(m/8)][padded_in][8] doubles, rows past m zero).
+  const double* fp8_rows_t = nullptr;
 };
 
 // w.in rounded up to whole 16-element groups.
@@ -65,6 +68,10 @@ bool fp4_batch_available();
 // Fills block b (activation rows 16b .. 16b+15 of t.xd) of `a`, whose tiles, blocks and
 // buffers are set; false if an activation does not fit the integer kernel.
 bool prepare_fp4_batch_block(const LinearTask& t, Fp4BatchActs* a, int64_t b);
+
+// Smallest batch for which quant_linear lays out FP8 activations for the AVX-512
+// rows-in-lanes kernel (below it the small-batch kernel decodes in registers).
+constexpr int64_t kFp8RowsInLanesMinM = 16;
 
 void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1);
 void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1);
