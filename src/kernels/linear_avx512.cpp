@@ -213,29 +213,6 @@ inline void store_results(const LinearTask& t, __m256 result, int mi, int nr, in
     }
 }
 
-// y for activation rows [i0, i0+MI) and decoded weight rows [j0, j0+NR) of
-// the block starting at weight row rb.
-template <int MI, int NR>
-void block(const LinearTask& t, const double* wbuf, int64_t ldw, int64_t i0, int64_t rb,
-           int64_t j0) {
-  const double* xs[MI];
-  const double* ws[NR];
-  for (int i = 0; i < MI; ++i) xs[i] = t.xd + (i0 + i) * ldw;
-  for (int j = 0; j < NR; ++j) ws[j] = wbuf + (j0 + j) * ldw;
-  const int64_t in = t.w->in;
-  __m256 result;
-  if (t.tile > 0) {
-    // Tile sums are rounded to float and accumulated in float, in ascending K.
-    result = _mm256_setzero_ps();
-    for (int64_t k0 = 0; k0 < in; k0 += t.tile)
-      result = _mm256_add_ps(
-          result, _mm512_cvtpd_ps(tile_sums<MI, NR>(xs, k0, ws, k0, std::min(t.tile, in - k0))));
-  } else {
-    result = _mm512_cvtpd_ps(tile_sums<MI, NR>(xs, 0, ws, 0, in));
-  }
-  store_results(t, result, MI, NR, i0, rb + j0);
-}
-
 // ---- Matrix-vector (m = 1): weights decoded in registers, no buffer. ----
 
 constexpr int kGemvRows = 8;  // weight rows at once: 16 accumulators, one full reduce8
@@ -1036,12 +1013,6 @@ void quant_gemm(const LinearTask& t, int64_t r0, int64_t r1) {
   }
 }
 
-using BlockFn = void (*)(const LinearTask&, const double*, int64_t, int64_t, int64_t, int64_t);
-constexpr BlockFn kBlocks[kMI][kNR] = {
-    {block<1, 1>, block<1, 2>, block<1, 3>, block<1, 4>},
-    {block<2, 1>, block<2, 2>, block<2, 3>, block<2, 4>},
-};
-
 // ---- FP4 with E8M0 scales, m > 1, AVX512-VNNI: integer sums, activation rows in lanes. ----
 //
 // The same integer tile sums as the matrix-vector path, laid out for reuse: a vector holds 16
@@ -1536,6 +1507,82 @@ void set_avx512_vnni_allowed(bool allowed) {
   g_vnni_allowed.store(allowed);
 }
 
+namespace {
+
+constexpr int kPlainMI = 4;           // activation rows per pass
+constexpr int64_t kPlainChunk = 512;  // K per chunk (a multiple of 16)
+
+// Adds [kc, kc + klen) to the lane sums of MI activation rows × NR weight rows (state: 16
+// doubles per pair, s_0..7 then s_8..15, pairs (i, j) at (i·nrb + j)·16).
+template <int MI, int NR>
+inline void plain_chunk(const double* const* xs, const double* const* ws, int64_t kc, int64_t klen,
+                        double* state, int64_t nrb, int64_t j0) {
+  __m512d lo[MI][NR], hi[MI][NR];
+  for (int i = 0; i < MI; ++i)
+    for (int j = 0; j < NR; ++j) {
+      lo[i][j] = _mm512_load_pd(state + (i * nrb + j0 + j) * 16);
+      hi[i][j] = _mm512_load_pd(state + (i * nrb + j0 + j) * 16 + 8);
+    }
+  for (int64_t k = kc; k < kc + klen; k += kGroup) {
+    __m512d x_lo[MI], x_hi[MI];
+    for (int i = 0; i < MI; ++i) {
+      x_lo[i] = _mm512_load_pd(xs[i] + k);
+      x_hi[i] = _mm512_load_pd(xs[i] + k + 8);
+    }
+    for (int j = 0; j < NR; ++j) {
+      const __m512d w_lo = _mm512_load_pd(ws[j] + k);
+      const __m512d w_hi = _mm512_load_pd(ws[j] + k + 8);
+      for (int i = 0; i < MI; ++i) {
+        lo[i][j] = _mm512_fmadd_pd(x_lo[i], w_lo, lo[i][j]);
+        hi[i][j] = _mm512_fmadd_pd(x_hi[i], w_hi, hi[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < MI; ++i)
+    for (int j = 0; j < NR; ++j) {
+      _mm512_store_pd(state + (i * nrb + j0 + j) * 16, lo[i][j]);
+      _mm512_store_pd(state + (i * nrb + j0 + j) * 16 + 8, hi[i][j]);
+    }
+}
+
+// y for activation rows [i0, i0 + MI) and the nrb decoded weight rows of the block at rb.
+template <int MI>
+void plain_rows(const LinearTask& t, const double* wbuf, int64_t ldw, int64_t i0, int64_t rb,
+                int64_t nrb, double* state) {
+  const double* xs[MI];
+  for (int i = 0; i < MI; ++i) xs[i] = t.xd + (i0 + i) * ldw;
+  std::fill(state, state + MI * nrb * 16, 0.0);
+  for (int64_t kc = 0; kc < ldw; kc += kPlainChunk) {
+    const int64_t klen = std::min(kPlainChunk, ldw - kc);
+    int64_t j0 = 0;
+    for (; j0 + 2 <= nrb; j0 += 2) {
+      const double* ws[2] = {wbuf + j0 * ldw, wbuf + (j0 + 1) * ldw};
+      plain_chunk<MI, 2>(xs, ws, kc, klen, state, nrb, j0);
+    }
+    if (j0 < nrb) {
+      const double* ws[1] = {wbuf + j0 * ldw};
+      plain_chunk<MI, 1>(xs, ws, kc, klen, state, nrb, j0);
+    }
+  }
+  // linear_dot_f64's tree, eight pairs at a time (v = s_j + s_(j+8), then reduce8).
+  const int64_t pairs = MI * nrb;
+  for (int64_t p0 = 0; p0 < pairs; p0 += 8) {
+    __m512d v[8];
+    for (int q = 0; q < 8; ++q)
+      v[q] = p0 + q < pairs ? _mm512_add_pd(_mm512_load_pd(state + (p0 + q) * 16),
+                                            _mm512_load_pd(state + (p0 + q) * 16 + 8))
+                            : _mm512_setzero_pd();
+    alignas(32) float out[8];
+    _mm256_store_ps(out, _mm512_cvtpd_ps(reduce8(v)));
+    for (int q = 0; q < 8 && p0 + q < pairs; ++q) {
+      const int64_t i = (p0 + q) / nrb, j = (p0 + q) % nrb;
+      t.y[(i0 + i) * t.ldy + (rb + j - t.row_begin)] = t.round_bf16 ? bf16_round(out[q]) : out[q];
+    }
+  }
+}
+
+}  // namespace
+
 void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
   const WeightFormat format = t.w->format;
   const bool quantized = format == WeightFormat::kFP8 || format == WeightFormat::kFP4;
@@ -1562,23 +1609,24 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
   if (t.tile > 0 && format == WeightFormat::kFP8 && !t.w->scale_is_f32)
     return small_fp8_batch(t, r0, r1);
   if (t.tile > 0) return quant_gemm(t, r0, r1);
-  // Plain matrix-matrix: the sixteen lane sums run over the whole row, so K
-  // is not chunked; decode a block of whole rows once, apply it to every
-  // activation row.
+  // Plain matrix-matrix: decode a block of whole rows once (≤ 512 KB of doubles, L2), apply it
+  // to every activation row. The sixteen lane sums of each pair run over the whole row, so
+  // they are carried in a small state buffer from one K chunk to the next (still ascending K
+  // per lane); within a chunk, 4 activation rows (16 KB, L1) meet each pair of weight rows.
   const int64_t in = t.w->in;
   const int64_t ldw = padded_in(in);
   const int64_t block_rows = decode_block_rows(in, kNR);
   double* wbuf = thread_scratch(block_rows * ldw, 0);
+  double* state = thread_scratch(kPlainMI * block_rows * 16, 1);
+  using RowsFn =
+      void (*)(const LinearTask&, const double*, int64_t, int64_t, int64_t, int64_t, double*);
+  static constexpr RowsFn kRows[kPlainMI] = {plain_rows<1>, plain_rows<2>, plain_rows<3>,
+                                             plain_rows<4>};
   for (int64_t rb = r0; rb < r1; rb += block_rows) {
     const int64_t nrb = std::min(block_rows, r1 - rb);
     for (int64_t j = 0; j < nrb; ++j) decode_range(*t.w, rb + j, 0, in, wbuf + j * ldw);
-    for (int64_t i0 = 0; i0 < t.m; i0 += kMI) {
-      const int64_t mi = std::min<int64_t>(kMI, t.m - i0);
-      for (int64_t j0 = 0; j0 < nrb; j0 += kNR) {
-        const int64_t nr = std::min<int64_t>(kNR, nrb - j0);
-        kBlocks[mi - 1][nr - 1](t, wbuf, ldw, i0, rb, j0);
-      }
-    }
+    for (int64_t i0 = 0; i0 < t.m; i0 += kPlainMI)
+      kRows[std::min<int64_t>(kPlainMI, t.m - i0) - 1](t, wbuf, ldw, i0, rb, nrb, state);
   }
 }
 
