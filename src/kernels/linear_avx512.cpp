@@ -405,9 +405,10 @@ inline __m512d fp8_codes_to_doubles(__m128i eight_codes_in_low_half) {
 template <int NR>
 inline __m512d fp8_e8m0_tile(const uint8_t* const* rows, const double* xs, int64_t k0,
                              int64_t len) {
-  // One accumulator per row: the tile sum is exact in any order.
-  __m512d acc[NR];
-  for (int j = 0; j < NR; ++j) acc[j] = _mm512_setzero_pd();
+  // Two accumulators per row (the tile sum is exact in any order), so that no FMA waits on
+  // the one before it.
+  __m512d acc[NR], acc2[NR];
+  for (int j = 0; j < NR; ++j) acc[j] = acc2[j] = _mm512_setzero_pd();
   const int64_t end = k0 + len;
   int64_t k = k0;
   for (; k + kGroup <= end; k += kGroup) {
@@ -419,9 +420,11 @@ inline __m512d fp8_e8m0_tile(const uint8_t* const* rows, const double* xs, int64
           fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k)));
       const __m512d w_hi =
           fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k + 8)));
-      acc[j] = _mm512_fmadd_pd(x_hi, w_hi, _mm512_fmadd_pd(x_lo, w_lo, acc[j]));
+      acc[j] = _mm512_fmadd_pd(x_lo, w_lo, acc[j]);
+      acc2[j] = _mm512_fmadd_pd(x_hi, w_hi, acc2[j]);
     }
   }
+  for (int j = 0; j < NR; ++j) acc[j] = _mm512_add_pd(acc[j], acc2[j]);
   if (k < end) {  // partial last group: masked load, code 0 (= +0) past the end
     const __mmask16 mask = static_cast<__mmask16>((1u << (end - k)) - 1);
     const __m512d x_lo = _mm512_load_pd(xs + k);
