@@ -161,6 +161,76 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, con
 void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
                       const float* const* kv_rows, const int32_t* idx, int64_t width,
                       const float* sink, float scale, float* out) {
+  // sparse_attention_reference's arithmetic, per (query, head) in the same order; only the loop
+  // nest differs. V4 attention is multi-query (every head reads the same kv rows), so a task
+  // takes one query and a group of heads and walks the list once: each row is fetched once for
+  // the whole group (it stays in L1) instead of once per head.
+  constexpr int64_t kTile = 64, kGroup = 16;
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const int64_t groups = (heads + kGroup - 1) / kGroup;
+  parallel_for(m * groups, [&](int64_t t0, int64_t t1, int) {
+    std::vector<double> acc(kGroup * dim);
+    std::vector<float> z(kGroup * kTile);
+    float run_max[kGroup], denom[kGroup], new_max[kGroup];
+    for (int64_t task = t0; task < t1; ++task) {
+      const int64_t i = task / groups, h0 = (task % groups) * kGroup;
+      const int64_t nh = std::min(kGroup, heads - h0);
+      const int32_t* row = idx + i * width;
+      std::fill(acc.begin(), acc.begin() + nh * dim, 0.0);
+      for (int64_t g = 0; g < nh; ++g) run_max[g] = kNegInf, denom[g] = 0;
+      for (int64_t b0 = 0; b0 < width; b0 += kTile) {
+        const int64_t b1 = std::min(width, b0 + kTile);
+        for (int64_t e = b0; e < b1; ++e) {
+          const float* kr = row[e] >= 0 ? kv_rows[row[e]] : nullptr;
+          for (int64_t g = 0; g < nh; ++g)
+            z[g * kTile + e - b0] =
+                kr ? static_cast<float>(dot_f64(q + (i * heads + h0 + g) * dim, kr, dim)) * scale
+                   : kNegInf;
+        }
+        bool any = false;
+        for (int64_t g = 0; g < nh; ++g) {
+          float tile_max = kNegInf;
+          for (int64_t e = b0; e < b1; ++e) tile_max = std::max(tile_max, z[g * kTile + e - b0]);
+          new_max[g] = std::max(run_max[g], tile_max);
+          if (new_max[g] == kNegInf) continue;  // nothing visible yet (for any head)
+          any = true;
+          const float rescale = run_max[g] == kNegInf ? 0.0f : std::exp(run_max[g] - new_max[g]);
+          denom[g] *= rescale;
+          double* a = acc.data() + g * dim;
+          for (int64_t d = 0; d < dim; ++d) a[d] *= rescale;
+        }
+        if (!any) continue;
+        for (int64_t e = b0; e < b1; ++e) {
+          if (row[e] < 0) continue;
+          const float* vr = kv_rows[row[e]];
+          for (int64_t g = 0; g < nh; ++g) {
+            if (new_max[g] == kNegInf) continue;  // this head skips the tile, as the reference
+            const float p = std::exp(z[g * kTile + e - b0] - new_max[g]);
+            denom[g] += p;
+            const double pb = bf16_round(p);
+            double* a = acc.data() + g * dim;
+            for (int64_t d = 0; d < dim; ++d) a[d] += pb * vr[d];
+          }
+        }
+        for (int64_t g = 0; g < nh; ++g) run_max[g] = new_max[g];
+      }
+      for (int64_t g = 0; g < nh; ++g) {
+        float* o = out + (i * heads + h0 + g) * dim;
+        if (run_max[g] == kNegInf) {  // no visible key: only the sink, output zero
+          std::fill(o, o + dim, 0.0f);
+          continue;
+        }
+        const float den = denom[g] + std::exp(sink[h0 + g] - run_max[g]);
+        const double* a = acc.data() + g * dim;
+        for (int64_t d = 0; d < dim; ++d) o[d] = bf16_round(static_cast<float>(a[d]) / den);
+      }
+    }
+  });
+}
+
+void sparse_attention_reference(const float* q, int64_t m, int64_t heads, int64_t dim,
+                                const float* const* kv_rows, const int32_t* idx, int64_t width,
+                                const float* sink, float scale, float* out) {
   constexpr int64_t kTile = 64;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   parallel_for(m * heads, [&](int64_t t0, int64_t t1, int) {

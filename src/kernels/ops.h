@@ -79,6 +79,11 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, con
 void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
                       const float* const* rows, const int32_t* idx, int64_t width,
                       const float* sink, float scale, float* out);
+// The same, one (query, head) at a time: the definition sparse_attention must match bit for
+// bit (it reorders only the loops, to read each kv row once per group of heads).
+void sparse_attention_reference(const float* q, int64_t m, int64_t heads, int64_t dim,
+                                const float* const* rows, const int32_t* idx, int64_t width,
+                                const float* sink, float scale, float* out);
 
 inline float silu(float x) {
   return x / (1.0f + __builtin_expf(-x));
