@@ -1,5 +1,7 @@
 #include "kernels/ops.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -158,6 +160,35 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim, con
   sparse_attention(q, m, heads, dim, rows.data(), idx, width, sink, scale, out);
 }
 
+namespace {
+
+// dot_f64(a + g·dim, b, dim) for g < n (n ≤ 16), the same four lane sums in the same order per
+// row, but eight rows at a time so that their FMA chains overlap (one chain alone waits on the
+// FMA latency), and b converted to double once for all of them. Products of two floats are
+// exact in double, so an FMA adds exactly what the scalar `s += double(a)·b` adds.
+void dot_f64_heads(const float* a, int64_t dim, int64_t n, const float* b, double* out) {
+  const int64_t body = dim / 4 * 4;
+  for (int64_t g0 = 0; g0 < n; g0 += 8) {
+    const int64_t ng = std::min<int64_t>(8, n - g0);
+    __m256d acc[8];
+    for (int g = 0; g < 8; ++g) acc[g] = _mm256_setzero_pd();
+    for (int64_t k = 0; k < body; k += 4) {
+      const __m256d bd = _mm256_cvtps_pd(_mm_loadu_ps(b + k));
+      for (int64_t g = 0; g < ng; ++g)
+        acc[g] = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(a + (g0 + g) * dim + k)), bd, acc[g]);
+    }
+    for (int64_t g = 0; g < ng; ++g) {
+      alignas(32) double s[4];
+      _mm256_store_pd(s, acc[g]);
+      const float* ag = a + (g0 + g) * dim;
+      for (int64_t k = body; k < dim; ++k) s[0] += static_cast<double>(ag[k]) * b[k];
+      out[g0 + g] = (s[0] + s[1]) + (s[2] + s[3]);
+    }
+  }
+}
+
+}  // namespace
+
 void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
                       const float* const* kv_rows, const int32_t* idx, int64_t width,
                       const float* sink, float scale, float* out) {
@@ -182,10 +213,10 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
         const int64_t b1 = std::min(width, b0 + kTile);
         for (int64_t e = b0; e < b1; ++e) {
           const float* kr = row[e] >= 0 ? kv_rows[row[e]] : nullptr;
+          double dots[kGroup];
+          if (kr) dot_f64_heads(q + (i * heads + h0) * dim, dim, nh, kr, dots);
           for (int64_t g = 0; g < nh; ++g)
-            z[g * kTile + e - b0] =
-                kr ? static_cast<float>(dot_f64(q + (i * heads + h0 + g) * dim, kr, dim)) * scale
-                   : kNegInf;
+            z[g * kTile + e - b0] = kr ? static_cast<float>(dots[g]) * scale : kNegInf;
         }
         bool any = false;
         for (int64_t g = 0; g < nh; ++g) {

@@ -159,24 +159,27 @@ TEST(SparseAttention, HeadGroupsMatchTheReferenceBitForBit) {
   // sparse_attention walks each list once per group of 16 heads; it must give exactly what the
   // one-(query, head)-at-a-time definition gives: 20 heads (a partial group), 3 queries, lists
   // crossing tiles, masked entries, and a query whose whole first tile is masked.
-  const int dim = 64, rows = 200, width = 150, heads = 20, m = 3;
-  const std::vector<float> kv = random_bf16(rows * dim, 11);
-  const std::vector<float> q = random_bf16(m * heads * dim, 12, 2.0f);
-  std::vector<int32_t> idx(m * width);
-  for (int i = 0; i < m; ++i)
-    for (int e = 0; e < width; ++e)
-      idx[i * width + e] = (i == 2 && e < 64) || (e % 13 == 5) ? -1 : (e * 7 + i * 31) % rows;
-  std::vector<float> sinks(heads);
-  for (int h = 0; h < heads; ++h) sinks[h] = 0.1f * static_cast<float>(h) - 1.0f;
-  std::vector<const float*> ptrs(rows);
-  for (int r = 0; r < rows; ++r) ptrs[r] = kv.data() + r * dim;
-  std::vector<float> got(m * heads * dim), want(m * heads * dim);
-  sparse_attention(q.data(), m, heads, dim, ptrs.data(), idx.data(), width, sinks.data(), 0.125f,
-                   got.data());
-  sparse_attention_reference(q.data(), m, heads, dim, ptrs.data(), idx.data(), width, sinks.data(),
-                             0.125f, want.data());
-  for (size_t k = 0; k < got.size(); ++k)
-    ASSERT_EQ(std::bit_cast<uint32_t>(got[k]), std::bit_cast<uint32_t>(want[k])) << k;
+  for (const int dim : {64, 66}) {  // 66: the dot products' tail past whole groups of 4
+    const int rows = 200, width = 150, heads = 20, m = 3;
+    const std::vector<float> kv = random_bf16(rows * dim, 11);
+    const std::vector<float> q = random_bf16(m * heads * dim, 12, 2.0f);
+    std::vector<int32_t> idx(m * width);
+    for (int i = 0; i < m; ++i)
+      for (int e = 0; e < width; ++e)
+        idx[i * width + e] = (i == 2 && e < 64) || (e % 13 == 5) ? -1 : (e * 7 + i * 31) % rows;
+    std::vector<float> sinks(heads);
+    for (int h = 0; h < heads; ++h) sinks[h] = 0.1f * static_cast<float>(h) - 1.0f;
+    std::vector<const float*> ptrs(rows);
+    for (int r = 0; r < rows; ++r) ptrs[r] = kv.data() + r * dim;
+    std::vector<float> got(m * heads * dim), want(m * heads * dim);
+    sparse_attention(q.data(), m, heads, dim, ptrs.data(), idx.data(), width, sinks.data(), 0.125f,
+                     got.data());
+    sparse_attention_reference(q.data(), m, heads, dim, ptrs.data(), idx.data(), width,
+                               sinks.data(), 0.125f, want.data());
+    for (size_t k = 0; k < got.size(); ++k)
+      ASSERT_EQ(std::bit_cast<uint32_t>(got[k]), std::bit_cast<uint32_t>(want[k]))
+          << "dim " << dim << " element " << k;
+  }
 }
 
 TEST(SparseAttention, OnlyMaskedGivesZeroAndSinkScalesSingleKey) {
