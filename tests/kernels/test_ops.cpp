@@ -162,7 +162,12 @@ TEST(SparseAttention, HeadGroupsMatchTheReferenceBitForBit) {
   for (const int dim : {64, 66}) {  // 66: the dot products' tail past whole groups of 4
     const int rows = 200, width = 150, heads = 20, m = 3;
     const std::vector<float> kv = random_bf16(rows * dim, 11);
-    const std::vector<float> q = random_bf16(m * heads * dim, 12, 2.0f);
+    // Full-precision queries over a wide range of magnitudes, so that the double sums round and
+    // any change in their association order would show.
+    std::vector<float> q(m * heads * dim);
+    std::mt19937 rng(12);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (float& v : q) v = std::ldexp(u(rng), static_cast<int>(rng() % 40) - 20);
     std::vector<int32_t> idx(m * width);
     for (int i = 0; i < m; ++i)
       for (int e = 0; e < width; ++e)
