@@ -371,15 +371,6 @@ void gemv_rows_plain_fp8(const LinearTask& t, int64_t r) {
   store_results(t, _mm512_cvtpd_ps(reduce8(v)), 1, NR, 0, r);
 }
 
-void gemv_plain_fp8(const LinearTask& t, int64_t r0, int64_t r1) {
-  using RowsFn = void (*)(const LinearTask&, int64_t);
-  static constexpr RowsFn kTails[kGemvRows] = {gemv_rows_plain_fp8<1>, gemv_rows_plain_fp8<2>,
-                                               gemv_rows_plain_fp8<3>, gemv_rows_plain_fp8<4>,
-                                               gemv_rows_plain_fp8<5>, gemv_rows_plain_fp8<6>,
-                                               gemv_rows_plain_fp8<7>, gemv_rows_plain_fp8<8>};
-  for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r); });
-}
-
 // ---- FP8 with E8M0 scales, m = 1: codes straight to doubles. ----
 //
 // With power-of-two scales no weight needs to be scaled before the tile sum:
@@ -477,6 +468,89 @@ void gemv_rows_fp8_e8m0(const LinearTask& t, int64_t r, const double* xs) {
     result = _mm256_add_ps(result, _mm512_cvtpd_ps(sums));
   }
   store_results(t, result, 1, NR, 0, r);
+}
+
+// FP8 weights in plain_linear with E8M0 scales, m = 1: the same sixteen lane sums as
+// gemv_rows_plain_fp8, with the codes turned straight into doubles q·2^-1016 (three integer
+// operations per 8 weights) and the row's activations pre-scaled per 128-block by
+// s·2^600 (s the block scale, shared by every row of a 128-row block): each product is then
+// x·(q·s)·2^-416 exactly, every partial sum the scalar one times 2^-416 (no double comes near
+// overflow or the subnormals), and the total times 2^416 rounds to the same float. A row group
+// with a scale past 2^119 (where q·s would overflow in float) takes gemv_rows_plain_fp8.
+template <int NR>
+void gemv_rows_plain_fp8_e8m0(const LinearTask& t, int64_t r, double* xs) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, scale_cols = (in + 127) / 128;
+  const uint8_t* scale_row = static_cast<const uint8_t*>(w.scale) + (r / 128) * scale_cols;
+  for (int64_t b = 0; b < scale_cols; ++b)
+    if (scale_row[b] > kMaxFoldedFp8Scale) return gemv_rows_plain_fp8<NR>(t, r);
+  for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += 128) {
+    const __m512d f = _mm512_castsi512_pd(
+        _mm512_set1_epi64(static_cast<int64_t>(scale_row[b] - 127 + kXShift + 1023) << 52));
+    const int64_t end = std::min<int64_t>(padded_in(in), k0 + 128);
+    for (int64_t k = k0; k < end; k += 8)
+      _mm512_store_pd(xs + k, _mm512_mul_pd(_mm512_load_pd(t.xd + k), f));
+  }
+  const uint8_t* rows[NR];
+  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * in;
+  __m512d lo[NR], hi[NR];
+  for (int j = 0; j < NR; ++j) lo[j] = hi[j] = _mm512_setzero_pd();
+  int64_t k = 0;
+  for (; k + kGroup <= in; k += kGroup) {
+    const __m512d x_lo = _mm512_load_pd(xs + k);
+    const __m512d x_hi = _mm512_load_pd(xs + k + 8);
+    for (int j = 0; j < NR; ++j) {
+      if ((k & 48) == 0) prefetch_weights(rows[j] + k);
+      lo[j] = _mm512_fmadd_pd(
+          x_lo,
+          fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k))),
+          lo[j]);
+      hi[j] = _mm512_fmadd_pd(
+          x_hi,
+          fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k + 8))),
+          hi[j]);
+    }
+  }
+  if (k < in) {  // partial last group: masked load, code 0 (= +0) past the end
+    const __mmask16 mask = static_cast<__mmask16>((1u << (in - k)) - 1);
+    const __m512d x_lo = _mm512_load_pd(xs + k);
+    const __m512d x_hi = _mm512_load_pd(xs + k + 8);
+    for (int j = 0; j < NR; ++j) {
+      const __m128i c = _mm_maskz_loadu_epi8(mask, rows[j] + k);
+      lo[j] = _mm512_fmadd_pd(x_lo, fp8_codes_to_doubles(c), lo[j]);
+      hi[j] = _mm512_fmadd_pd(x_hi, fp8_codes_to_doubles(_mm_srli_si128(c, 8)), hi[j]);
+    }
+  }
+  __m512d v[8];
+  for (int p = 0; p < 8; ++p) v[p] = p < NR ? _mm512_add_pd(lo[p], hi[p]) : _mm512_setzero_pd();
+  const __m512d back = _mm512_set1_pd(std::ldexp(1.0, 1016 - kXShift));
+  store_results(t, _mm512_cvtpd_ps(_mm512_mul_pd(reduce8(v), back)), 1, NR, 0, r);
+}
+
+void gemv_plain_fp8(const LinearTask& t, int64_t r0, int64_t r1) {
+  using RowsFn = void (*)(const LinearTask&, int64_t);
+  static constexpr RowsFn kTails[kGemvRows] = {gemv_rows_plain_fp8<1>, gemv_rows_plain_fp8<2>,
+                                               gemv_rows_plain_fp8<3>, gemv_rows_plain_fp8<4>,
+                                               gemv_rows_plain_fp8<5>, gemv_rows_plain_fp8<6>,
+                                               gemv_rows_plain_fp8<7>, gemv_rows_plain_fp8<8>};
+  using E8m0Fn = void (*)(const LinearTask&, int64_t, double*);
+  static constexpr E8m0Fn kE8m0Tails[kGemvRows] = {
+      gemv_rows_plain_fp8_e8m0<1>, gemv_rows_plain_fp8_e8m0<2>, gemv_rows_plain_fp8_e8m0<3>,
+      gemv_rows_plain_fp8_e8m0<4>, gemv_rows_plain_fp8_e8m0<5>, gemv_rows_plain_fp8_e8m0<6>,
+      gemv_rows_plain_fp8_e8m0<7>, gemv_rows_plain_fp8_e8m0<8>};
+  if (t.w->scale_is_f32) {
+    for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r); });
+    return;
+  }
+  double* xs = thread_scratch(padded_in(t.w->in), 1);
+  // A row group must not straddle a 128-row scale block (groups of 8 from a multiple of 8 never
+  // do; a task's first row is one).
+  for_row_groups(r0, r1, [&](int n, int64_t r) {
+    if (r / 128 == (r + n - 1) / 128)
+      kE8m0Tails[n - 1](t, r, xs);
+    else
+      kTails[n - 1](t, r);
+  });
 }
 
 void gemv_fp8_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
