@@ -803,6 +803,46 @@ inline int64_t vnni_pos(int64_t k) {  // element k → byte of the chunk layout
   return (k & ~int64_t{63}) + ((w & 1) ? 32 + w / 2 : w / 2);
 }
 
+// The 32 values of one tile as integers X[i] (signed) over one power of two 2^u, the smallest
+// set bit among them (u = 0 for an all-zero tile): x[i] = X[i]·2^u exactly. False if a value is
+// not finite or a double subnormal, if u is extreme, or if some |X| ≥ 2^kVnniMaxBits.
+bool tile_integers(const double* x, int64_t X[32], int* unit, int64_t* max_abs) {
+  int lsb[32];
+  int u = 1 << 30;
+  for (int i = 0; i < 32; ++i) {
+    uint64_t bits;
+    std::memcpy(&bits, x + i, 8);
+    const int exp = static_cast<int>((bits >> 52) & 0x7FF);
+    const uint64_t frac = bits & ((uint64_t{1} << 52) - 1);
+    X[i] = 0;
+    lsb[i] = 0;
+    if (exp == 0 && frac == 0) continue;         // ±0
+    if (exp == 0 || exp == 0x7FF) return false;  // subnormal, inf, NaN
+    const uint64_t mant = frac | (uint64_t{1} << 52);
+    const int tz = __builtin_ctzll(mant);
+    if ((mant >> tz) >= (uint64_t{1} << kVnniMaxBits)) return false;
+    X[i] = static_cast<int64_t>(mant >> tz);  // the odd significand, shifted below
+    if ((bits >> 63) != 0) X[i] = -X[i];
+    lsb[i] = exp - 1075 + tz;
+    u = std::min(u, lsb[i]);
+  }
+  if (u == (1 << 30)) u = 0;
+  if (u < -900 || u > 900) return false;
+  int64_t largest = 0;
+  for (int i = 0; i < 32; ++i) {
+    if (X[i] == 0) continue;
+    const int shift = lsb[i] - u;
+    if (shift >= kVnniMaxBits) return false;
+    X[i] *= int64_t{1} << shift;
+    const int64_t mag = X[i] < 0 ? -X[i] : X[i];
+    if (mag >= (int64_t{1} << kVnniMaxBits)) return false;
+    largest = std::max(largest, mag);
+  }
+  *unit = u;
+  *max_abs = largest;
+  return true;
+}
+
 bool prepare_fp4_vnni(const double* x, int64_t in, Fp4VnniActs* a) {
   a->tiles = in / 32;
   a->chunks = (a->tiles + 1) / 2;
@@ -816,41 +856,15 @@ bool prepare_fp4_vnni(const double* x, int64_t in, Fp4VnniActs* a) {
   std::memset(base, 0, static_cast<size_t>(3 * n));
   for (int64_t c = 0; c < a->chunks; ++c) a->planes[c] = 1;
   for (int64_t tile = 0; tile < a->tiles; ++tile) {
-    int64_t sig[32];
-    int lsb[32];
-    int u = 1 << 30;
+    int64_t X[32], max_abs = 0, sum = 0;
+    int u = 0;
+    if (!tile_integers(x + tile * 32, X, &u, &max_abs)) return false;
     for (int i = 0; i < 32; ++i) {
-      uint64_t bits;
-      std::memcpy(&bits, x + tile * 32 + i, 8);
-      const int exp = static_cast<int>((bits >> 52) & 0x7FF);
-      const uint64_t frac = bits & ((uint64_t{1} << 52) - 1);
-      sig[i] = 0;
-      lsb[i] = 0;
-      if (exp == 0 && frac == 0) continue;         // ±0
-      if (exp == 0 || exp == 0x7FF) return false;  // subnormal, inf, NaN
-      const uint64_t mant = frac | (uint64_t{1} << 52);
-      const int tz = __builtin_ctzll(mant);
-      if ((mant >> tz) >= (uint64_t{1} << kVnniMaxBits)) return false;
-      sig[i] = static_cast<int64_t>(mant >> tz);
-      lsb[i] = exp - 1075 + tz;
-      if ((bits >> 63) != 0) sig[i] = -sig[i];
-      u = std::min(u, lsb[i]);
-    }
-    if (u == (1 << 30)) u = 0;  // all zero
-    if (u < -900 || u > 900) return false;
-    int64_t max_abs = 0, sum = 0;
-    for (int i = 0; i < 32; ++i) {
-      if (sig[i] == 0) continue;
-      const int shift = lsb[i] - u;
-      if (shift >= kVnniMaxBits) return false;
-      const int64_t X = sig[i] * (int64_t{1} << shift);
-      const int64_t mag = X < 0 ? -X : X;
-      if (mag >= (int64_t{1} << kVnniMaxBits)) return false;
-      max_abs = std::max(max_abs, mag);
-      sum += X;
+      if (X[i] == 0) continue;
+      sum += X[i];
       const int64_t pos = vnni_pos(tile * 32 + i);
-      const auto d0 = static_cast<int8_t>(static_cast<uint8_t>(X & 0xFF));
-      const int64_t x1 = (X - d0) / 256;
+      const auto d0 = static_cast<int8_t>(static_cast<uint8_t>(X[i] & 0xFF));
+      const int64_t x1 = (X[i] - d0) / 256;
       const auto d1 = static_cast<int8_t>(static_cast<uint8_t>(x1 & 0xFF));
       a->plane[0][pos] = d0;
       a->plane[1][pos] = d1;
@@ -1119,40 +1133,15 @@ bool prepare_fp4_batch_block_impl(const LinearTask& t, Fp4BatchActs* a, int64_t 
     int64_t max_abs = 0;
     for (int i = 0; i < kBatchLanes; ++i) {
       const int64_t row = b * kBatchLanes + i;
-      int64_t sig[32];
-      int lsb[32];
-      int u = 1 << 30;
-      for (int k = 0; k < 32; ++k) {
-        sig[k] = 0;
-        lsb[k] = 0;
-        if (row >= t.m) continue;
-        uint64_t bits;
-        std::memcpy(&bits, t.xd + row * ld + tile * 32 + k, 8);
-        const int exp = static_cast<int>((bits >> 52) & 0x7FF);
-        const uint64_t frac = bits & ((uint64_t{1} << 52) - 1);
-        if (exp == 0 && frac == 0) continue;
-        if (exp == 0 || exp == 0x7FF) return false;
-        const uint64_t mant = frac | (uint64_t{1} << 52);
-        const int tz = __builtin_ctzll(mant);
-        if ((mant >> tz) >= (uint64_t{1} << kVnniMaxBits)) return false;
-        sig[k] = static_cast<int64_t>(mant >> tz);
-        if ((bits >> 63) != 0) sig[k] = -sig[k];
-        lsb[k] = exp - 1075 + tz;
-        u = std::min(u, lsb[k]);
+      int64_t largest = 0;
+      int u = 0;
+      if (row >= t.m) {  // padding rows: zero
+        std::fill(X[i], X[i] + 32, int64_t{0});
+      } else if (!tile_integers(t.xd + row * ld + tile * 32, X[i], &u, &largest)) {
+        return false;
       }
-      if (u == (1 << 30)) u = 0;
-      if (u < -900 || u > 900) return false;
       u_of[i] = u;
-      for (int k = 0; k < 32; ++k) {
-        X[i][k] = 0;
-        if (sig[k] == 0) continue;
-        const int shift = lsb[k] - u;
-        if (shift >= kVnniMaxBits) return false;
-        X[i][k] = sig[k] * (int64_t{1} << shift);
-        const int64_t mag = X[i][k] < 0 ? -X[i][k] : X[i][k];
-        if (mag >= (int64_t{1} << kVnniMaxBits)) return false;
-        max_abs = std::max(max_abs, mag);
-      }
+      max_abs = std::max(max_abs, largest);
     }
     // Digits of X + off must be unsigned bytes: off = 2^7 (|X| < 2^7), 2^15, or 2^21.
     const int planes = max_abs < 128 ? 1 : max_abs < 32768 ? 2 : 3;
