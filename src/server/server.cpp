@@ -1106,6 +1106,15 @@ struct ApiServer::Impl {
         b += named("content_block_start",
                    {{"type", "content_block_start"}, {"index", index}, {"content_block", block}});
       };
+      // In thinking mode the message opens with its thinking block even when the model then
+      // thinks nothing, as the non-streamed body always has one: a client replays what it got,
+      // and a tool-use turn replayed without a thinking block is refused (DeepSeek's rule).
+      if (job.thinking && !job.prefix) {
+        std::string b;
+        open_block(b, Block::kThinking,
+                   {{"type", "thinking"}, {"thinking", ""}, {"signature", ""}});
+        if (!write(sink, b)) return handle->cancel();
+      }
       while (true) {
         auto ev = next(sink);
         if (!ev) return;

@@ -137,6 +137,12 @@ test('Claude Code: claude -p completes a turn over /v1/messages', { timeout: 900
   const r = await runAgent(CLAUDE(), ['-p', 'Say hi in one word.', '--output-format', 'json'], agentEnv(home, {
     ANTHROPIC_BASE_URL: server.url,
     ANTHROPIC_API_KEY: KEY,
+    // As DeepSeek's guide for Claude Code sets them: Claude Code drops the thinking blocks of a
+    // reply whose `model` is not the one it asked for, and the server (like DeepSeek) names the
+    // model it serves (claude-opus-* → deepseek-v4-pro); a tool-use turn replayed without its
+    // thinking is then refused with 400 (docs/api.md).
+    ANTHROPIC_MODEL: 'deepseek-v4-pro',
+    ANTHROPIC_SMALL_FAST_MODEL: 'deepseek-v4-flash',
     CLAUDE_CODE_MAX_OUTPUT_TOKENS: process.env.DSV4_AGENTS_MAX_TOKENS ?? '16',
     DISABLE_TELEMETRY: '1',
     DISABLE_AUTOUPDATER: '1',
