@@ -80,6 +80,23 @@ void scalar_rows(const detail::LinearTask& t, int64_t r0, int64_t r1) {
   }
 }
 
+// The calling thread's buffer for one call's activation layout (FP4 digit planes or FP8 rows in
+// lanes: a call uses at most one), 64-byte aligned, grown as needed and reused across calls.
+uint8_t* call_layout_buffer(int64_t bytes) {
+  struct Free {
+    void operator()(uint8_t* p) const { std::free(p); }
+  };
+  thread_local std::unique_ptr<uint8_t, Free> buffer;
+  thread_local int64_t capacity = 0;
+  if (bytes > capacity) {
+    const int64_t rounded = (bytes + 63) / 64 * 64;
+    buffer.reset(static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>(rounded))));
+    if (!buffer) throw std::bad_alloc();
+    capacity = rounded;
+  }
+  return buffer.get();
+}
+
 // Lays out t's activations for the FP4 VNNI matrix-matrix kernel (in a per-thread buffer
 // reused across calls); false if some value does not fit it.
 bool prepare_fp4_batch(const detail::LinearTask& t, detail::Fp4BatchActs* a) {
@@ -87,18 +104,7 @@ bool prepare_fp4_batch(const detail::LinearTask& t, detail::Fp4BatchActs* a) {
   a->blocks = (t.m + 15) / 16;
   const int64_t bt = a->tiles * a->blocks;
   const int64_t bytes = bt * (3 * 8 * 64 + 16 * 8 + 4 + 1);
-  struct Free {
-    void operator()(uint8_t* p) const { std::free(p); }
-  };
-  thread_local std::unique_ptr<uint8_t, Free> buffer;
-  thread_local int64_t capacity = 0;
-  if (bytes > capacity) {
-    buffer.reset(
-        static_cast<uint8_t*>(std::aligned_alloc(64, static_cast<size_t>((bytes + 63) / 64 * 64))));
-    if (!buffer) throw std::bad_alloc();
-    capacity = bytes;
-  }
-  uint8_t* p = buffer.get();
+  uint8_t* p = call_layout_buffer(bytes);
   a->digits = p;
   a->unit_bits = reinterpret_cast<int64_t*>(p + bt * 3 * 8 * 64);
   a->offset = reinterpret_cast<int32_t*>(p + bt * (3 * 8 * 64 + 16 * 8));
@@ -125,17 +131,7 @@ bool prepare_fp4_batch(const detail::LinearTask& t, detail::Fp4BatchActs* a) {
 const double* prepare_fp8_rows_in_lanes(const detail::LinearTask& t) {
   const int64_t ld = detail::padded_in(t.w->in), blocks = (t.m + 7) / 8;
   const int64_t n = blocks * ld * 8;
-  struct Free {
-    void operator()(double* p) const { std::free(p); }
-  };
-  thread_local std::unique_ptr<double, Free> buffer;
-  thread_local int64_t capacity = 0;
-  if (n > capacity) {
-    buffer.reset(static_cast<double*>(std::aligned_alloc(64, static_cast<size_t>(n) * 8)));
-    if (!buffer) throw std::bad_alloc();
-    capacity = n;
-  }
-  double* out = buffer.get();
+  auto* out = reinterpret_cast<double*>(call_layout_buffer(n * 8));
   const double scale = std::ldexp(1.0, 600);  // exact: the kernel's pre-scale
   parallel_for(blocks, [&](int64_t b0, int64_t b1, int) {
     for (int64_t b = b0; b < b1; ++b)
