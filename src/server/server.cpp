@@ -1,10 +1,7 @@
 #include "server/server.h"
 
-#include <dirent.h>
 #include <httplib.h>
-#include <netdb.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -21,6 +18,7 @@
 #include "engine/tool_constraint.h"
 #include "server/api_error.h"
 #include "server/auth.h"
+#include "server/client_watch.h"
 #include "server/ledger.h"
 #include "server/metrics.h"
 #include "server/requests.h"
@@ -150,48 +148,10 @@ const char* anthropic_stop_reason(const engine::GenerationEvent& ev, bool tool_c
   }
 }
 
-// The socket of a request. cpp-httplib 0.11 (Debian) does not expose it
-// (later versions have Request::is_connection_closed()), so it is found among
-// this process's open sockets by its two addresses. -1 if not found.
-int find_client_socket(const httplib::Request& req) {
-  DIR* dir = opendir("/proc/self/fd");
-  if (!dir) return -1;
-  int found = -1;
-  while (const dirent* e = readdir(dir)) {
-    char* end = nullptr;
-    const long fd = std::strtol(e->d_name, &end, 10);
-    if (*end != '\0' || fd < 0 || fd == dirfd(dir)) continue;
-    struct stat st;
-    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    sockaddr_storage peer{}, local{};
-    socklen_t peer_len = sizeof peer, local_len = sizeof local;
-    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
-        getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_len) != 0)
-      continue;
-    char host[NI_MAXHOST], port[NI_MAXSERV], lport[NI_MAXSERV];
-    if (getnameinfo(reinterpret_cast<sockaddr*>(&peer), peer_len, host, sizeof host, port,
-                    sizeof port, NI_NUMERICHOST | NI_NUMERICSERV) != 0 ||
-        getnameinfo(reinterpret_cast<sockaddr*>(&local), local_len, nullptr, 0, lport, sizeof lport,
-                    NI_NUMERICSERV) != 0)
-      continue;
-    if (req.remote_addr == host && req.remote_port == std::atoi(port) &&
-        (req.local_port < 0 || req.local_port == std::atoi(lport))) {
-      found = static_cast<int>(fd);
-      break;
-    }
-  }
-  closedir(dir);
-  return found;
-}
-
-// The client closed its connection (EOF or reset). Pending bytes (a
-// pipelined request) mean it is still there.
-bool client_gone(int fd) {
-  char c;
-  const ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n == 0) return true;
-  if (n < 0) return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
-  return false;
+// A watch on the connection of `req` (see ClientWatch).
+std::shared_ptr<ClientWatch> watch_client(const httplib::Request& req) {
+  return std::make_shared<ClientWatch>(req.local_addr, req.local_port, req.remote_addr,
+                                       req.remote_port);
 }
 
 // A one-line outline of a JSON request body for the request log: every
@@ -667,17 +627,18 @@ struct ApiServer::Impl {
       // while waiting, as the platform does for non-streaming requests (JSON
       // parsers skip leading whitespace). Clients' idle timers hold, and a
       // client that leaves is noticed and dropped from the queue.
-      const int fd = find_client_socket(req);
+      auto client = watch_client(req);
       res.set_chunked_content_provider(
           "application/json",
-          [state, fd](size_t, httplib::DataSink& sink) {
-            if (state->collect_all(&sink, fd)) Run::write(sink, dump(state->final_or_error()));
+          [state, client](size_t, httplib::DataSink& sink) {
+            if (state->collect_all(&sink, client.get()))
+              Run::write(sink, dump(state->final_or_error()));
             sink.done();
             return true;
           },
           [state](bool) { state->handle->cancel(); });
     } else {
-      if (!state->collect_all(nullptr, find_client_socket(req))) {
+      if (!state->collect_all(nullptr, watch_client(req).get())) {
         // The client left: nobody reads this (499 as nginx logs it).
         res.status = 499;
         return;
@@ -807,22 +768,21 @@ struct ApiServer::Impl {
         srv->record_usage(key, job.model.price_key, ev);
     }
 
-    // Waits for the whole generation. With a sink, writes a blank line at
-    // every keep-alive interval; false if the client went away (cancelled).
     // Runs the request to its end. sink: the request waits in the queue
     // behind a 200, and gets a blank line every keep-alive interval.
-    // client_fd >= 0: the client's socket, polled between tokens (and every
+    // client: the client's connection, polled between tokens (and every
     // 100 ms while queued) so that a client that leaves stops its request
     // within one token. False if the request was cancelled.
-    bool collect_all(httplib::DataSink* sink, int client_fd) {
+    bool collect_all(httplib::DataSink* sink, ClientWatch* client) {
       using std::chrono::milliseconds;
+      const bool watched = client && client->available();
       const milliseconds keepalive = srv->opt.keepalive_interval;
-      const milliseconds wait = client_fd >= 0 ? std::min(keepalive, milliseconds(100))
-                                               : (sink ? keepalive : milliseconds(1000));
+      const milliseconds wait = watched ? std::min(keepalive, milliseconds(100))
+                                        : (sink ? keepalive : milliseconds(1000));
       auto last_write = Clock::now();
       bool cancelled = false;
       while (true) {
-        if (!cancelled && client_fd >= 0 && client_gone(client_fd)) {
+        if (!cancelled && watched && client->gone()) {
           handle->cancel();  // the engine ends it with a kCancelled event
           cancelled = true;
         }
@@ -1251,14 +1211,14 @@ struct ApiServer::Impl {
       std::vector<engine::SampledToken> toks;
       engine::GenerationEvent last;
       // As for chat: a client that leaves stops its request within one token.
-      const int fd = find_client_socket(req);
+      const auto client = watch_client(req);
       bool cancelled = false;
       while (true) {
-        if (!cancelled && fd >= 0 && client_gone(fd)) {
+        if (!cancelled && client->available() && client->gone()) {
           handle->cancel();
           cancelled = true;
         }
-        auto ev = handle->next_event(std::chrono::milliseconds(fd >= 0 ? 100 : 1000));
+        auto ev = handle->next_event(std::chrono::milliseconds(client->available() ? 100 : 1000));
         if (!ev) continue;
         text += ev->text;
         toks.insert(toks.end(), ev->tokens.begin(), ev->tokens.end());
