@@ -18,6 +18,7 @@
 #include "engine/v4_backend.h"
 #include "model/model.h"
 #include "server/auth.h"
+#include "server/client_watch.h"
 #include "server/server.h"
 #include "server/v4_chat_backend.h"
 #include "tokenizer/tokenizer.h"
@@ -292,6 +293,10 @@ int run_serve(int argc, char** argv) {
   std::printf("dsv4 serve: http://%s:%d  (loading %s ...)\n", host.c_str(), bound,
               model_dir.c_str());
   std::fflush(stdout);
+  if (!server::ClientWatch::supported())
+    std::fprintf(stderr,
+                 "dsv4 serve: this system has no socket diagnostics (NETLINK_SOCK_DIAG): a "
+                 "non-streamed request keeps generating after its client disconnects\n");
 
   const auto t0 = std::chrono::steady_clock::now();
   std::shared_ptr<const Tokenizer> tok;

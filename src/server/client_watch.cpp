@@ -35,6 +35,13 @@ ClientWatch::ClientWatch(const std::string& local_addr, int local_port,
   found_ = probe() == State::kOpen;
 }
 
+bool ClientWatch::supported() {
+  const int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG);
+  if (fd < 0) return false;
+  close(fd);
+  return true;
+}
+
 ClientWatch::~ClientWatch() {
   if (netlink_ >= 0) close(netlink_);
 }

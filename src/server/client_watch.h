@@ -23,6 +23,11 @@ class ClientWatch {
   ClientWatch(const ClientWatch&) = delete;
   ClientWatch& operator=(const ClientWatch&) = delete;
 
+  // Whether this system offers socket-diagnostics lookups (some container
+  // sandboxes do not): without them, non-streamed requests run to their end
+  // after their client leaves. Streams notice a departed client regardless.
+  static bool supported();
+
   // The connection was found open when the watch was made: gone() can tell.
   // False where the kernel interface is unavailable or the addresses do not
   // parse; gone() is then always false (the request runs to its end).

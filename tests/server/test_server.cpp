@@ -23,6 +23,7 @@
 #include "engine/json_constraint.h"
 #include "engine/scheduler.h"
 #include "fake_backend.h"
+#include "server/client_watch.h"
 #include "server/requests.h"
 #include "server/server.h"
 #include "util/error.h"
@@ -872,6 +873,7 @@ int raw_post(int port, const std::string& path, const json& body) {
 }
 
 TEST(Server, RunningNonStreamStopsWhenItsClientLeaves) {
+  if (!ClientWatch::supported()) GTEST_SKIP() << "no NETLINK_SOCK_DIAG on this system";
   TestServer s;
   s.model->delay = 5ms;
   s.model->set("z", /*forever=*/true);
