@@ -34,15 +34,20 @@ constexpr int64_t kDim = 4096;
 constexpr int64_t kMoeInter = 2048;
 constexpr int64_t kQLora = 1024;
 constexpr int64_t kHeads = 64, kHeadDim = 512, kOGroups = 8, kOLora = 1024;
+constexpr int64_t kVocab = 129280;
 
 struct Shape {
   const char* name;
   WeightFormat format;
   int64_t out, in;
+  bool fp32_head = false;  // fp32_bf16_linear (the output head) instead of plain_linear
+  bool decode_only = false;
 };
 
 // FP8: the attention projections; FP4: a routed expert; BF16: one wo_a
-// group (the grouped low-rank output projection is stored in BF16).
+// group (the grouped low-rank output projection is stored in BF16), and the
+// output head (decode only), in fp32 as the model computes it and, for
+// comparison, as a plain (double) linear.
 const Shape kShapes[] = {
     {"fp8_wq_a", WeightFormat::kFP8, kQLora, kDim},
     {"fp8_wq_b", WeightFormat::kFP8, kHeads* kHeadDim, kQLora},
@@ -50,6 +55,8 @@ const Shape kShapes[] = {
     {"fp4_expert_w1", WeightFormat::kFP4, kMoeInter, kDim},
     {"fp4_expert_w2", WeightFormat::kFP4, kDim, kMoeInter},
     {"bf16_wo_a_group", WeightFormat::kBF16, kOLora, kHeads* kHeadDim / kOGroups},
+    {"bf16_head_fp32", WeightFormat::kBF16, kVocab, kDim, true, true},
+    {"bf16_head_double", WeightFormat::kBF16, kVocab, kDim, false, true},
 };
 
 int64_t data_bytes(const Shape& s) {
@@ -139,6 +146,8 @@ void run_linear(benchmark::State& state, Shape s, Isa isa, int64_t m, bool vnni)
     next = (next + 1) % weights->refs.size();
     if (s.format == WeightFormat::kFP8 || s.format == WeightFormat::kFP4)
       dsv4::kernels::quant_linear(x.data(), m, w, y.data());
+    else if (s.fp32_head)
+      dsv4::kernels::fp32_bf16_linear(x.data(), m, s.in, w, 0, s.out, y.data(), s.out);
     else
       dsv4::kernels::plain_linear(x.data(), m, s.in, w, 0, s.out, y.data(), s.out, false);
     benchmark::DoNotOptimize(y.data());
@@ -161,6 +170,7 @@ void register_all() {
       for (int64_t m : {1, 8, 64, 512}) {
         // The scalar reference is far too slow for prefill-sized batches.
         if (isa == Isa::kScalar && m > 8) continue;
+        if (s.decode_only && m > 1) continue;
         const std::string name =
             std::string(s.name) + "/" + dsv4::kernels::isa_name(isa) + "/m=" + std::to_string(m);
         benchmark::RegisterBenchmark(name.c_str(), run_linear, s, isa, m, true)

@@ -80,8 +80,9 @@ void scalar_rows(const detail::LinearTask& t, int64_t r0, int64_t r1) {
   }
 }
 
-// The calling thread's buffer for one call's activation layout (FP4 digit planes or FP8 rows in
-// lanes: a call uses at most one), 64-byte aligned, grown as needed and reused across calls.
+// The calling thread's buffer for one call's activation layout (FP4 digit planes, FP8 rows in
+// lanes or fp32_bf16_linear's pair split: a call uses at most one), 64-byte aligned, grown as
+// needed and reused across calls.
 uint8_t* call_layout_buffer(int64_t bytes) {
   struct Free {
     void operator()(uint8_t* p) const { std::free(p); }
@@ -323,6 +324,56 @@ void plain_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, in
   t.row_begin = row_begin;
   t.round_bf16 = round_bf16;
   run_rows(t, row_begin, row_end);
+}
+
+void fp32_bf16_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, int64_t row_begin,
+                      int64_t row_end, float* y, int64_t ldy) {
+  if (w.format != WeightFormat::kBF16) fail("fp32_bf16_linear needs a BF16 weight");
+  const int64_t in = w.in;
+  const Isa isa = active_isa();
+  const int64_t grain = row_grain(w, m, 8);
+  if (isa == Isa::kScalar) {
+    parallel_for(
+        row_end - row_begin,
+        [&](int64_t a, int64_t b, int) {
+          std::vector<float> row(static_cast<size_t>(in));
+          for (int64_t r = row_begin + a; r < row_begin + b; ++r) {
+            dequant_row(w, r, row.data());
+            for (int64_t i = 0; i < m; ++i)
+              y[i * ldy + (r - row_begin)] = linear_dot_pairs_f32(x + i * ldx, row.data(), in);
+          }
+        },
+        grain);
+    return;
+  }
+  // The kernels take each activation row as its odd and even elements (so that one weight
+  // load, split into its high and low halves, meets both with two FMAs).
+  detail::PairTask t;
+  t.w = &w;
+  t.m = m;
+  t.ldp = (in + 31) / 32 * 16;
+  const int64_t n = std::max<int64_t>(1, m * t.ldp);
+  auto* pairs = reinterpret_cast<float*>(call_layout_buffer(2 * n * 4));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t p = 0; p < t.ldp; ++p) {
+      const int64_t g = p / 16, j = p % 16, odd = 32 * g + 2 * j + 1, even = odd - 1;
+      pairs[i * t.ldp + p] = odd < in ? x[i * ldx + odd] : 0.0f;
+      pairs[n + i * t.ldp + p] = even < in ? x[i * ldx + even] : 0.0f;
+    }
+  t.xo = pairs;
+  t.xe = pairs + n;
+  t.y = y;
+  t.ldy = ldy;
+  t.row_begin = row_begin;
+  parallel_for(
+      row_end - row_begin,
+      [&](int64_t a, int64_t b, int) {
+        if (isa == Isa::kAvx512)
+          detail::pair_rows_avx512(t, row_begin + a, row_begin + b);
+        else
+          detail::pair_rows_avx2(t, row_begin + a, row_begin + b);
+      },
+      grain);
 }
 
 }  // namespace dsv4::kernels

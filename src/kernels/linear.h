@@ -44,4 +44,14 @@ void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y);
 void plain_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, int64_t row_begin,
                   int64_t row_end, float* y, int64_t ldy, bool round_bf16);
 
+// The reference's fp32 matmul with a BF16 weight (the output head,
+// `norm(y).float() @ head.weight.T`): over weight rows [row_begin, row_end),
+// y[i, r - row_begin] = Σ_k x[i, k]·W[r, k] accumulated in fp32 in
+// linear_dot_pairs_f32's order (the AVX512-BF16 dot-product instruction's),
+// x rows `ldx` apart, y rows `ldy` apart. One fused multiply-add per weight
+// instead of the double path's conversions and two half-width ones: decode
+// reads the head at the memory's pace. W must be BF16.
+void fp32_bf16_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, int64_t row_begin,
+                      int64_t row_end, float* y, int64_t ldy);
+
 }  // namespace dsv4::kernels

@@ -660,4 +660,62 @@ void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
   }
 }
 
+namespace {
+
+// ---- fp32_bf16_linear (see linear_avx512.cpp): sixteen lanes as two 8-float registers, the
+// lanes of each 64-byte weight group split into odd elements (high halves) and even ones.
+
+inline float pairs_tree(__m256 lo, __m256 hi) {
+  alignas(32) float s[16];
+  _mm256_store_ps(s, lo);
+  _mm256_store_ps(s + 8, hi);
+  return pairs_tree_f32(s);
+}
+
+template <int NR>
+void pair_rows_bf16(const PairTask& t, int64_t r) {
+  const int64_t in = t.w->in, groups = (in + 31) / 32;
+  const uint8_t* rows[NR];
+  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(t.w->data) + (r + j) * in * 2;
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  alignas(32) uint8_t tail[NR][64];
+  for (int64_t i = 0; i < t.m; ++i) {
+    const float* xo = t.xo + i * t.ldp;
+    const float* xe = t.xe + i * t.ldp;
+    __m256 acc[NR][2];
+    for (int j = 0; j < NR; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t n = std::min<int64_t>(32, in - 32 * g);
+      const __m256 o[2] = {_mm256_load_ps(xo + 16 * g), _mm256_load_ps(xo + 16 * g + 8)};
+      const __m256 e[2] = {_mm256_load_ps(xe + 16 * g), _mm256_load_ps(xe + 16 * g + 8)};
+      for (int j = 0; j < NR; ++j) {
+        const uint8_t* src = rows[j] + 64 * g;
+        _mm_prefetch(reinterpret_cast<const char*>(src + 2048), _MM_HINT_T0);
+        if (n < 32) {  // the last group: zero-padded copy (+0 weights, as the scalar pads)
+          std::memset(tail[j], 0, 64);
+          std::memcpy(tail[j], src, static_cast<size_t>(n) * 2);
+          src = tail[j];
+        }
+        for (int h = 0; h < 2; ++h) {
+          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * h));
+          acc[j][h] =
+              _mm256_fmadd_ps(o[h], _mm256_castsi256_ps(_mm256_and_si256(v, high)), acc[j][h]);
+          acc[j][h] =
+              _mm256_fmadd_ps(e[h], _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), acc[j][h]);
+        }
+      }
+    }
+    for (int j = 0; j < NR; ++j)
+      t.y[i * t.ldy + (r + j - t.row_begin)] = pairs_tree(acc[j][0], acc[j][1]);
+  }
+}
+
+}  // namespace
+
+void pair_rows_avx2(const PairTask& t, int64_t r0, int64_t r1) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) pair_rows_bf16<4>(t, r);
+  for (; r < r1; ++r) pair_rows_bf16<1>(t, r);
+}
+
 }  // namespace dsv4::kernels::detail

@@ -1696,6 +1696,53 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
   }
 }
 
+namespace {
+
+// ---- fp32_bf16_linear: one weight load (32 bf16, 64 bytes) splits into its odd
+// elements (the high halves of the 32-bit lanes) and even ones (shifted up), which meet the
+// activations' odd and even halves in two FMAs per lane: linear_dot_pairs_f32's order. NR rows
+// at once keep NR independent accumulator chains and NR streams in flight.
+
+inline float pairs_tree(__m512 acc) {
+  alignas(64) float s[16];
+  _mm512_store_ps(s, acc);
+  return pairs_tree_f32(s);
+}
+
+template <int NR>
+void pair_rows_bf16(const PairTask& t, int64_t r) {
+  const int64_t in = t.w->in, groups = (in + 31) / 32;
+  const uint8_t* rows[NR];
+  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(t.w->data) + (r + j) * in * 2;
+  const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  for (int64_t i = 0; i < t.m; ++i) {
+    const float* xo = t.xo + i * t.ldp;
+    const float* xe = t.xe + i * t.ldp;
+    __m512 acc[NR];
+    for (int j = 0; j < NR; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t n = std::min<int64_t>(32, in - 32 * g);
+      const __mmask32 mask = n == 32 ? ~__mmask32(0) : (__mmask32(1) << n) - 1;
+      const __m512 o = _mm512_load_ps(xo + 16 * g), e = _mm512_load_ps(xe + 16 * g);
+      for (int j = 0; j < NR; ++j) {
+        prefetch_weights(rows[j] + 64 * g);
+        const __m512i v = _mm512_maskz_loadu_epi16(mask, rows[j] + 64 * g);
+        acc[j] = _mm512_fmadd_ps(o, _mm512_castsi512_ps(_mm512_and_si512(v, high)), acc[j]);
+        acc[j] = _mm512_fmadd_ps(e, _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)), acc[j]);
+      }
+    }
+    for (int j = 0; j < NR; ++j) t.y[i * t.ldy + (r + j - t.row_begin)] = pairs_tree(acc[j]);
+  }
+}
+
+}  // namespace
+
+void pair_rows_avx512(const PairTask& t, int64_t r0, int64_t r1) {
+  int64_t r = r0;
+  for (; r + 4 <= r1; r += 4) pair_rows_bf16<4>(t, r);
+  for (; r < r1; ++r) pair_rows_bf16<1>(t, r);
+}
+
 }  // namespace dsv4::kernels::detail
 
 #pragma GCC diagnostic pop

@@ -73,6 +73,21 @@ bool prepare_fp4_batch_block(const LinearTask& t, Fp4BatchActs* a, int64_t b);
 // rows-in-lanes kernel (below it the small-batch kernel decodes in registers).
 constexpr int64_t kFp8RowsInLanesMinM = 16;
 
+// One fp32_bf16_linear call. Activation row i is split into its odd and even
+// elements per group of 32 (xo[i * ldp + 16g + j] = x[i, 32g + 2j + 1], xe the
+// same for 32g + 2j; +0 past w->in), 64-byte aligned.
+struct PairTask {
+  const WeightRef* w = nullptr;
+  int64_t m = 0;
+  const float* xo = nullptr;
+  const float* xe = nullptr;
+  int64_t ldp = 0;  // floats per row of xo / xe: 16 per group of 32
+  float* y = nullptr;
+  int64_t ldy = 0, row_begin = 0;
+};
+void pair_rows_avx2(const PairTask& t, int64_t r0, int64_t r1);
+void pair_rows_avx512(const PairTask& t, int64_t r0, int64_t r1);
+
 void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1);
 void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1);
 // Lets tests run the AVX-512 kernels as on a CPU without AVX512-VBMI (the FP4

@@ -4,6 +4,7 @@
 // These are the slow, exact definitions; faster kernels must agree with them.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -65,6 +66,30 @@ inline double linear_dot_f64(const float* a, const float* b, int64_t n) {
   double v[8];
   for (int j = 0; j < 8; ++j) v[j] = s[j] + s[j + 8];
   return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
+
+// fp32 dot product in the order of the AVX512-BF16 dot-product instruction:
+// sixteen fp32 lanes; for each group of 32 elements (the last one padded with
+// +0 products), lane j adds the product of element 2j+1 and then that of
+// element 2j, each with one fused multiply-add (one rounding); the lanes then
+// reduce with linear_dot_f64's tree in fp32. (docs/kernels.md: the BF16
+// head.)
+// linear_dot_f64's reduction tree over sixteen fp32 lane sums.
+inline float pairs_tree_f32(const float s[16]) {
+  float v[8];
+  for (int j = 0; j < 8; ++j) v[j] = s[j] + s[j + 8];
+  return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
+
+inline float linear_dot_pairs_f32(const float* a, const float* b, int64_t n) {
+  float s[16] = {};
+  for (int64_t k0 = 0; k0 < n; k0 += 32)
+    for (int j = 0; j < 16; ++j) {
+      const int64_t odd = k0 + 2 * j + 1, even = k0 + 2 * j;
+      s[j] = std::fma(odd < n ? a[odd] : 0.0f, odd < n ? b[odd] : 0.0f, s[j]);
+      s[j] = std::fma(even < n ? a[even] : 0.0f, even < n ? b[even] : 0.0f, s[j]);
+    }
+  return pairs_tree_f32(s);
 }
 
 // Rounds every element of x[0..n) to bf16 in place.

@@ -14,7 +14,8 @@ void head_forward(const ModelContext& ctx, const HyperConnection& hc, const Tens
   const std::vector<float> w = to_f32(norm);
   kernels::rms_norm(y.data(), 1, dim, w.data(), ctx.eps(), y.data());
   const kernels::WeightRef ref = weight_ref(head);
-  kernels::plain_linear(y.data(), 1, dim, ref, 0, ref.out, logits, ref.out, false);
+  // The reference multiplies in fp32 (bf16-valued operands): fp32 accumulation, fixed order.
+  kernels::fp32_bf16_linear(y.data(), 1, dim, ref, 0, ref.out, logits, ref.out);
 }
 
 }  // namespace dsv4

@@ -1,6 +1,7 @@
 // The SIMD linear kernels against the scalar reference (bit for bit, every
 // ISA this CPU runs) and the scalar reference against independent sums.
 #include <gtest/gtest.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <array>
@@ -490,6 +491,106 @@ TEST(LinearDot, FixedAssociationOrder) {
   c[12] = std::ldexp(1.0f, -53);
   EXPECT_EQ(linear_dot_f64(c.data(), d.data(), 20), 1.0 + std::ldexp(1.0, -52));
 }
+
+TEST(Fp32Bf16Linear, SimdMatchesScalarBitForBit) {
+  IsaGuard guard;
+  // (out, in, row_begin, row_end): tails of every length class, rows not a multiple of 4.
+  const int64_t shapes[][4] = {{1, 1, 0, 1},    {9, 31, 2, 9},    {6, 32, 0, 6},
+                               {7, 33, 1, 7},   {37, 100, 5, 36}, {20, 4096, 0, 20},
+                               {5, 4097, 0, 5}, {64, 257, 0, 64}};
+  uint32_t seed = 900;
+  for (const auto& s : shapes) {
+    TestWeight w = make_weight(WeightFormat::kBF16, s[0], s[1], seed++);
+    if (s[1] >= 7) tie_columns(w, kBig1, kBig2);
+    const int64_t width = s[3] - s[2], ldx = s[1] + 3, ldy = width + 2;
+    for (int64_t m : {1, 2, 5}) {
+      std::vector<float> x = make_activations(m, ldx, seed++);
+      // With m = 2 two huge products cancel across lanes; otherwise not, since in fp32 they
+      // would swallow every other product of their lanes and hide the order of the rest.
+      if (s[1] >= 7 && m == 2)
+        for (int64_t i = 0; i < m; ++i) {
+          x[i * ldx + kBig1] = std::ldexp(1.0f, 30);
+          x[i * ldx + kBig2] = -std::ldexp(1.0f, 30);
+        }
+      auto run = [&](Isa isa) {
+        set_isa(isa);
+        std::vector<float> y(m * ldy, 777.0f);  // gaps between rows must stay untouched
+        fp32_bf16_linear(x.data(), m, ldx, w.ref, s[2], s[3], y.data(), ldy);
+        return y;
+      };
+      const std::vector<float> want = run(Isa::kScalar);
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t c = width; c < ldy; ++c) EXPECT_EQ(want[i * ldy + c], 777.0f);
+      for (Isa isa : simd_isas())
+        expect_bits_equal(want, run(isa),
+                          std::string("fp32_bf16 ") + isa_name(isa) +
+                              " in=" + std::to_string(s[1]) + " m=" + std::to_string(m));
+    }
+  }
+}
+
+TEST(Fp32Bf16Linear, RejectsOtherFormats) {
+  const TestWeight w = make_weight(WeightFormat::kF32, 2, 8, 950);
+  std::vector<float> x(8, 1.0f), y(2);
+  EXPECT_THROW(fp32_bf16_linear(x.data(), 1, 8, w.ref, 0, 2, y.data(), 2), Error);
+}
+
+TEST(LinearDotPairs, OddElementFirstThenEven) {
+  // Lane 0 sees, in order, 1 (element 1), 2^-24 (element 0: lost to the tie-to-even), 2^-24
+  // (element 33: lost again), -1 (element 32): 0. Adding the even element of each pair first
+  // would keep a 2^-24: 2^-24, 1 + 2^-24 = 1, 1 - 1 = 0, 0 + 2^-24.
+  std::vector<float> a(64, 0.0f), b(64, 1.0f);
+  a[1] = 1.0f;
+  a[0] = std::ldexp(1.0f, -24);
+  a[33] = std::ldexp(1.0f, -24);
+  a[32] = -1.0f;
+  EXPECT_EQ(float_bits(linear_dot_pairs_f32(a.data(), b.data(), 64)), float_bits(0.0f));
+  // Products are fused into the lane sum (one rounding): -1 + (1 + 2^-12)^2 keeps the 2^-24
+  // that rounding the product to fp32 first would lose (a tie, to even).
+  std::vector<float> c(32, 0.0f), d(32, 0.0f);
+  c[1] = 1.0f, d[1] = -1.0f;  // lane 0: -1, then the product
+  c[0] = d[0] = 1.0f + std::ldexp(1.0f, -12);
+  EXPECT_EQ(linear_dot_pairs_f32(c.data(), d.data(), 32),
+            std::ldexp(1.0f, -11) + std::ldexp(1.0f, -24));
+}
+
+#if defined(__GNUC__)
+// The AVX512-BF16 dot-product instruction on bf16 operands in the normal range: what
+// linear_dot_pairs_f32 emulates (the hardware as an independent oracle for the order).
+__attribute__((target("avx512f,avx512bf16"))) float bf16_instruction_dot(const uint16_t* a,
+                                                                         const uint16_t* b,
+                                                                         int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t k = 0; k < n; k += 32)
+    acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(a + k),
+                           (__m512bh)_mm512_loadu_si512(b + k));
+  alignas(64) float s[16];
+  _mm512_store_ps(s, acc);
+  return pairs_tree_f32(s);
+}
+
+TEST(LinearDotPairs, IsTheBf16DotInstructionsOrder) {
+  if (!__builtin_cpu_supports("avx512bf16")) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  std::mt19937 rng(960);
+  std::normal_distribution<float> d(0.0f, 1.0f);
+  const int64_t n = 4096;
+  std::vector<uint16_t> ab(n), bb(n);
+  std::vector<float> af(n), bf(n);
+  int64_t same = 0;
+  for (int trial = 0; trial < 200; ++trial) {
+    for (int64_t k = 0; k < n; ++k) {
+      // Magnitudes over 2^±12: sums lose bits, so a different order shows.
+      ab[k] = float_to_bf16_bits(d(rng) * std::ldexp(1.0f, static_cast<int>(rng() % 25) - 12));
+      bb[k] = float_to_bf16_bits(d(rng));
+      af[k] = bf16_to_float(ab[k]);
+      bf[k] = bf16_to_float(bb[k]);
+    }
+    same += float_bits(bf16_instruction_dot(ab.data(), bb.data(), n)) ==
+            float_bits(linear_dot_pairs_f32(af.data(), bf.data(), n));
+  }
+  EXPECT_EQ(same, 200);
+}
+#endif
 
 TEST(FakeQuant, FastFp8MatchesReference) {
   // Random blocks with magnitudes from subnormal floats to 1e30, and "tie"
