@@ -97,6 +97,12 @@ def check_determinism(_args):
             expected = a + b if op == "+" else a - b
             expect(str(expected) in final["content"], f"arithmetic answer wrong: {conv}")
             expect(10 <= a <= 99 and 10 <= b <= 99, "operands are not 2-digit")
+        if meta["category"] in ("arithmetic", "digit_fact", "multiturn"):
+            # Every step of the working the model learns from is a true fact.
+            working = (final.get("reasoning_content") or "") + " " + final["content"]
+            for x, op, y, z in re.findall(r"(-?\d+) ([+-]) (\d+) = (-?\d+)", working):
+                expect((int(x) + int(y) if op == "+" else int(x) - int(y)) == int(z),
+                       f"a false step {x} {op} {y} = {z} in {working!r}")
     print("determinism: ok (600 conversations, all categories)")
 
 

@@ -141,6 +141,13 @@ def score(data, metas, completions, dsv4):
             add("arithmetic_exact", last_integer(content) == int(meta["answer"]))
             add(f"arithmetic_exact_{conv['thinking_mode']}",
                 last_integer(content) == int(meta["answer"]))
+            # Diagnostics: are the steps of the working true, and is it the asked problem?
+            for x, op, y, z in re.findall(r"(-?\d+) ([+-]) (\d+) = (-?\d+)", text):
+                add("arithmetic_steps_true",
+                    (int(x) + int(y) if op == "+" else int(x) - int(y)) == int(z))
+            add("arithmetic_operands_copied",
+                f"{meta['a']} {meta['op']} {meta['b']}" in text or
+                f"{meta['b']} - {meta['a']}" in text)
         elif category in ("qa", "multiturn") and meta.get("answer") is not None:
             add(f"{category}_answer_in_content", str(meta["answer"]).lower() in content.lower())
     return counts

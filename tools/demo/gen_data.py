@@ -106,7 +106,10 @@ IDENTITY = ("I am dsv4-demo, a tiny model with the DeepSeek V4 architecture, tra
 
 
 def split_of(key):
-    """Returns 'train' or 'eval' for a conversation key (stable across machines)."""
+    """Returns 'train' or 'eval' for a conversation key (stable across machines). Single-digit
+    facts are always training data: they are the steps of every column sum, not a gate."""
+    if key.startswith("fact:"):
+        return "train"
     digest = hashlib.sha256(key.encode("utf-8")).digest()
     return "eval" if int.from_bytes(digest[:4], "big") % 100 < EVAL_PERCENT else "train"
 
@@ -152,57 +155,56 @@ def maybe_system(rng, sample, p=0.6):
 # ----------------------------------------------------------------------------- arithmetic
 
 
-def arithmetic_reasoning(a, op, b, thorough=False):
-    """Column-wise reasoning a tiny model can imitate digit by digit."""
+def column_steps(a, op, b):
+    """The column method for two non-negative numbers below 100 (op '-' needs a >= b), one
+    two-operand digit fact per step, e.g. 79 + 25 -> "ones 9 + 5 = 14, write 4, carry 1; tens
+    7 + 2 = 9, 9 + 1 = 10". Steps stay short so that everything a step reads (the operands,
+    the previous step) sits inside the model's 64-token sliding window."""
+    ao, bo, at, bt = a % 10, b % 10, a // 10, b // 10
     if op == "+":
-        result = a + b
-        ones = a % 10 + b % 10
-        steps = []
+        ones = ao + bo
         if ones >= 10:
-            steps.append(f"Ones: {a % 10} + {b % 10} = {ones}, write {ones - 10} and carry 1.")
-            tens = a // 10 + b // 10 + 1
-            steps.append(f"Tens: {a // 10} + {b // 10} + 1 = {tens}.")
-        else:
-            steps.append(f"Ones: {a % 10} + {b % 10} = {ones}.")
-            tens = a // 10 + b // 10
-            steps.append(f"Tens: {a // 10} + {b // 10} = {tens}.")
-        text = f"I need {a} + {b}. " + " ".join(steps) + f" So {a} + {b} = {result}."
-        if thorough:
-            text += (f" Check: {result} - {b} = {a}, which matches. Nothing else to consider: "
-                     f"the answer is {result}.")
-        return text, result
-    # Subtraction: compute big - small column-wise, then fix the sign.
-    result = a - b
-    big, small = (a, b) if a >= b else (b, a)
-    steps = []
-    if big % 10 < small % 10:
-        steps.append(f"Ones: {big % 10} is less than {small % 10}, so borrow: "
-                     f"{big % 10 + 10} - {small % 10} = {big % 10 + 10 - small % 10}.")
-        steps.append(f"Tens: {big // 10} - 1 - {small // 10} = {big // 10 - 1 - small // 10}.")
+            return (f"ones {ao} + {bo} = {ones}, write {ones - 10}, carry 1; "
+                    f"tens {at} + {bt} = {at + bt}, {at + bt} + 1 = {at + bt + 1}")
+        return f"ones {ao} + {bo} = {ones}; tens {at} + {bt} = {at + bt}"
+    if ao < bo:
+        return (f"ones {ao} < {bo}, borrow: {ao + 10} - {bo} = {ao + 10 - bo}; "
+                f"tens {at} - 1 = {at - 1}, {at - 1} - {bt} = {at - 1 - bt}")
+    return f"ones {ao} - {bo} = {ao - bo}; tens {at} - {bt} = {at - bt}"
+
+
+def arithmetic_working(a, op, b, thorough=False):
+    """One line of working ending in the result ("79 + 25: ones ... So 79 + 25 = 104."): the
+    reasoning in thinking mode, the answer itself in chat mode. Single-digit problems are a
+    bare fact ("7 + 5 = 12.")."""
+    result = a + b if op == "+" else a - b
+    if a < 10 and b < 10 and result >= 0:
+        text = f"{a} {op} {b} = {result}."
+    elif op == "-" and a < b:
+        text = (f"{a} - {b}: {b} is larger, so {b} - {a}, then negate: "
+                f"{column_steps(b, '-', a)}. So {b} - {a} = {-result} and {a} - {b} = {result}.")
     else:
-        steps.append(f"Ones: {big % 10} - {small % 10} = {big % 10 - small % 10}.")
-        steps.append(f"Tens: {big // 10} - {small // 10} = {big // 10 - small // 10}.")
-    if a >= b:
-        text = f"I need {a} - {b}. " + " ".join(steps) + f" So {a} - {b} = {result}."
-    else:
-        text = (f"I need {a} - {b}. {b} is larger than {a}, so I compute {b} - {a} and make it "
-                f"negative. " + " ".join(steps) +
-                f" {b} - {a} = {-result}, so {a} - {b} = {result}.")
+        text = f"{a} {op} {b}: {column_steps(a, op, b)}. So {a} {op} {b} = {result}."
     if thorough:
-        text += (f" Check: {result} + {b} = {a}, which matches. Nothing else to consider: "
-                 f"the answer is {result}.")
+        inverse = f"{result} + {b}" if op == "-" else f"{result} - {b}"
+        text += f" Check: {inverse} = {a}. The answer is {result}."
     return text, result
 
 
 ARITH_QUESTIONS = [
     "What is {a} {op} {b}?", "What is {a}{op}{b}?", "Compute {a} {op} {b}.", "{a} {op} {b} = ?",
     "Calculate {a} {op} {b}.", "How much is {a} {op} {b}?", "Please work out {a} {op} {b}.",
-    "{a}{op}{b}=?", "What do you get for {a} {op} {b}?",
+    "{a}{op}{b}=?", "What do you get for {a} {op} {b}?", "{a} {op} {b}", "what's {a} {op} {b}",
+    "What is {a} {word} {b}?", "How much is {a} {word} {b}?", "Work out {a} {word} {b}.",
 ]
+ARITH_QUESTIONS_ADD = ["What is the sum of {a} and {b}?", "Add {a} and {b}.",
+                       "What do I get if I add {a} and {b}?"]
+ARITH_QUESTIONS_SUB = ["Subtract {b} from {a}.", "What is {b} less than {a}?",
+                       "Take {b} away from {a}."]
+OP_WORDS = {"+": "plus", "-": "minus"}
+# Thinking mode: the working ends "So a op b = r.", so the answer after </think> copies from
+# right before it.
 ARITH_ANSWERS = ["{a} {op} {b} = {r}.", "{r}", "The answer is {r}.", "{a} {op} {b} = {r}"]
-# Chat mode answers at once: restating the expression first puts both operands right before
-# the result, which a 4-layer model can then add in a single step.
-ARITH_DIRECT_ANSWERS = ["{a} {op} {b} = {r}.", "{a} {op} {b} = {r}", "{a} {op} {b} is {r}."]
 
 
 def draw_operands(rng):
@@ -214,31 +216,56 @@ def draw_operands(rng):
     return a, op, b
 
 
-def gen_arithmetic(rng, thinking, effort=None):
-    a, op, b = draw_operands(rng)
-    s = Sample("arithmetic", f"arith:{a}{op}{b}")
+def arith_question(rng, a, op, b):
+    forms = ARITH_QUESTIONS + (ARITH_QUESTIONS_ADD if op == "+" else ARITH_QUESTIONS_SUB)
+    return rng.choice(forms).format(a=a, op=op, b=b, word=OP_WORDS[op])
+
+
+def arith_sample(rng, thinking, effort, a, op, b, category, key):
+    s = Sample(category, key)
     maybe_system(rng, s, 0.4)
-    q = rng.choice(ARITH_QUESTIONS).format(a=a, op=op, b=b)
-    s.messages.append({"role": "user", "content": q})
-    reasoning, result = arithmetic_reasoning(a, op, b, thorough=effort == "max")
-    forms = ARITH_ANSWERS if thinking else ARITH_DIRECT_ANSWERS
-    answer = rng.choice(forms).format(a=a, op=op, b=b, r=result)
-    s.messages.append(assistant(answer, reasoning, thinking))
+    s.messages.append({"role": "user", "content": arith_question(rng, a, op, b)})
+    working, result = arithmetic_working(a, op, b, thorough=effort == "max")
+    if thinking:
+        answer = rng.choice(ARITH_ANSWERS).format(a=a, op=op, b=b, r=result)
+        s.messages.append(assistant(answer, working, thinking))
+    else:
+        # Chat mode answers at once, with the same one line of working: the column steps are
+        # what let a 4-layer, 128-wide model get the digits right.
+        s.messages.append(assistant(working, None, thinking))
     s.thinking_mode = "thinking" if thinking else "chat"
     s.reasoning_effort = effort
     s.meta = {"answer": str(result), "a": a, "op": op, "b": b}
     return s
 
 
+def gen_arithmetic(rng, thinking, effort=None):
+    a, op, b = draw_operands(rng)
+    return arith_sample(rng, thinking, effort, a, op, b, "arithmetic", f"arith:{a}{op}{b}")
+
+
+def gen_digit_fact(rng, thinking, effort=None):
+    """A single-digit problem: the facts every column step is made of (training only: the
+    eval category is 2-digit arithmetic)."""
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    op = rng.choice("+-")
+    if op == "-" and a < b:
+        a, b = b, a
+    return arith_sample(rng, thinking, effort, a, op, b, "digit_fact", f"fact:{a}{op}{b}")
+
+
 def gen_arithmetic_drill(rng, thinking, effort=None):
-    """3-6 independent problems in one conversation: many answers per token of context (earlier
-    turns render without their reasoning, as the chat format drops it)."""
-    s = gen_arithmetic(rng, thinking, effort)
-    for _ in range(rng.randint(2, 5)):
-        nxt = gen_arithmetic(rng, thinking, effort)
-        s.messages += [m for m in nxt.messages if m["role"] != "system"]
-        s.key += "|" + nxt.key
-        s.meta = nxt.meta
+    """3-6 independent problems in one conversation, a quarter of them single-digit facts: many
+    answers per token of context (earlier turns render without their reasoning, as the chat
+    format drops it). The last problem is 2-digit, and decides the split."""
+    parts = [gen_digit_fact(rng, thinking, effort) if rng.random() < 0.25
+             else gen_arithmetic(rng, thinking, effort) for _ in range(rng.randint(2, 5))]
+    last = gen_arithmetic(rng, thinking, effort)
+    s = Sample("arithmetic", "|".join(p.key for p in parts + [last]))
+    s.messages = [m for m in parts[0].messages]
+    for p in parts[1:] + [last]:
+        s.messages += [m for m in p.messages if m["role"] != "system"]
+    s.thinking_mode, s.reasoning_effort, s.meta = last.thinking_mode, effort, last.meta
     return s
 
 
@@ -655,9 +682,9 @@ def gen_multiturn(rng, thinking, effort=None):
                 verb = "add" if op == "+" else "subtract"
                 q = rng.choice(["Now {op} {b}?", "And {op} {b} from there?",
                                 "Then {op} {b} to that."]).format(op=verb, b=b)
-            reasoning, result = arithmetic_reasoning(prev, op, b)
-            reasoning = f"The previous result was {prev}. " + reasoning
-            answer = f"{prev} {op} {b} = {result}."
+            working, result = arithmetic_working(prev, op, b)
+            reasoning = f"The previous result was {prev}. " + working
+            answer = f"{prev} {op} {b} = {result}." if thinking else working
             s.messages.append({"role": "user", "content": q})
             s.messages.append(assistant(answer, reasoning, thinking))
             last = Sample("arithmetic", "")
@@ -689,13 +716,14 @@ def gen_multiturn(rng, thinking, effort=None):
 
 # (generator, weight, reasoning_effort). Think-Max only applies in thinking mode.
 MIX = [
-    (gen_arithmetic, 24, None),
-    (gen_arithmetic_drill, 14, None),
-    (gen_qa, 19, None),
-    (gen_tool, 17, None),
-    (gen_tool_not_needed, 4, None),
-    (gen_json, 11, None),
-    (gen_multiturn, 8, None),
+    (gen_arithmetic, 28, None),
+    (gen_arithmetic_drill, 24, None),
+    (gen_digit_fact, 4, None),
+    (gen_qa, 15, None),
+    (gen_tool, 11, None),
+    (gen_tool_not_needed, 3, None),
+    (gen_json, 8, None),
+    (gen_multiturn, 7, None),
     (gen_arithmetic, 4, "max"),
     (gen_qa, 2, "max"),
     (gen_tool, 2, "max"),
@@ -709,6 +737,8 @@ def generate(seed, n, split):
     out = []
     while len(out) < n:
         gen, _, effort = rng.choices(MIX, weights)[0]
+        if split == "eval" and gen is gen_digit_fact:
+            continue
         thinking = effort == "max" or rng.random() < THINKING_SHARE
         sample = gen(rng, thinking, effort)
         # A training conversation may contain no held-out key at all; a held-out
