@@ -163,6 +163,25 @@ void expect_bits_equal(const std::vector<float>& want, const std::vector<float>&
 
 const int64_t kMs[] = {1, 2, 5, 17, 64};
 
+// Runs `linear(y)` (writing m rows of `width` outputs, `ldy` apart) on the scalar path and on
+// every SIMD path this CPU has: the gaps between rows must stay untouched and the SIMD bits must
+// equal the scalar ones.
+template <typename Linear>
+void expect_paths_agree(int64_t m, int64_t width, int64_t ldy, Linear linear,
+                        const std::string& what) {
+  auto run = [&](Isa isa) {
+    set_isa(isa);
+    std::vector<float> y(m * ldy, 777.0f);
+    linear(y.data());
+    return y;
+  };
+  const std::vector<float> want = run(Isa::kScalar);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t c = width; c < ldy; ++c) EXPECT_EQ(want[i * ldy + c], 777.0f) << what;
+  for (Isa isa : simd_isas())
+    expect_bits_equal(want, run(isa), what + " " + isa_name(isa) + " m=" + std::to_string(m));
+}
+
 TEST(QuantLinear, SimdMatchesScalarBitForBitFp8) {
   IsaGuard guard;
   // (out, in): partial 128-blocks in both directions, out not a multiple of
@@ -435,20 +454,11 @@ TEST(PlainLinear, SimdMatchesScalarBitForBit) {
               x[i * ldx + kBig1] = std::ldexp(1.0f, 30);
               x[i * ldx + kBig2] = -std::ldexp(1.0f, 30);
             }
-          auto run = [&](Isa isa) {
-            set_isa(isa);
-            std::vector<float> y(m * ldy, 777.0f);  // gaps between rows must stay untouched
-            plain_linear(x.data(), m, ldx, w.ref, s[2], s[3], y.data(), ldy, round);
-            return y;
-          };
-          const std::vector<float> want = run(Isa::kScalar);
-          for (int64_t i = 0; i < m; ++i)
-            for (int64_t c = width; c < ldy; ++c) EXPECT_EQ(want[i * ldy + c], 777.0f);
-          for (Isa isa : simd_isas())
-            expect_bits_equal(want, run(isa),
-                              std::string("plain ") + isa_name(isa) +
-                                  " format=" + std::to_string(static_cast<int>(f)) +
-                                  " in=" + std::to_string(s[1]) + " m=" + std::to_string(m));
+          expect_paths_agree(
+              m, width, ldy,
+              [&](float* y) { plain_linear(x.data(), m, ldx, w.ref, s[2], s[3], y, ldy, round); },
+              "plain format=" + std::to_string(static_cast<int>(f)) +
+                  " in=" + std::to_string(s[1]));
         }
     }
 }
@@ -512,19 +522,10 @@ TEST(Fp32Bf16Linear, SimdMatchesScalarBitForBit) {
           x[i * ldx + kBig1] = std::ldexp(1.0f, 30);
           x[i * ldx + kBig2] = -std::ldexp(1.0f, 30);
         }
-      auto run = [&](Isa isa) {
-        set_isa(isa);
-        std::vector<float> y(m * ldy, 777.0f);  // gaps between rows must stay untouched
-        fp32_bf16_linear(x.data(), m, ldx, w.ref, s[2], s[3], y.data(), ldy);
-        return y;
-      };
-      const std::vector<float> want = run(Isa::kScalar);
-      for (int64_t i = 0; i < m; ++i)
-        for (int64_t c = width; c < ldy; ++c) EXPECT_EQ(want[i * ldy + c], 777.0f);
-      for (Isa isa : simd_isas())
-        expect_bits_equal(want, run(isa),
-                          std::string("fp32_bf16 ") + isa_name(isa) +
-                              " in=" + std::to_string(s[1]) + " m=" + std::to_string(m));
+      expect_paths_agree(
+          m, width, ldy,
+          [&](float* y) { fp32_bf16_linear(x.data(), m, ldx, w.ref, s[2], s[3], y, ldy); },
+          "fp32_bf16 in=" + std::to_string(s[1]));
     }
   }
 }

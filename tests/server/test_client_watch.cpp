@@ -72,6 +72,11 @@ struct Connection {
   }
 };
 
+// A watch on the server side of `c`, which must find the connection.
+#define WATCH(w, c)                                                                \
+  ClientWatch w((c).local_addr, (c).local_port, (c).remote_addr, (c).remote_port); \
+  ASSERT_TRUE(w.available()) << (c).local_addr
+
 // gone() within a second (the FIN or RST crosses the loopback at once, but
 // the test machine may be busy).
 bool becomes_gone(ClientWatch& w) {
@@ -92,8 +97,7 @@ TEST(ClientWatch, SeesAClientThatCloses) {
     Connection c(family);
     if (!c.ok() && family == AF_INET6) continue;  // no IPv6 loopback here
     ASSERT_TRUE(c.ok());
-    ClientWatch w(c.local_addr, c.local_port, c.remote_addr, c.remote_port);
-    ASSERT_TRUE(w.available()) << c.local_addr;
+    WATCH(w, c);
     EXPECT_FALSE(w.gone());
     close(c.client);
     c.client = -1;
@@ -105,8 +109,7 @@ TEST(ClientWatch, SeesAClientThatResets) {
   REQUIRE_SOCK_DIAG();
   Connection c(AF_INET);
   ASSERT_TRUE(c.ok());
-  ClientWatch w(c.local_addr, c.local_port, c.remote_addr, c.remote_port);
-  ASSERT_TRUE(w.available());
+  WATCH(w, c);
   linger l{1, 0};  // close with RST
   setsockopt(c.client, SOL_SOCKET, SO_LINGER, &l, sizeof l);
   close(c.client);
@@ -118,8 +121,7 @@ TEST(ClientWatch, AnotherConnectionsCloseIsNotOurs) {
   REQUIRE_SOCK_DIAG();
   Connection a(AF_INET), b(AF_INET);
   ASSERT_TRUE(a.ok() && b.ok());
-  ClientWatch w(a.local_addr, a.local_port, a.remote_addr, a.remote_port);
-  ASSERT_TRUE(w.available());
+  WATCH(w, a);
   close(b.client);
   b.client = -1;
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
@@ -130,8 +132,7 @@ TEST(ClientWatch, AHalfCloseWithAnUnreadRequestIsStillAClient) {
   REQUIRE_SOCK_DIAG();
   Connection c(AF_INET);
   ASSERT_TRUE(c.ok());
-  ClientWatch w(c.local_addr, c.local_port, c.remote_addr, c.remote_port);
-  ASSERT_TRUE(w.available());
+  WATCH(w, c);
   const char req[] = "GET / HTTP/1.1\r\n\r\n";
   ASSERT_EQ(send(c.client, req, sizeof req - 1, 0), static_cast<ssize_t>(sizeof req - 1));
   shutdown(c.client, SHUT_WR);
