@@ -1,10 +1,6 @@
 #include "server/server.h"
 
 #include <httplib.h>
-#include <sys/socket.h>
-
-#include <cerrno>
-#include <cstdlib>
 
 #include <algorithm>
 #include <atomic>
