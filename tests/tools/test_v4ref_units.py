@@ -213,7 +213,8 @@ def test_tiled_attention():
     torch.manual_seed(1)
     B, S, H, d, N, K = 1, 6, 3, 32, 300, 150
     q, kv = torch.randn(B, S, H, d), torch.randn(B, N, d)
-    idx = torch.randint(0, N, (B, S, K))
+    # Index lists never repeat a row (a window, the indexer's top-k, the HCA entries).
+    idx = torch.stack([torch.randperm(N)[:K] for _ in range(B * S)]).reshape(B, S, K)
     idx[0, 1, ::3] = -1
     idx[0, 2, :64] = -1  # first tile fully masked
     sink = torch.randn(H)

@@ -172,13 +172,18 @@ def sparse_attention(q: torch.Tensor, kv: torch.Tensor, sink: torch.Tensor, idx:
     B, S, H, hd = q.shape
     K = idx.shape[-1]
     if not nm.tiled_attention:
-        valid = idx >= 0
-        gathered = kv[torch.arange(B)[:, None, None], idx.clamp(min=0)]  # [B,S,K,hd]
-        z = torch.einsum("bshd,bskd->bshk", q, gathered) * scale
-        z = z.masked_fill(~valid[:, :, None, :], float("-inf"))
+        # Training: score every row of kv with one GEMM and mask all but the listed ones. The
+        # same function as gathering the K listed rows (lists never repeat a row), but ~3x
+        # faster on CPU: the gather's tiny per-query matmuls and its scattered backward dominated
+        # a training step.
+        N = kv.shape[1]
+        listed = torch.zeros(B, S, N + 1, dtype=torch.bool)
+        listed.scatter_(2, torch.where(idx >= 0, idx, N), True)  # column N collects the -1s
+        z = torch.einsum("bshd,bnd->bshn", q, kv) * scale
+        z = z.masked_fill(~listed[:, :, None, :N], float("-inf"))
         z = torch.cat([z, sink.view(1, 1, H, 1).expand(B, S, H, 1)], dim=-1)
-        p = torch.softmax(z, dim=-1)[..., :K]
-        return bf16(torch.einsum("bshk,bskd->bshd", p, gathered), nm)
+        p = torch.softmax(z, dim=-1)[..., :N]
+        return bf16(torch.einsum("bshn,bnd->bshd", p, kv), nm)
 
     out = torch.empty_like(q)
     rows = 128  # query rows per chunk, to bound the gathered [rows, 64, hd] tile
