@@ -15,6 +15,7 @@
 #include "kernels/linear_simd.h"
 #include "kernels/numerics.h"
 #include "util/error.h"
+#include "util/scratch.h"
 #include "util/threadpool.h"
 
 namespace dsv4::kernels {
@@ -295,7 +296,7 @@ void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y) {
   check_weight(w);
   const int64_t in = w.in;
   // Activation fake-quant: FP8 values times their block scale (exact in fp32).
-  std::vector<float> xq(x, x + m * in);
+  ScratchVector<float> xq(x, x + m * in);
   for (int64_t i = 0; i < m; ++i) fp8_fake_quant(xq.data() + i * in, in, kFp8Block);
   detail::LinearTask t;
   t.w = &w;

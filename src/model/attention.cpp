@@ -7,6 +7,7 @@
 #include "kernels/numerics.h"
 #include "model/compressor.h"
 #include "model/indexer.h"
+#include "util/scratch.h"
 
 namespace dsv4 {
 
@@ -26,11 +27,11 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   const kernels::RopeTable& rope = ctx.rope(ratio);
 
   // Queries: low-rank, normalised, per-head RMS (bf16 arithmetic), rotated.
-  std::vector<float> qr(n * cfg.q_lora_rank);
+  ScratchVector<float> qr(n * cfg.q_lora_rank);
   kernels::quant_linear(x, n, weight_ref(w.wq_a), qr.data());
   const std::vector<float> q_norm = to_f32(w.q_norm);
   kernels::rms_norm(qr.data(), n, cfg.q_lora_rank, q_norm.data(), ctx.eps(), qr.data());
-  std::vector<float> q(n * heads * hd);
+  ScratchVector<float> q(n * heads * hd);
   kernels::quant_linear(qr.data(), n, weight_ref(w.wq_b), q.data());
   for (int64_t i = 0; i < n; ++i)
     for (int64_t h = 0; h < heads; ++h) {
@@ -50,7 +51,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   // This chunk's raw KV rows: normalised, rotated (RopeTable::apply rounds to
   // bf16), NoPE dims FP8 fake-quantised per 64: the values the packed window
   // ring stores exactly.
-  std::vector<float> kv(n * hd);
+  ScratchVector<float> kv(n * hd);
   kernels::quant_linear(x, n, weight_ref(w.wkv), kv.data());
   const std::vector<float> kv_norm = to_f32(w.kv_norm);
   kernels::rms_norm(kv.data(), n, hd, kv_norm.data(), ctx.eps(), kv.data());
@@ -88,7 +89,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
     for (int32_t e : selection.entries)
       if (e >= 0) used[e] = true;
   const int64_t n_used = std::count(used.begin(), used.end(), true);
-  std::vector<float> decoded((n_prev + n_used) * hd);
+  ScratchVector<float> decoded((n_prev + n_used) * hd);
   std::vector<const float*> rows(comp_base + n_comp, nullptr);
   for (int64_t p = first; p < pos; ++p) {
     float* row = decoded.data() + (p - first) * hd;
@@ -118,7 +119,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   else if (ratio > 0)
     comp_width = (pos + n) / ratio;
   const int64_t width = win_width + comp_width;
-  std::vector<int32_t> idx(n * width, -1);
+  ScratchVector<int32_t> idx(n * width, -1);
   for (int64_t i = 0; i < n; ++i) {
     const int64_t t = pos + i;
     int32_t* row = idx.data() + i * width;
@@ -137,7 +138,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   }
 
   const std::vector<float> sink = to_f32(w.attn_sink);
-  std::vector<float> o(n * heads * hd);
+  ScratchVector<float> o(n * heads * hd);
   kernels::sparse_attention(q.data(), n, heads, hd, rows.data(), idx.data(), width, sink.data(),
                             1.0f / std::sqrt(static_cast<float>(hd)), o.data());
   for (int64_t i = 0; i < n; ++i)  // undo the rotation with the query's position
@@ -147,7 +148,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   // Grouped low-rank output: wo_a per group (bf16, the reference dequantises
   // it exactly), then the FP8 wo_b.
   const int64_t groups = cfg.o_groups, rank = cfg.o_lora_rank, gin = cfg.group_in_dim();
-  std::vector<float> oa(n * groups * rank);
+  ScratchVector<float> oa(n * groups * rank);
   const kernels::WeightRef wo_a = weight_ref(w.wo_a);
   for (int64_t g = 0; g < groups; ++g)
     kernels::plain_linear(o.data() + g * gin, n, heads * hd, wo_a, g * rank, (g + 1) * rank,

@@ -5,6 +5,7 @@
 #include "model/attention.h"
 #include "model/mhc.h"
 #include "model/moe.h"
+#include "util/scratch.h"
 
 namespace dsv4 {
 
@@ -12,7 +13,7 @@ void block_forward(const ModelContext& ctx, const BlockWeights& w, LayerState& s
                    int64_t n, std::span<const int32_t> tokens, float* x, const ForwardFrame& frame,
                    ForwardObserver* observer) {
   const int64_t dim = ctx.cfg.dim, layer = w.layer_id;
-  std::vector<float> h(n * dim), out(n * dim);
+  ScratchVector<float> h(n * dim), out(n * dim);
   HcMix mix;
 
   hc_pre(ctx, w.hc_attn, x, n, h.data(), &mix);

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "kernels/numerics.h"
+#include "util/scratch.h"
 
 namespace dsv4 {
 
@@ -39,7 +40,7 @@ void compressor_forward(const ModelContext& ctx, const CompressorWeights& w, Com
   const ModelConfig& cfg = ctx.cfg;
   const int64_t r = w.ratio, d = w.head_dim, width = state.width;
   // The projections run in fp32 on the fp32 input (exact upcasts of bf16).
-  std::vector<float> kv(n * width), score(n * width);
+  ScratchVector<float> kv(n * width), score(n * width);
   kernels::plain_linear(x, n, cfg.dim, weight_ref(w.wkv), 0, width, kv.data(), width, false);
   kernels::plain_linear(x, n, cfg.dim, weight_ref(w.wgate), 0, width, score.data(), width, false);
   const std::vector<float> ape = to_f32(w.ape);

@@ -5,6 +5,7 @@
 
 #include "kernels/numerics.h"
 #include "model/compressor.h"
+#include "util/scratch.h"
 #include "util/threadpool.h"
 
 namespace dsv4 {
@@ -19,7 +20,7 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
 
   // Queries: rope on the last rd dims, Hadamard, FP4 fake-quant (the keys got
   // the same treatment in the compressor).
-  std::vector<float> q(n * heads * hd);
+  ScratchVector<float> q(n * heads * hd);
   kernels::quant_linear(qr, n, weight_ref(w.wq_b), q.data());
   for (int64_t i = 0; i < n; ++i)
     for (int64_t h = 0; h < heads; ++h) {

@@ -7,6 +7,7 @@
 #include "model/mtp.h"
 #include "model/state.h"
 #include "util/error.h"
+#include "util/scratch.h"
 
 namespace dsv4 {
 
@@ -30,7 +31,7 @@ void Model::forward(SequenceState& state, std::span<const int32_t> tokens,
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n == 0) fail("forward needs at least one token");
   const int64_t stream = cfg.hc_mult * cfg.dim;
-  std::vector<float> x(n * stream);
+  ScratchVector<float> x(n * stream);
   embed(tokens, x.data());
   for (int64_t layer = 0; layer < cfg.n_layers; ++layer)
     run_block(state, layer, state.pos, tokens, x.data(), options.observer);
@@ -39,7 +40,7 @@ void Model::forward(SequenceState& state, std::span<const int32_t> tokens,
     last_logits->resize(cfg.vocab_size);
     head_logits(x.data() + (n - 1) * stream, last_logits->data());
   }
-  if (options.hidden) *options.hidden = std::move(x);
+  if (options.hidden) options.hidden->assign(x.begin(), x.end());
 }
 
 void Model::embed(std::span<const int32_t> tokens, float* x) const {
@@ -80,7 +81,7 @@ void Model::mtp(SequenceState& state, int64_t k, const float* hidden, std::span<
     fail("MTP block ", k, " does not exist (the model has ", weights_.mtp.size(), ")");
   const int64_t n = static_cast<int64_t>(next.size());
   const int64_t stream = cfg.hc_mult * cfg.dim;
-  std::vector<float> y(n * stream);
+  ScratchVector<float> y(n * stream);
   const MtpWeights& w = weights_.mtp[k];
   mtp_forward(*ctx_, w, weights_.embed, state.mtp[k], state.mtp_pos, n, hidden, next, y.data(),
               state.frame, observer);
@@ -90,7 +91,7 @@ void Model::mtp(SequenceState& state, int64_t k, const float* hidden, std::span<
     head_forward(*ctx_, w.hc_head, w.norm, weights_.head, y.data() + (n - 1) * stream,
                  last_logits->data());
   }
-  if (out) *out = std::move(y);
+  if (out) out->assign(y.begin(), y.end());
 }
 
 }  // namespace dsv4

@@ -6,13 +6,14 @@
 
 #include "kernels/numerics.h"
 #include "util/error.h"
+#include "util/scratch.h"
 
 namespace dsv4 {
 
 void expert_forward(const ModelContext& ctx, const ExpertWeights& w, const float* x, int64_t m,
                     const float* route_weights, float* out) {
   const int64_t inter = w.w1.out;
-  std::vector<float> g(m * inter), u(m * inter);
+  ScratchVector<float> g(m * inter), u(m * inter);
   kernels::quant_linear(x, m, weight_ref(w.w1), g.data());
   kernels::quant_linear(x, m, weight_ref(w.w3), u.data());
   const float limit = static_cast<float>(ctx.cfg.swiglu_limit);
@@ -91,8 +92,9 @@ void moe_forward(const ModelContext& ctx, const MoeWeights& w, int64_t layer, in
   if (observer) observer->on_moe_routing(layer, pos, n, k, experts.data(), weights.data());
 
   // Routed experts in expert order (the reference's accumulation order), fp32 sum.
-  std::vector<float> acc(n * dim, 0.0f);
-  std::vector<float> xs, ws, ys;
+  ScratchVector<float> acc(n * dim, 0.0f);
+  ScratchVector<float> xs, ys;
+  std::vector<float> ws;
   std::vector<int64_t> rows;
   for (int64_t e = 0; e < n_exp; ++e) {
     rows.clear();
