@@ -1738,9 +1738,9 @@ void pair_rows_bf16(const PairTask& t, int64_t r) {
 }  // namespace
 
 void pair_rows_avx512(const PairTask& t, int64_t r0, int64_t r1) {
-  int64_t r = r0;
-  for (; r + 4 <= r1; r += 4) pair_rows_bf16<4>(t, r);
-  for (; r < r1; ++r) pair_rows_bf16<1>(t, r);
+  // One row at a time: a thread then reads one stream in address order, which this machine
+  // serves ~1.3x faster than four interleaved row streams (docs/kernels.md, "Row order").
+  for (int64_t r = r0; r < r1; ++r) pair_rows_bf16<1>(t, r);
 }
 
 }  // namespace dsv4::kernels::detail
