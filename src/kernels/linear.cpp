@@ -81,8 +81,8 @@ void scalar_rows(const detail::LinearTask& t, int64_t r0, int64_t r1) {
   }
 }
 
-// The calling thread's buffer for one call's activation layout (FP4 digit planes, FP8 rows in
-// lanes or fp32_bf16_linear's pair split: a call uses at most one), 64-byte aligned, grown as
+// The calling thread's buffer for one call's activation layout (FP4 digit planes or
+// fp32_bf16_linear's pair split: a call uses at most one), 64-byte aligned, grown as
 // needed and reused across calls.
 uint8_t* call_layout_buffer(int64_t bytes) {
   struct Free {
@@ -128,24 +128,6 @@ bool prepare_fp4_batch(const detail::LinearTask& t, detail::Fp4BatchActs* a) {
   return true;
 }
 
-// t's activations (t.xd) as blocks of 8 rows, K-major, times 2^600, in a per-thread buffer
-// reused across calls (detail::LinearTask::fp8_rows_t).
-const double* prepare_fp8_rows_in_lanes(const detail::LinearTask& t) {
-  const int64_t ld = detail::padded_in(t.w->in), blocks = (t.m + 7) / 8;
-  const int64_t n = blocks * ld * 8;
-  auto* out = reinterpret_cast<double*>(call_layout_buffer(n * 8));
-  const double scale = std::ldexp(1.0, 600);  // exact: the kernel's pre-scale
-  parallel_for(blocks, [&](int64_t b0, int64_t b1, int) {
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t k = 0; k < ld; ++k)
-        for (int64_t i = 0; i < 8; ++i) {
-          const int64_t row = b * 8 + i;
-          out[(b * ld + k) * 8 + i] = row < t.m ? t.xd[row * ld + k] * scale : 0.0;
-        }
-  });
-  return out;
-}
-
 void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
   const Isa isa = active_isa();
   // SIMD kernels work on blocks of up to 8 rows; keep task boundaries on
@@ -167,11 +149,7 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
               break;
           }
         },
-        // The FP8 rows-in-lanes kernel reads all activations once per task: one task per thread.
-        task.fp8_rows_t != nullptr
-            ? std::max(grain, (row_end - row_begin + ThreadPool::global().num_threads() * 16 - 1) /
-                                  (ThreadPool::global().num_threads() * 16) * 16)
-            : grain);
+        grain);
   };
   if (isa == Isa::kScalar) return rows(t);
   // The SIMD kernels read activations as zero-padded doubles (converted once
@@ -198,9 +176,6 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
       for (int64_t k = in; k < ld; ++k) dst[k] = 0.0;
     }
     c.xd = xd.get();
-    if (isa == Isa::kAvx512 && c.m >= detail::kFp8RowsInLanesMinM && t.tile > 0 &&
-        t.w->format == WeightFormat::kFP8 && !t.w->scale_is_f32)
-      c.fp8_rows_t = prepare_fp8_rows_in_lanes(c);
     detail::Fp4BatchActs batch;
     if (isa == Isa::kAvx512 && c.m > 1 && t.tile > 0 && t.w->format == WeightFormat::kFP4 &&
         !t.w->scale_is_f32 && detail::fp4_batch_available() && prepare_fp4_batch(c, &batch))
@@ -290,10 +265,92 @@ void dequant_row(const WeightRef& w, int64_t row, float* out) {
   }
 }
 
+namespace {
+
+// FP8 weights, the scalar reference of the FP32-accumulation contract: per 128-tile the
+// FP8 values (activation · weight codes, exact products) summed in fp32 in
+// linear_dot_pairs_f32's order, scaled by both block scales in double, rounded to fp32 and
+// accumulated in fp32 in ascending K.
+void scalar_fp8_rows(const detail::Fp8Task& t, const float* q, int64_t r0, int64_t r1) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, tiles = (in + kFp8Block - 1) / kFp8Block;
+  const float* table = fp8_e4m3_table();
+  std::vector<float> row(static_cast<size_t>(in));
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* codes = static_cast<const uint8_t*>(w.data) + r * in;
+    for (int64_t k = 0; k < in; ++k) row[k] = table[codes[k]];
+    for (int64_t i = 0; i < t.m; ++i) {
+      float v = 0;
+      for (int64_t b = 0; b < tiles; ++b) {
+        const int64_t k0 = b * kFp8Block, len = std::min(kFp8Block, in - k0);
+        const float sum = linear_dot_pairs_f32(q + i * t.ldq + k0, row.data() + k0, len);
+        const double scale =
+            static_cast<double>(t.scales[i * tiles + b]) *
+            static_cast<double>(detail::weight_block_scale(w, (r / 128) * tiles + b));
+        v += static_cast<float>(static_cast<double>(sum) * scale);
+      }
+      t.y[i * t.ldy + r] = t.round_bf16 ? bf16_round(v) : v;
+    }
+  }
+}
+
+void fp8_quant_linear(const float* x, int64_t m, const WeightRef& w, float* y, bool round_bf16) {
+  const int64_t in = w.in, tiles = (in + kFp8Block - 1) / kFp8Block;
+  detail::Fp8Task t;
+  t.w = &w;
+  t.m = m;
+  t.ldq = (in + 31) / 32 * 32;
+  t.y = y;
+  t.ldy = w.out;
+  t.round_bf16 = round_bf16;
+  ScratchVector<float> q(m * t.ldq, 0.0f), scales(m * tiles);
+  for (int64_t i = 0; i < m; ++i)
+    fp8_quantize(x + i * in, in, kFp8Block, q.data() + i * t.ldq, scales.data() + i * tiles);
+  t.scales = scales.data();
+  // Non-finite activations (NaN codes, NaN bf16 payloads) are the scalar path's alone.
+  const bool finite = std::all_of(q.begin(), q.end(), [](float v) { return std::isfinite(v); });
+  const Isa isa = finite ? active_isa() : Isa::kScalar;
+  const int64_t grain = row_grain(w, m, 8);
+  ScratchVector<uint16_t> bits;
+  ScratchVector<float> split;
+  if (isa == Isa::kAvx512 && detail::fp8_bf16_dot_available()) {
+    bits.resize(q.size());  // FP8 values are exact in bf16: the high halves of the floats
+    for (size_t k = 0; k < q.size(); ++k) bits[k] = static_cast<uint16_t>(float_bits(q[k]) >> 16);
+    t.xb = bits.data();
+  } else if (isa != Isa::kScalar) {
+    // Odd and even elements per group of 32, times 2^8 (exact): the FMA kernels decode the
+    // weights to value × 2^-8.
+    const int64_t half = t.ldq / 2, n = m * half;
+    split.resize(2 * n);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t p = 0; p < half; ++p) {
+        const int64_t g = p / 16, j = p % 16, odd = 32 * g + 2 * j + 1;
+        split[i * half + p] = q[i * t.ldq + odd] * 256.0f;
+        split[n + i * half + p] = q[i * t.ldq + odd - 1] * 256.0f;
+      }
+    t.xo = split.data();
+    t.xe = split.data() + n;
+  }
+  parallel_for(
+      w.out,
+      [&](int64_t a, int64_t b, int) {
+        if (isa == Isa::kScalar)
+          scalar_fp8_rows(t, q.data(), a, b);
+        else if (t.xb != nullptr)
+          detail::fp8_rows_avx512(t, a, b);
+        else
+          detail::fp8_rows_avx2(t, a, b);
+      },
+      grain);
+}
+
+}  // namespace
+
 void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y) {
   if (w.format != WeightFormat::kFP8 && w.format != WeightFormat::kFP4)
     fail("quant_linear needs an FP8 or FP4 weight");
   check_weight(w);
+  if (w.format == WeightFormat::kFP8) return fp8_quant_linear(x, m, w, y, true);
   const int64_t in = w.in;
   // Activation fake-quant: FP8 values times their block scale (exact in fp32).
   ScratchVector<float> xq(x, x + m * in);
@@ -376,5 +433,14 @@ void fp32_bf16_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w
       },
       grain);
 }
+
+namespace detail {
+
+void fp8_quant_linear_f32(const float* x, int64_t m, const WeightRef& w, float* y) {
+  if (w.format != WeightFormat::kFP8) fail("fp8_quant_linear_f32 needs an FP8 weight");
+  fp8_quant_linear(x, m, w, y, false);
+}
+
+}  // namespace detail
 
 }  // namespace dsv4::kernels

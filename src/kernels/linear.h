@@ -30,11 +30,12 @@ void dequant_row(const WeightRef& w, int64_t row, float* out);
 
 // The reference's quantized linear (fp8_gemm / fp4_gemm): each row of x
 // [m, in] is fake-quantized to FP8 in blocks of 128 with power-of-two scales,
-// products are summed per K tile (128 for FP8 weights, 32 for FP4) — in
-// double, then rounded to fp32 (exact for E8M0 scales) — and the tiles
-// accumulated in fp32 in ascending K; y [m, out] is rounded to bf16. FP4
-// weights need `in` to be a multiple of 32. (E8M0 scales are powers of two,
-// so folding them into the operands is exact.)
+// the K tiles (128 for FP8 weights, 32 for FP4) are accumulated in fp32 in
+// ascending K, and y [m, out] is rounded to bf16. An FP8 tile is the fp32 sum,
+// in linear_dot_pairs_f32's order, of the products of the FP8 values
+// (activation and weight codes), times both block scales in double, rounded
+// to fp32; an FP4 tile is its exact dot product rounded to fp32
+// (docs/kernels.md). FP4 weights need `in` to be a multiple of 32.
 void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y);
 
 // Plain linear (F.linear in the weight's precision; summed in double, rounded

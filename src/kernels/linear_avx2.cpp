@@ -347,92 +347,6 @@ void gemv_rows(const LinearTask& t, int64_t r) {
     t.y[r + j - t.row_begin] = t.round_bf16 ? bf16_round(result[j]) : result[j];
 }
 
-// ---- FP8 with E8M0 scales, m = 1: codes straight to doubles. ----
-// The same construction as linear_avx512.cpp (see there and docs/kernels.md):
-// sign-extend, shift left by 49, mask → q·2^-1016 as a double; activations
-// pre-scaled by 2^600; the tile sum times s·2^416 (exact) is Σ x·(q·s).
-constexpr int kXShift = 600;
-constexpr uint8_t kMaxFoldedFp8Scale = 127 + 119;
-
-inline __m256d fp8_codes_to_doubles(const uint8_t* p) {
-  uint32_t four;
-  std::memcpy(&four, p, 4);
-  const __m256i q = _mm256_cvtepi8_epi64(_mm_cvtsi32_si128(static_cast<int>(four)));
-  return _mm256_castsi256_pd(_mm256_and_si256(
-      _mm256_slli_epi64(q, 49), _mm256_set1_epi64x(static_cast<int64_t>(0x80FE000000000000ull))));
-}
-
-template <int NR>
-inline void fp8_e8m0_tile(const uint8_t* const* rows, const double* xs, int64_t k0, int64_t len,
-                          double* out) {
-  __m256d acc[NR][4];
-  for (int j = 0; j < NR; ++j)
-    for (int q = 0; q < 4; ++q) acc[j][q] = _mm256_setzero_pd();
-  const int64_t end = k0 + len;
-  for (int64_t k = k0; k < end; k += kGroup) {
-    alignas(16) uint8_t tail[NR][16];
-    const uint8_t* src[NR];
-    for (int j = 0; j < NR; ++j) {
-      src[j] = rows[j] + k;
-      prefetch_weights(src[j]);
-      if (end - k < kGroup) {  // partial last group: code 0 (= +0) past the end
-        std::memset(tail[j], 0, 16);
-        std::memcpy(tail[j], src[j], static_cast<size_t>(end - k));
-        src[j] = tail[j];
-      }
-    }
-    for (int j = 0; j < NR; ++j)
-      for (int q = 0; q < 4; ++q)
-        acc[j][q] = _mm256_fmadd_pd(fp8_codes_to_doubles(src[j] + 4 * q),
-                                    _mm256_load_pd(xs + k + 4 * q), acc[j][q]);
-  }
-  reduce_rows<NR>(acc, out);
-}
-
-template <int NR>
-void gemv_rows_fp8_e8m0(const LinearTask& t, int64_t r, const double* xs) {
-  const WeightRef& w = *t.w;
-  const int64_t in = w.in, scale_cols = (in + 127) / 128;
-  const uint8_t* rows[NR];
-  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * in;
-  const uint8_t* scale_bytes = static_cast<const uint8_t*>(w.scale);
-  const __m256 magnitudes = _mm256_setzero_ps();  // unused by FP8
-  float result[NR] = {};
-  for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += 128) {
-    const int64_t len = std::min<int64_t>(128, in - k0);
-    uint8_t e[NR];
-    bool exact = true;
-    for (int j = 0; j < NR; ++j) {
-      e[j] = scale_bytes[((r + j) / 128) * scale_cols + b];
-      exact = exact && e[j] <= kMaxFoldedFp8Scale;
-    }
-    double sums[NR];
-    if (exact) {
-      fp8_e8m0_tile<NR>(rows, xs, k0, len, sums);
-      for (int j = 0; j < NR; ++j)
-        sums[j] *= std::ldexp(1.0, static_cast<int>(e[j]) - 127 + 1016 - kXShift);
-    } else {  // huge or NaN scale: decode to floats exactly as dequant_row does
-      __m256 scales[NR];
-      for (int j = 0; j < NR; ++j)
-        scales[j] = _mm256_set1_ps(weight_block_scale(w, ((r + j) / 128) * scale_cols + b));
-      gemv_tile<WeightFormat::kFP8, NR, true>(rows, t.xd, k0, len, scales, magnitudes, sums);
-    }
-    for (int j = 0; j < NR; ++j) result[j] += static_cast<float>(sums[j]);
-  }
-  for (int j = 0; j < NR; ++j)
-    t.y[r + j - t.row_begin] = t.round_bf16 ? bf16_round(result[j]) : result[j];
-}
-
-void gemv_fp8_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
-  const int64_t ld = padded_in(t.w->in);
-  double* xs = thread_scratch(ld, 1);
-  const double shift = std::ldexp(1.0, kXShift);
-  for (int64_t k = 0; k < ld; ++k) xs[k] = t.xd[k] * shift;
-  int64_t r = r0;
-  for (; r + 2 <= r1; r += 2) gemv_rows_fp8_e8m0<2>(t, r, xs);
-  if (r < r1) gemv_rows_fp8_e8m0<1>(t, r, xs);
-}
-
 // ---- FP4 with E8M0 scales, m = 1: codes straight to doubles. ----
 // Every e2m1 value as a double has all its set bits in the top 16 (sign,
 // exponent, one mantissa bit): two vpshufb tables give those two bytes per
@@ -623,9 +537,8 @@ void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
   const bool quantized = format == WeightFormat::kFP8 || format == WeightFormat::kFP4;
   if (t.m == 1 && quantized == (t.tile > 0)) {
     switch (format) {
-      case WeightFormat::kFP8:
-        if (!t.w->scale_is_f32) return gemv_fp8_e8m0(t, r0, r1);
-        return gemv<WeightFormat::kFP8>(t, r0, r1);
+      case WeightFormat::kFP8:  // quant_linear's FP8 weights run in fp8_rows_avx2 instead
+        break;
       case WeightFormat::kFP4:
         if (!t.w->scale_is_f32) return gemv_fp4_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP4>(t, r0, r1);
@@ -716,6 +629,113 @@ void pair_rows_avx2(const PairTask& t, int64_t r0, int64_t r1) {
   // One row at a time: a thread then reads one stream in address order, which this machine
   // serves ~1.3x faster than four interleaved row streams (docs/kernels.md, "Row order").
   for (int64_t r = r0; r < r1; ++r) pair_rows_bf16<1>(t, r);
+}
+
+}  // namespace dsv4::kernels::detail
+
+// ---- FP8 quant_linear in the FP32-accumulation contract, with FMAs (also the AVX-512 path on
+// CPUs without AVX512-BF16 or VBMI). Per group of 32 weights, lane j adds the odd element's
+// product, then the even one's: linear_dot_pairs_f32's order. Weights decode to value × 2^-8
+// (fp8_values' construction) and activations come times 2^8, so every product is the exact
+// product of the two FP8 values and each FMA rounds exactly what the scalar one rounds.
+
+namespace dsv4::kernels::detail {
+
+namespace {
+
+// Words holding an FP8 code in their low byte → fp16 bits of value × 2^-8.
+inline __m256i fp8_words_to_half(__m256i w) {
+  return _mm256_and_si256(_mm256_srai_epi16(_mm256_slli_epi16(w, 8), 1),
+                          _mm256_set1_epi16(static_cast<short>(0xBFFF)));
+}
+
+// The 32 weights of a group (n valid, +0 past them): odd elements in wo (lanes 0..7, 8..15),
+// even ones in we.
+inline void fp8_group_odd_even(const uint8_t* p, int64_t n, __m256 wo[2], __m256 we[2]) {
+  __m256i v;
+  if (n >= 32) {
+    v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  } else {
+    alignas(32) uint8_t tail[32] = {};
+    std::memcpy(tail, p, static_cast<size_t>(n));
+    v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
+  }
+  const __m256i even = fp8_words_to_half(_mm256_and_si256(v, _mm256_set1_epi16(0x00FF)));
+  const __m256i odd = fp8_words_to_half(_mm256_srli_epi16(v, 8));
+  we[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(even));
+  we[1] = _mm256_cvtph_ps(_mm256_extracti128_si256(even, 1));
+  wo[0] = _mm256_cvtph_ps(_mm256_castsi256_si128(odd));
+  wo[1] = _mm256_cvtph_ps(_mm256_extracti128_si256(odd, 1));
+}
+
+// pairs_tree_f32 over lanes 0..7 (lo) and 8..15 (hi).
+inline float pairs_tree8(__m256 lo, __m256 hi) {
+  const __m256 v = _mm256_add_ps(lo, hi);  // v_j = s_j + s_(j+8)
+  const __m128 w = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 u = _mm_add_ps(w, _mm_movehl_ps(w, w));  // (v0+v4)+(v2+v6), (v1+v5)+(v3+v7)
+  return _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));
+}
+
+// One tile's pair sums for activation row (xo, xe) against weights given per group by `get`.
+template <typename Get>
+inline float fp8_tile_fma(const float* xo, const float* xe, int64_t g0, int64_t g1, Get get) {
+  __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+  for (int64_t g = g0; g < g1; ++g) {
+    __m256 wo[2], we[2];
+    get(g, wo, we);
+    lo = _mm256_fmadd_ps(_mm256_loadu_ps(xo + 16 * g), wo[0], lo);
+    lo = _mm256_fmadd_ps(_mm256_loadu_ps(xe + 16 * g), we[0], lo);
+    hi = _mm256_fmadd_ps(_mm256_loadu_ps(xo + 16 * g + 8), wo[1], hi);
+    hi = _mm256_fmadd_ps(_mm256_loadu_ps(xe + 16 * g + 8), we[1], hi);
+  }
+  return pairs_tree8(lo, hi);
+}
+
+}  // namespace
+
+void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, tiles = (in + 127) / 128, groups = t.ldq / 32, half = t.ldq / 2;
+  // m > 1: each row decoded once (64 floats per group: odd 0..15, even 16..31 of each half).
+  float* buf = t.m > 1 ? reinterpret_cast<float*>(thread_scratch(groups * 32, 0)) : nullptr;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = static_cast<const uint8_t*>(w.data) + r * in;
+    if (buf != nullptr)
+      for (int64_t g = 0; g < groups; ++g) {
+        __m256 wo[2], we[2];
+        fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
+        _mm256_store_ps(buf + 64 * g, wo[0]);
+        _mm256_store_ps(buf + 64 * g + 8, wo[1]);
+        _mm256_store_ps(buf + 64 * g + 16, we[0]);
+        _mm256_store_ps(buf + 64 * g + 24, we[1]);
+      }
+    for (int64_t i = 0; i < t.m; ++i) {
+      const float* xo = t.xo + i * half;
+      const float* xe = t.xe + i * half;
+      float acc = 0;
+      for (int64_t b = 0; b < tiles; ++b) {
+        const int64_t g0 = 4 * b, g1 = std::min(groups, g0 + 4);
+        float sum;
+        if (buf != nullptr) {
+          sum = fp8_tile_fma(xo, xe, g0, g1, [&](int64_t g, __m256 wo[2], __m256 we[2]) {
+            wo[0] = _mm256_load_ps(buf + 64 * g);
+            wo[1] = _mm256_load_ps(buf + 64 * g + 8);
+            we[0] = _mm256_load_ps(buf + 64 * g + 16);
+            we[1] = _mm256_load_ps(buf + 64 * g + 24);
+          });
+        } else {
+          sum = fp8_tile_fma(xo, xe, g0, g1, [&](int64_t g, __m256 wo[2], __m256 we[2]) {
+            _mm_prefetch(reinterpret_cast<const char*>(row + 32 * g + 2048), _MM_HINT_T0);
+            fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
+          });
+        }
+        const double scale = static_cast<double>(t.scales[i * tiles + b]) *
+                             static_cast<double>(weight_block_scale(w, (r / 128) * tiles + b));
+        acc += static_cast<float>(static_cast<double>(sum) * scale);
+      }
+      t.y[i * t.ldy + r] = t.round_bf16 ? bf16_round(acc) : acc;
+    }
+  }
 }
 
 }  // namespace dsv4::kernels::detail

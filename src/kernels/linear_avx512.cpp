@@ -371,21 +371,14 @@ void gemv_rows_plain_fp8(const LinearTask& t, int64_t r) {
   store_results(t, _mm512_cvtpd_ps(reduce8(v)), 1, NR, 0, r);
 }
 
-// ---- FP8 with E8M0 scales, m = 1: codes straight to doubles. ----
+// ---- FP8 codes straight to doubles (plain_linear's FP8 weights with E8M0 scales). ----
 //
-// With power-of-two scales no weight needs to be scaled before the tile sum:
-// Σ x·(q·s) = s·Σ x·q exactly (all these sums are exact, see
-// docs/kernels.md), and q·s is exact in float, as dequant_row computes it,
-// while s ≤ 2^119. So the codes are decoded without any float step: the 7
-// magnitude bits shifted to bits 55..49 form a double whose exponent field
-// holds the e4m3 exponent (bias 1023 instead of 7; double subnormals cover
-// the e4m3 subnormals), i.e. q·2^-1016, and the sign goes to bit 63: three
-// integer operations per 8 weights. To keep the products q·2^-1016·x far from
-// the double subnormal range, x is pre-scaled by 2^600 (exact: every x is
-// far below 2^424); each product is then x·q·2^-416 exactly, and the tile
-// sum is multiplied by s·2^416 (exact) before rounding to float.
+// The 7 magnitude bits shifted to bits 55..49 form a double whose exponent field holds the
+// e4m3 exponent (bias 1023 instead of 7; double subnormals cover the e4m3 subnormals), i.e.
+// q·2^-1016, and the sign goes to bit 63: three integer operations per 8 weights. The
+// activations come pre-scaled by 2^600 (exact), so the products stay far from the double
+// subnormals.
 constexpr int kXShift = 600;
-constexpr int kTileShift = 1016 - kXShift;  // 416
 
 inline __m512d fp8_codes_to_doubles(__m128i eight_codes_in_low_half) {
   const __m512i q = _mm512_cvtepi8_epi64(eight_codes_in_low_half);  // sign-extended
@@ -393,82 +386,9 @@ inline __m512d fp8_codes_to_doubles(__m128i eight_codes_in_low_half) {
       _mm512_slli_epi64(q, 49), _mm512_set1_epi64(static_cast<int64_t>(0x80FE000000000000ull))));
 }
 
-template <int NR>
-inline __m512d fp8_e8m0_tile(const uint8_t* const* rows, const double* xs, int64_t k0,
-                             int64_t len) {
-  // Two accumulators per row (the tile sum is exact in any order), so that no FMA waits on
-  // the one before it.
-  __m512d acc[NR], acc2[NR];
-  for (int j = 0; j < NR; ++j) acc[j] = acc2[j] = _mm512_setzero_pd();
-  const int64_t end = k0 + len;
-  int64_t k = k0;
-  for (; k + kGroup <= end; k += kGroup) {
-    const __m512d x_lo = _mm512_load_pd(xs + k);
-    const __m512d x_hi = _mm512_load_pd(xs + k + 8);
-    for (int j = 0; j < NR; ++j) {
-      if ((k & 48) == 0) prefetch_weights(rows[j] + k);
-      const __m512d w_lo =
-          fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k)));
-      const __m512d w_hi =
-          fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k + 8)));
-      acc[j] = _mm512_fmadd_pd(x_lo, w_lo, acc[j]);
-      acc2[j] = _mm512_fmadd_pd(x_hi, w_hi, acc2[j]);
-    }
-  }
-  for (int j = 0; j < NR; ++j) acc[j] = _mm512_add_pd(acc[j], acc2[j]);
-  if (k < end) {  // partial last group: masked load, code 0 (= +0) past the end
-    const __mmask16 mask = static_cast<__mmask16>((1u << (end - k)) - 1);
-    const __m512d x_lo = _mm512_load_pd(xs + k);
-    const __m512d x_hi = _mm512_load_pd(xs + k + 8);
-    for (int j = 0; j < NR; ++j) {
-      const __m128i c = _mm_maskz_loadu_epi8(mask, rows[j] + k);
-      acc[j] = _mm512_fmadd_pd(x_hi, fp8_codes_to_doubles(_mm_srli_si128(c, 8)),
-                               _mm512_fmadd_pd(x_lo, fp8_codes_to_doubles(c), acc[j]));
-    }
-  }
-  __m512d v[8];
-  for (int p = 0; p < 8; ++p) v[p] = p < NR ? acc[p] : _mm512_setzero_pd();
-  return reduce8(v);
-}
-
 // Largest E8M0 byte whose scale keeps every FP8 weight finite in float
 // (448·2^119 < 2^128); 255 is NaN.
 constexpr uint8_t kMaxFoldedFp8Scale = 127 + 119;
-
-template <int NR>
-void gemv_rows_fp8_e8m0(const LinearTask& t, int64_t r, const double* xs) {
-  const WeightRef& w = *t.w;
-  const int64_t in = w.in;
-  const uint8_t* rows[NR];
-  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * in;
-  const uint8_t* scale_bytes = static_cast<const uint8_t*>(w.scale);
-  const int64_t scale_cols = (in + 127) / 128;
-  const __m512 table = _mm512_setzero_ps();  // unused by FP8
-  __m256 result = _mm256_setzero_ps();
-  for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += 128) {
-    const int64_t len = std::min<int64_t>(128, in - k0);
-    alignas(64) int64_t exponent_bits[8] = {};
-    bool exact = true;
-    for (int j = 0; j < NR; ++j) {
-      const uint8_t e = scale_bytes[((r + j) / 128) * scale_cols + b];
-      exact = exact && e <= kMaxFoldedFp8Scale;
-      // The double 2^(e - 127 + kTileShift): biased exponent e - 127 + 416 + 1023.
-      exponent_bits[j] = static_cast<int64_t>(e + 1312) << 52;
-    }
-    __m512d sums;
-    if (exact) {
-      sums = _mm512_mul_pd(fp8_e8m0_tile<NR>(rows, xs, k0, len),
-                           _mm512_castsi512_pd(_mm512_load_si512(exponent_bits)));
-    } else {  // huge or NaN scale: decode to floats exactly as dequant_row does
-      __m512 scales[NR];
-      for (int j = 0; j < NR; ++j)
-        scales[j] = _mm512_set1_ps(weight_block_scale(w, ((r + j) / 128) * scale_cols + b));
-      sums = gemv_tile<WeightFormat::kFP8, NR, true>(rows, t.xd, k0, len, scales, table);
-    }
-    result = _mm256_add_ps(result, _mm512_cvtpd_ps(sums));
-  }
-  store_results(t, result, 1, NR, 0, r);
-}
 
 // FP8 weights in plain_linear with E8M0 scales, m = 1: the same sixteen lane sums as
 // gemv_rows_plain_fp8, with the codes turned straight into doubles q·2^-1016 (three integer
@@ -551,20 +471,6 @@ void gemv_plain_fp8(const LinearTask& t, int64_t r0, int64_t r1) {
     else
       kTails[n - 1](t, r);
   });
-}
-
-void gemv_fp8_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
-  // x · 2^600, zero-padded like xd.
-  const int64_t ld = padded_in(t.w->in);
-  double* xs = thread_scratch(ld, 1);
-  const __m512d shift = _mm512_set1_pd(std::ldexp(1.0, kXShift));
-  for (int64_t k = 0; k < ld; k += 8)
-    _mm512_store_pd(xs + k, _mm512_mul_pd(_mm512_load_pd(t.xd + k), shift));
-  using RowsFn = void (*)(const LinearTask&, int64_t, const double*);
-  static constexpr RowsFn kTails[kGemvRows] = {
-      gemv_rows_fp8_e8m0<1>, gemv_rows_fp8_e8m0<2>, gemv_rows_fp8_e8m0<3>, gemv_rows_fp8_e8m0<4>,
-      gemv_rows_fp8_e8m0<5>, gemv_rows_fp8_e8m0<6>, gemv_rows_fp8_e8m0<7>, gemv_rows_fp8_e8m0<8>};
-  for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r, xs); });
 }
 
 // ---- FP4 with E8M0 scales, m = 1, on CPUs with AVX512-VBMI. ----
@@ -1337,226 +1243,6 @@ DSV4_VNNI void fp4_vnni_gemm(const LinearTask& t, const Fp4BatchActs& a, int64_t
 
 }  // namespace
 
-// ---- Small batches (2 ≤ m ≤ 8), FP8 with E8M0 scales. ----
-//
-// Routed experts see a handful of tokens each even in a long prefill, so
-// small m is common. Here the weights are decoded in registers as in the
-// matrix-vector path (codes straight to doubles, activations pre-scaled by
-// 2^600, scale applied to the exact tile sum) and each decoded group is
-// applied to every activation row: one accumulator per (activation row,
-// weight row) pair, exact in any order.
-constexpr int kSmallMaxM = 8;
-constexpr int kSmallRows = 2;
-
-template <int MI, int NR>
-void small_fp8_rows(const LinearTask& t, int64_t r, const double* xs, int64_t ld) {
-  const WeightRef& w = *t.w;
-  const int64_t in = w.in, scale_cols = (in + 127) / 128;
-  const uint8_t* rows[NR];
-  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * in;
-  const uint8_t* scale_bytes = static_cast<const uint8_t*>(w.scale);
-  float result[MI][NR] = {};
-  for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += 128) {
-    const int64_t end = std::min<int64_t>(in, k0 + 128);
-    __m512d acc[MI][NR];
-    for (int i = 0; i < MI; ++i)
-      for (int j = 0; j < NR; ++j) acc[i][j] = _mm512_setzero_pd();
-    for (int64_t k = k0; k < end; k += kGroup) {
-      __m512d w_lo[NR], w_hi[NR];
-      if (k + kGroup <= end) {
-        for (int j = 0; j < NR; ++j) {
-          w_lo[j] =
-              fp8_codes_to_doubles(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k)));
-          w_hi[j] = fp8_codes_to_doubles(
-              _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[j] + k + 8)));
-        }
-      } else {  // partial last group: masked load, code 0 (= +0) past the end
-        const __mmask16 mask = static_cast<__mmask16>((1u << (end - k)) - 1);
-        for (int j = 0; j < NR; ++j) {
-          const __m128i c = _mm_maskz_loadu_epi8(mask, rows[j] + k);
-          w_lo[j] = fp8_codes_to_doubles(c);
-          w_hi[j] = fp8_codes_to_doubles(_mm_srli_si128(c, 8));
-        }
-      }
-      for (int i = 0; i < MI; ++i) {
-        const __m512d x_lo = _mm512_load_pd(xs + i * ld + k);
-        const __m512d x_hi = _mm512_load_pd(xs + i * ld + k + 8);
-        for (int j = 0; j < NR; ++j)
-          acc[i][j] = _mm512_fmadd_pd(x_hi, w_hi[j], _mm512_fmadd_pd(x_lo, w_lo[j], acc[i][j]));
-      }
-    }
-    // Horizontal sums (any order: exact), eight pairs per reduce8.
-    alignas(64) double sums[16];
-    __m512d v[8];
-    for (int half = 0; half * 8 < MI * NR; ++half) {
-      for (int p = 0; p < 8; ++p) {
-        const int q = half * 8 + p;
-        v[p] = q < MI * NR ? acc[q / NR][q % NR] : _mm512_setzero_pd();
-      }
-      _mm512_store_pd(sums + half * 8, reduce8(v));
-    }
-    for (int j = 0; j < NR; ++j) {
-      const uint8_t e = scale_bytes[((r + j) / 128) * scale_cols + b];
-      const double s = std::ldexp(1.0, static_cast<int>(e) - 127 + kTileShift);
-      for (int i = 0; i < MI; ++i) result[i][j] += static_cast<float>(sums[i * NR + j] * s);
-    }
-  }
-  for (int i = 0; i < MI; ++i)
-    for (int j = 0; j < NR; ++j)
-      t.y[i * t.ldy + (r + j - t.row_begin)] =
-          t.round_bf16 ? bf16_round(result[i][j]) : result[i][j];
-}
-
-// Any m: blocks of 64 weight rows (64·in bytes of FP8, kept in L2 while the
-// activation chunks pass) × chunks of up to 8 activation rows, pre-scaled
-// into a small buffer.
-constexpr int64_t kSmallBlockRows = 64;
-
-using SmallRowsFn = void (*)(const LinearTask&, int64_t, const double*, int64_t);
-template <int MI>
-constexpr SmallRowsFn kSmallRowsFns[2] = {small_fp8_rows<MI, 1>, small_fp8_rows<MI, 2>};
-constexpr const SmallRowsFn* kSmallRowsByM[kSmallMaxM + 1] = {
-    nullptr,          kSmallRowsFns<1>, kSmallRowsFns<2>, kSmallRowsFns<3>, kSmallRowsFns<4>,
-    kSmallRowsFns<5>, kSmallRowsFns<6>, kSmallRowsFns<7>, kSmallRowsFns<8>};
-
-void small_fp8_batch(const LinearTask& t, int64_t r0, int64_t r1) {
-  const int64_t ld = padded_in(t.w->in);
-  const uint8_t* scale_bytes = static_cast<const uint8_t*>(t.w->scale);
-  const int64_t scale_cols = (t.w->in + 127) / 128;
-  double* xs = thread_scratch(kSmallMaxM * ld, 2);  // quant_gemm (the fallback) uses 0 and 1
-  const __m512d shift = _mm512_set1_pd(std::ldexp(1.0, kXShift));
-  for (int64_t rb = r0; rb < r1; rb += kSmallBlockRows) {
-    const int64_t re = std::min(r1, rb + kSmallBlockRows);
-    for (int64_t i0 = 0; i0 < t.m; i0 += kSmallMaxM) {
-      const int64_t mi = std::min<int64_t>(kSmallMaxM, t.m - i0);
-      for (int64_t k = 0; k < mi * ld; k += 8)
-        _mm512_store_pd(xs + k, _mm512_mul_pd(_mm512_load_pd(t.xd + i0 * ld + k), shift));
-      LinearTask chunk = t;
-      chunk.y = t.y + i0 * t.ldy;
-      for (int64_t r = rb; r < re; r += kSmallRows) {
-        const int64_t nr = std::min<int64_t>(kSmallRows, re - r);
-        // A huge or NaN scale anywhere in these rows: the float-decode path,
-        // once for all activation rows.
-        bool exact = true;
-        for (int64_t j = 0; j < nr; ++j)
-          for (int64_t b = 0; b < scale_cols; ++b)
-            exact = exact && scale_bytes[((r + j) / 128) * scale_cols + b] <= kMaxFoldedFp8Scale;
-        if (!exact) {
-          if (i0 == 0) quant_gemm(t, r, r + nr);
-          continue;
-        }
-        kSmallRowsByM[mi][nr - 1](chunk, r, xs, ld);
-      }
-    }
-  }
-}
-
-namespace {
-
-// ---- FP8 with E8M0 scales, m ≥ 16: activation rows in the lanes. ----
-//
-// quant_linear lays the activations out once per call as blocks of 8 rows, K-major (8 doubles
-// per column, pre-scaled by 2^600 as in the matrix-vector path; prepare_fp8_rows_in_lanes).
-// A task takes its weight rows 16 at a time and, tile by tile, decodes the 16 × 128 codes into
-// doubles q·2^-1016 (no scale: the tile sum is exact in any order; 16 KB, in L1), then for
-// every block of activation rows adds x[:, k] × broadcast(w_j[k]) into one accumulator per
-// weight row: 8 multiply-adds per FMA, no decode in the inner loop, no horizontal sums. A
-// tile's sums (lane = activation row) are scaled by 2^(e − 127 + 416), rounded to fp32 and
-// added in ascending K (per block and weight row, in a buffer), as everywhere.
-constexpr int kTRows = 16;  // weight rows per pass (16 accumulators)
-
-template <int J>
-void fp8_t_tile(const double* xb, const double* wd, int64_t len, const __m512d* s, __m256* facc) {
-  __m512d acc[J];
-  for (int j = 0; j < J; ++j) acc[j] = _mm512_setzero_pd();
-  for (int64_t k = 0; k < len; ++k) {
-    const __m512d x = _mm512_load_pd(xb + k * 8);
-    for (int j = 0; j < J; ++j)
-      acc[j] = _mm512_fmadd_pd(x, _mm512_set1_pd(wd[j * 128 + k]), acc[j]);
-  }
-  for (int j = 0; j < J; ++j)
-    facc[j] = _mm256_add_ps(facc[j], _mm512_cvtpd_ps(_mm512_mul_pd(acc[j], s[j])));
-}
-
-// Weight rows per pass over the activations: their decoded tile (256 KB) and this tile's slice
-// of all activation blocks share L2.
-constexpr int64_t kTPassRows = 256;
-
-// Rows [r0, r1), all scales folding. Per 128-tile: the rows' codes are decoded (1 KB per row),
-// then each group of 16 rows (16 KB, L1) meets every block of activation rows (this tile's
-// slice of all blocks, 8 KB per block, stays in L2 across groups). The activations are thus read
-// from memory once per tile per pass of kTPassRows rows, not once per group (quant_linear gives
-// this kernel one task per thread).
-void fp8_t_rows(const LinearTask& t, int64_t r0, int64_t r1) {
-  const WeightRef& w = *t.w;
-  const int64_t in = w.in, scale_cols = (in + 127) / 128, ld = padded_in(in);
-  const uint8_t* scale_bytes = static_cast<const uint8_t*>(w.scale);
-  const int64_t nr = r1 - r0, blocks = (t.m + 7) / 8, groups = (nr + kTRows - 1) / kTRows;
-  const int64_t padded = groups * kTRows;  // rows past nr repeat the last one (not stored)
-  double* wd = thread_scratch(padded * 128, 0);
-  auto* facc = reinterpret_cast<__m256*>(thread_scratch(blocks * padded * 4, 1));
-  auto* scales = reinterpret_cast<__m512d*>(thread_scratch(padded * 8 + 8, 2));
-  for (int64_t i = 0; i < blocks * padded; ++i) facc[i] = _mm256_setzero_ps();
-  for (int64_t tb = 0, k0 = 0; k0 < in; ++tb, k0 += 128) {
-    const int64_t len = std::min<int64_t>(128, in - k0);
-    for (int64_t j = 0; j < padded; ++j) {
-      const int64_t row = r0 + std::min(j, nr - 1);
-      const uint8_t* codes = static_cast<const uint8_t*>(w.data) + row * in + k0;
-      double* dst = wd + j * 128;
-      int64_t k = 0;
-      for (; k + 8 <= len; k += 8)
-        _mm512_store_pd(dst + k, fp8_codes_to_doubles(
-                                     _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + k))));
-      if (k < len) {  // the row's last, partial group
-        const __mmask16 mask = static_cast<__mmask16>((1u << (len - k)) - 1);
-        _mm512_store_pd(dst + k, fp8_codes_to_doubles(_mm_maskz_loadu_epi8(mask, codes + k)));
-      }
-      const uint8_t e = scale_bytes[(row / 128) * scale_cols + tb];
-      scales[j] = _mm512_castsi512_pd(
-          _mm512_set1_epi64(static_cast<int64_t>(e - 127 + kTileShift + 1023) << 52));
-    }
-    for (int64_t g = 0; g < groups; ++g)
-      for (int64_t b = 0; b < blocks; ++b)
-        fp8_t_tile<kTRows>(t.fp8_rows_t + (b * ld + k0) * 8, wd + g * kTRows * 128, len,
-                           scales + g * kTRows, facc + b * padded + g * kTRows);
-  }
-  alignas(32) float out[8];
-  for (int64_t b = 0; b < blocks; ++b)
-    for (int64_t j = 0; j < nr; ++j) {
-      _mm256_store_ps(out, facc[b * padded + j]);
-      for (int i = 0; i < 8 && b * 8 + i < t.m; ++i) {
-        const float v = out[i];
-        t.y[(b * 8 + i) * t.ldy + (r0 + j - t.row_begin)] = t.round_bf16 ? bf16_round(v) : v;
-      }
-    }
-}
-
-void fp8_gemm_t(const LinearTask& t, int64_t r0, int64_t r1) {
-  const WeightRef& w = *t.w;
-  const int64_t scale_cols = (w.in + 127) / 128;
-  const uint8_t* scale_bytes = static_cast<const uint8_t*>(w.scale);
-  // Runs of rows whose scales all fold take the kernel; a row with a huge or NaN scale the
-  // float-decode path.
-  int64_t r = r0;
-  while (r < r1) {
-    auto folds = [&](int64_t row) {
-      for (int64_t b = 0; b < scale_cols; ++b)
-        if (scale_bytes[(row / 128) * scale_cols + b] > kMaxFoldedFp8Scale) return false;
-      return true;
-    };
-    int64_t e = r;
-    const bool ok = folds(r);
-    while (e < r1 && folds(e) == ok) ++e;
-    if (ok)
-      for (int64_t p = r; p < e; p += kTPassRows) fp8_t_rows(t, p, std::min(e, p + kTPassRows));
-    else
-      quant_gemm(t, r, e);
-    r = e;
-  }
-}
-
-}  // namespace
-
 bool fp4_batch_available() {
   return use_vnni();
 }
@@ -1656,9 +1342,8 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
   // where scale blocks do not match the single K tile, takes the general path.)
   if (t.m == 1 && quantized == (t.tile > 0)) {
     switch (format) {
-      case WeightFormat::kFP8:
-        if (!t.w->scale_is_f32) return gemv_fp8_e8m0(t, r0, r1);
-        return gemv<WeightFormat::kFP8>(t, r0, r1);
+      case WeightFormat::kFP8:  // quant_linear's FP8 weights run in fp8_rows_avx512 instead
+        break;
       case WeightFormat::kFP4:
         if (!t.w->scale_is_f32 && use_vnni() && gemv_fp4_vnni(t, r0, r1)) return;
         if (!t.w->scale_is_f32 && use_vbmi()) return gemv_fp4_e8m0(t, r0, r1);
@@ -1671,9 +1356,6 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
   }
   if (t.m == 1 && format == WeightFormat::kFP8 && t.tile == 0) return gemv_plain_fp8(t, r0, r1);
   if (t.fp4_batch != nullptr) return fp4_vnni_gemm(t, *t.fp4_batch, r0, r1);
-  if (t.fp8_rows_t != nullptr) return fp8_gemm_t(t, r0, r1);
-  if (t.tile > 0 && format == WeightFormat::kFP8 && !t.w->scale_is_f32)
-    return small_fp8_batch(t, r0, r1);
   if (t.tile > 0) return quant_gemm(t, r0, r1);
   // Plain matrix-matrix: decode a block of whole rows once (≤ 512 KB of doubles, L2), apply it
   // to every activation row. The sixteen lane sums of each pair run over the whole row, so
@@ -1741,6 +1423,295 @@ void pair_rows_avx512(const PairTask& t, int64_t r0, int64_t r1) {
   // One row at a time: a thread then reads one stream in address order, which this machine
   // serves ~1.3x faster than four interleaved row streams (docs/kernels.md, "Row order").
   for (int64_t r = r0; r < r1; ++r) pair_rows_bf16<1>(t, r);
+}
+
+// ---- FP8 quant_linear in the FP32-accumulation contract with the AVX512-BF16 dot product.
+//
+// vdpbf16ps adds, per fp32 lane j, the product of elements 2j+1 and then that of 2j, each
+// rounded once (checked below before first use): linear_dot_pairs_f32's order over 32 elements
+// per instruction. FP8 values are exact in bf16 and their products exact in fp32, never
+// subnormal (≥ 2^-18), so the instruction's flushing of denormals never applies. Weights turn
+// into bf16 with two 128-entry byte tables (vpermi2b: low and high byte of each magnitude's
+// bf16), the sign OR-ed in, and one two-source byte permute per 32 weights interleaving them.
+// A matrix-vector product walks each row from start to end (one stream per thread: see
+// fp32_bf16_linear); a batch decodes each row once and runs every activation row over it.
+#define DSV4_BF16 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512bf16,avx2,fma,f16c")))
+
+namespace {
+
+struct Bf16Tables {
+  alignas(64) uint8_t lo[128], hi[128], interleave[2][64];
+  Bf16Tables() {
+    const float* table = fp8_e4m3_table();
+    for (int c = 0; c < 128; ++c) {
+      const uint16_t b = static_cast<uint16_t>(float_bits(table[c]) >> 16);  // exact (NaN: quiet)
+      lo[c] = static_cast<uint8_t>(b & 0xff);
+      hi[c] = static_cast<uint8_t>(b >> 8);
+    }
+    for (int i = 0; i < 32; ++i)
+      for (int h = 0; h < 2; ++h) {
+        interleave[h][2 * i] = static_cast<uint8_t>(32 * h + i);           // low byte: lo[.]
+        interleave[h][2 * i + 1] = static_cast<uint8_t>(64 + 32 * h + i);  // high byte: hi[.]
+      }
+  }
+};
+const Bf16Tables& bf16_tables() {
+  static const Bf16Tables t;
+  return t;
+}
+
+struct Fp8Bf16 {
+  __m512i lo0, lo1, hi0, hi1, il0, il1;
+};
+
+DSV4_BF16 inline Fp8Bf16 load_fp8_bf16() {
+  const Bf16Tables& t = bf16_tables();
+  return {_mm512_load_si512(t.lo),
+          _mm512_load_si512(t.lo + 64),
+          _mm512_load_si512(t.hi),
+          _mm512_load_si512(t.hi + 64),
+          _mm512_load_si512(t.interleave[0]),
+          _mm512_load_si512(t.interleave[1])};
+}
+
+// 64 FP8 codes → their bf16 values: elements 0..31 in *a, 32..63 in *b.
+DSV4_BF16 inline void fp8_to_bf16(const Fp8Bf16& k, __m512i c, __m512i* a, __m512i* b) {
+  const __m512i lo = _mm512_permutex2var_epi8(k.lo0, c, k.lo1);  // index bit 7 is ignored
+  __m512i hi = _mm512_permutex2var_epi8(k.hi0, c, k.hi1);
+  hi = _mm512_ternarylogic_epi32(hi, c, _mm512_set1_epi8(static_cast<char>(0x80)), 0xF8);
+  *a = _mm512_permutex2var_epi8(lo, k.il0, hi);
+  *b = _mm512_permutex2var_epi8(lo, k.il1, hi);
+}
+
+DSV4_BF16 inline __m512 dot_bf16(__m512 acc, __m512i x, __m512i w) {
+  return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh&>(x), reinterpret_cast<__m512bh&>(w));
+}
+
+// pairs_tree_f32 over the sixteen lanes.
+DSV4_BF16 inline float pairs_tree16(__m512 s) {
+  const __m256 v = _mm256_add_ps(_mm512_castps512_ps256(s),
+                                 _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s), 1)));
+  const __m128 w = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 u = _mm_add_ps(w, _mm_movehl_ps(w, w));
+  return _mm_cvtss_f32(_mm_add_ss(u, _mm_movehdup_ps(u)));
+}
+
+// The products of the two block scales per tile, in double (exact: powers of two times a
+// float) — the activation scale of row i times the weight scale of row r's block.
+inline void tile_scales(const Fp8Task& t, int64_t i, int64_t r, int64_t tiles, double* out) {
+  for (int64_t b = 0; b < tiles; ++b)
+    out[b] = static_cast<double>(t.scales[i * tiles + b]) *
+             static_cast<double>(weight_block_scale(*t.w, (r / 128) * tiles + b));
+}
+
+// One row against one activation row, decoding as it goes (m = 1); `scale` from tile_scales.
+DSV4_BF16 float fp8_row_bf16(const Fp8Task& t, int64_t r, const double* scale) {
+  const Fp8Bf16 k = load_fp8_bf16();
+  const int64_t in = t.w->in, tiles = (in + 127) / 128;
+  const uint8_t* row = static_cast<const uint8_t*>(t.w->data) + r * in;
+  float acc = 0;
+  for (int64_t b = 0; b < tiles; ++b) {
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t k0 = 128 * b; k0 < std::min(in, 128 * b + 128); k0 += 64) {
+      const int64_t n = in - k0;
+      const __m512i c = n >= 64 ? _mm512_loadu_si512(row + k0)
+                                : _mm512_maskz_loadu_epi8((__mmask64(1) << n) - 1, row + k0);
+      prefetch_weights(row + k0);
+      __m512i wa, wb;
+      fp8_to_bf16(k, c, &wa, &wb);
+      s = dot_bf16(s, _mm512_loadu_si512(t.xb + k0), wa);
+      if (n > 32) s = dot_bf16(s, _mm512_loadu_si512(t.xb + k0 + 32), wb);
+    }
+    acc += static_cast<float>(static_cast<double>(pairs_tree16(s)) * scale[b]);
+  }
+  return acc;
+}
+
+// pairs_tree_f32 of eight accumulators at once: lane 4q holds the sum of s[q], lane 4q + 2
+// that of s[4 + q] (q = 0..3). The same three pairwise levels and the last add as
+// pairs_tree16, done across registers.
+DSV4_BF16 inline __m512 tree_halves(__m512 a, __m512 b) {  // v_j = s_j + s_(j+8) of a, then b
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+}
+DSV4_BF16 inline __m512 tree_quarters(__m512 a, __m512 b) {  // w_k = v_k + v_(k+4), four at once
+  return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
+}
+DSV4_BF16 inline __m512 pairs_tree8x(const __m512* s) {
+  const __m512 e0 = tree_quarters(tree_halves(s[0], s[1]), tree_halves(s[2], s[3]));
+  const __m512 e1 = tree_quarters(tree_halves(s[4], s[5]), tree_halves(s[6], s[7]));
+  const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(e0, e1, 0x44), _mm512_shuffle_ps(e0, e1, 0xEE));
+  return _mm512_add_ps(u, _mm512_movehdup_ps(u));
+}
+
+// Where pairs_tree8x leaves accumulator p, for sixteen accumulators in two calls.
+constexpr int kTree16Lanes[16] = {0, 4, 8, 12, 2, 6, 10, 14, 16, 20, 24, 28, 18, 22, 26, 30};
+
+// A batch, 4 activation rows × 4 weight rows at a time (sixteen accumulators, one per pair,
+// lane sums in the contract's order); the weight rows come decoded to bf16 (`wb`, ldq apart)
+// and share one 128-row scale block, whose tile scales are `wscale`.
+DSV4_BF16 void fp8_bf16_4x4(const Fp8Task& t, const uint16_t* wb, const double* wscale, int64_t i0,
+                            int64_t r) {
+  const int64_t in = t.w->in, tiles = (in + 127) / 128, groups = t.ldq / 32;
+  const __m512i gather = _mm512_loadu_si512(kTree16Lanes);
+  const uint16_t* x[4];
+  const uint16_t* w[4];
+  for (int i = 0; i < 4; ++i) x[i] = t.xb + (i0 + i) * t.ldq;
+  for (int j = 0; j < 4; ++j) w[j] = wb + j * t.ldq;
+  __m512 acc = _mm512_setzero_ps();  // lane 4i + j: activation row i0 + i, weight row r + j
+  for (int64_t b = 0; b < tiles; ++b) {
+    __m512 s[16];
+    for (int p = 0; p < 16; ++p) s[p] = _mm512_setzero_ps();
+    for (int64_t g = 4 * b; g < std::min(groups, 4 * b + 4); ++g) {
+      __m512i xv[4];
+      for (int i = 0; i < 4; ++i) xv[i] = _mm512_loadu_si512(x[i] + 32 * g);
+      for (int j = 0; j < 4; ++j) {
+        const __m512i wv = _mm512_load_si512(w[j] + 32 * g);
+        for (int i = 0; i < 4; ++i) s[4 * i + j] = dot_bf16(s[4 * i + j], xv[i], wv);
+      }
+    }
+    const __m512 sums = _mm512_permutex2var_ps(pairs_tree8x(s), gather, pairs_tree8x(s + 8));
+    // × (activation scale · weight scale) in double, rounded to float, added in fp32.
+    const double ws = wscale[b];
+    const __m512d lo =
+        _mm512_set_pd(t.scales[(i0 + 1) * tiles + b] * ws, t.scales[(i0 + 1) * tiles + b] * ws,
+                      t.scales[(i0 + 1) * tiles + b] * ws, t.scales[(i0 + 1) * tiles + b] * ws,
+                      t.scales[i0 * tiles + b] * ws, t.scales[i0 * tiles + b] * ws,
+                      t.scales[i0 * tiles + b] * ws, t.scales[i0 * tiles + b] * ws);
+    const __m512d hi =
+        _mm512_set_pd(t.scales[(i0 + 3) * tiles + b] * ws, t.scales[(i0 + 3) * tiles + b] * ws,
+                      t.scales[(i0 + 3) * tiles + b] * ws, t.scales[(i0 + 3) * tiles + b] * ws,
+                      t.scales[(i0 + 2) * tiles + b] * ws, t.scales[(i0 + 2) * tiles + b] * ws,
+                      t.scales[(i0 + 2) * tiles + b] * ws, t.scales[(i0 + 2) * tiles + b] * ws);
+    const __m256 vlo =
+        _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(sums)), lo));
+    const __m256 vhi = _mm512_cvtpd_ps(_mm512_mul_pd(
+        _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(sums), 1))), hi));
+    acc = _mm512_add_ps(
+        acc, _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(vlo)),
+                                                 _mm256_castps_pd(vhi), 1)));
+  }
+  alignas(64) float out[16];
+  _mm512_store_ps(out, acc);
+  for (int i = 0; i < 4; ++i)
+    for (int j = 0; j < 4; ++j) {
+      const float v = out[4 * i + j];
+      t.y[(i0 + i) * t.ldy + r + j] = t.round_bf16 ? bf16_round(v) : v;
+    }
+}
+
+// One activation row against one decoded weight row (the edges of a batch).
+DSV4_BF16 void fp8_bf16_1x1(const Fp8Task& t, const uint16_t* wrow, const double* wscale, int64_t i,
+                            int64_t r) {
+  const int64_t in = t.w->in, tiles = (in + 127) / 128, groups = t.ldq / 32;
+  const uint16_t* x = t.xb + i * t.ldq;
+  float acc = 0;
+  for (int64_t b = 0; b < tiles; ++b) {
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t g = 4 * b; g < std::min(groups, 4 * b + 4); ++g)
+      s = dot_bf16(s, _mm512_loadu_si512(x + 32 * g), _mm512_load_si512(wrow + 32 * g));
+    const double scale = static_cast<double>(t.scales[i * tiles + b]) * wscale[b];
+    acc += static_cast<float>(static_cast<double>(pairs_tree16(s)) * scale);
+  }
+  t.y[i * t.ldy + r] = t.round_bf16 ? bf16_round(acc) : acc;
+}
+
+DSV4_BF16 void fp8_rows_bf16(const Fp8Task& t, int64_t r0, int64_t r1) {
+  const int64_t in = t.w->in, tiles = (in + 127) / 128;
+  if (t.m == 1) {
+    double* scale = thread_scratch(tiles, 1);
+    for (int64_t r = r0; r < r1; ++r) {
+      if (r == r0 || r % 128 == 0) tile_scales(t, 0, r, tiles, scale);
+      const float v = fp8_row_bf16(t, r, scale);
+      t.y[r] = t.round_bf16 ? bf16_round(v) : v;
+    }
+    return;
+  }
+  // Blocks of 8 weight rows (never across a 128-row scale block: tasks start on multiples of
+  // 8) decoded once to bf16, then every activation row over them.
+  constexpr int64_t kRows = 8;
+  const Fp8Bf16 k = load_fp8_bf16();
+  auto* wb = reinterpret_cast<uint16_t*>(thread_scratch(kRows * t.ldq / 4 + 8, 0));
+  double* wscale = thread_scratch(tiles, 1);
+  for (int64_t rb = r0; rb < r1; rb += kRows) {
+    const int64_t nr = std::min(kRows, r1 - rb);
+    for (int64_t b = 0; b < tiles; ++b)
+      wscale[b] = static_cast<double>(weight_block_scale(*t.w, (rb / 128) * tiles + b));
+    for (int64_t j = 0; j < nr; ++j) {
+      const uint8_t* row = static_cast<const uint8_t*>(t.w->data) + (rb + j) * in;
+      uint16_t* dst = wb + j * t.ldq;
+      for (int64_t k0 = 0; k0 < t.ldq; k0 += 64) {
+        const int64_t n = std::max<int64_t>(0, in - k0);
+        const __m512i c = n >= 64 ? _mm512_loadu_si512(row + k0)
+                                  : _mm512_maskz_loadu_epi8((__mmask64(1) << n) - 1, row + k0);
+        __m512i wa, wb2;
+        fp8_to_bf16(k, c, &wa, &wb2);
+        _mm512_store_si512(dst + k0, wa);
+        if (k0 + 32 < t.ldq) _mm512_store_si512(dst + k0 + 32, wb2);
+      }
+    }
+    int64_t i = 0;
+    for (; i + 4 <= t.m; i += 4) {
+      int64_t j = 0;
+      for (; j + 4 <= nr; j += 4) fp8_bf16_4x4(t, wb + j * t.ldq, wscale, i, rb + j);
+      for (; j < nr; ++j)
+        for (int64_t ii = i; ii < i + 4; ++ii) fp8_bf16_1x1(t, wb + j * t.ldq, wscale, ii, rb + j);
+    }
+    for (; i < t.m; ++i)
+      for (int64_t j = 0; j < nr; ++j) fp8_bf16_1x1(t, wb + j * t.ldq, wscale, i, rb + j);
+  }
+}
+
+// Whether vdpbf16ps adds as linear_dot_pairs_f32 does, on FP8-valued operands whose lanes
+// round differently in the other orders (odd product first, each add rounded).
+DSV4_BF16 bool bf16_dot_order_holds() {
+  const float* table = fp8_e4m3_table();
+  uint32_t state = 12345;
+  auto next = [&] { return state = state * 1664525u + 1013904223u; };
+  for (int rep = 0; rep < 64; ++rep) {
+    alignas(64) uint16_t a[32], b[32];
+    alignas(64) float acc[16], got[16];
+    float fa[32], fb[32];
+    for (int e = 0; e < 32; ++e) {
+      uint8_t ca = static_cast<uint8_t>(next() >> 24), cb = static_cast<uint8_t>(next() >> 24);
+      if ((ca & 0x7f) == 0x7f) ca ^= 1;
+      if ((cb & 0x7f) == 0x7f) cb ^= 1;
+      fa[e] = table[ca];
+      fb[e] = table[cb];
+      a[e] = static_cast<uint16_t>(float_bits(fa[e]) >> 16);
+      b[e] = static_cast<uint16_t>(float_bits(fb[e]) >> 16);
+    }
+    for (int j = 0; j < 16; ++j)
+      acc[j] = std::ldexp(static_cast<float>(next() >> 8), static_cast<int>(next() % 24) - 30);
+    _mm512_store_ps(got, dot_bf16(_mm512_load_ps(acc), _mm512_load_si512(a), _mm512_load_si512(b)));
+    for (int j = 0; j < 16; ++j) {
+      const float want =
+          std::fma(fa[2 * j], fb[2 * j], std::fma(fa[2 * j + 1], fb[2 * j + 1], acc[j]));
+      if (float_bits(want) != float_bits(got[j])) return false;
+    }
+  }
+  return true;
+}
+
+std::atomic<bool> g_bf16_allowed{true};
+
+}  // namespace
+
+bool fp8_bf16_dot_available() {
+  static const bool works = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") && __builtin_cpu_supports("avx512vbmi") &&
+           bf16_dot_order_holds();
+  }();
+  return works && g_bf16_allowed.load(std::memory_order_relaxed);
+}
+
+void set_avx512_bf16_allowed(bool allowed) {
+  g_bf16_allowed.store(allowed);
+}
+
+void fp8_rows_avx512(const Fp8Task& t, int64_t r0, int64_t r1) {
+  fp8_rows_bf16(t, r0, r1);
 }
 
 }  // namespace dsv4::kernels::detail

@@ -40,9 +40,6 @@ struct LinearTask {
   bool round_bf16 = false;
   // Set when the FP4 matrix-matrix product runs on the VNNI integer kernel.
   const Fp4BatchActs* fp4_batch = nullptr;
-  // FP8 (E8M0) with m >= kFp8RowsInLanesMinM on AVX-512: the activations as blocks of 8 rows,
-  // K-major, times 2^600 ([ceil(m/8)][padded_in][8] doubles, rows past m zero).
-  const double* fp8_rows_t = nullptr;
 };
 
 // w.in rounded up to whole 16-element groups.
@@ -69,10 +66,6 @@ bool fp4_batch_available();
 // buffers are set; false if an activation does not fit the integer kernel.
 bool prepare_fp4_batch_block(const LinearTask& t, Fp4BatchActs* a, int64_t b);
 
-// Smallest batch for which quant_linear lays out FP8 activations for the AVX-512
-// rows-in-lanes kernel (below it the small-batch kernel decodes in registers).
-constexpr int64_t kFp8RowsInLanesMinM = 16;
-
 // One fp32_bf16_linear call. Activation row i is split into its odd and even
 // elements per group of 32 (xo[i * ldp + 16g + j] = x[i, 32g + 2j + 1], xe the
 // same for 32g + 2j; +0 past w->in), 64-byte aligned.
@@ -87,6 +80,33 @@ struct PairTask {
 };
 void pair_rows_avx2(const PairTask& t, int64_t r0, int64_t r1);
 void pair_rows_avx512(const PairTask& t, int64_t r0, int64_t r1);
+
+// One quant_linear call with an FP8 weight (the FP32-accumulation contract, docs/kernels.md):
+// the activations as FP8 values (exact e4m3 values, +0 from `in` to a multiple of 32) and
+// their power-of-two block scales. Which layout is set depends on the kernel that runs.
+struct Fp8Task {
+  const WeightRef* w = nullptr;
+  int64_t m = 0;
+  int64_t ldq = 0;                // values per activation row: in rounded up to 32
+  const uint16_t* xb = nullptr;   // [m][ldq] bf16 bits (AVX512-BF16 kernel)
+  const float* xo = nullptr;      // [m][ldq / 2] odd elements × 2^8 (FMA kernels: the FP8
+  const float* xe = nullptr;      // decode yields value × 2^-8), xe the even ones
+  const float* scales = nullptr;  // [m][tiles] activation block scales (tiles of 128)
+  float* y = nullptr;             // y[i * ldy + r]
+  int64_t ldy = 0;
+  bool round_bf16 = true;
+};
+// quant_linear with an FP8 weight, without the final rounding to bf16: the fp32 accumulators,
+// where the summation order shows (tests compare the paths on these).
+void fp8_quant_linear_f32(const float* x, int64_t m, const WeightRef& w, float* y);
+// The rows [r0, r1) of an FP8 quant_linear: fp8_rows_avx2 with FMAs (AVX2 + FMA + F16C: also
+// the AVX-512 fallback), fp8_rows_avx512 with the AVX512-BF16 dot product (needs VBMI too).
+void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1);
+void fp8_rows_avx512(const Fp8Task& t, int64_t r0, int64_t r1);
+// Whether fp8_rows_avx512 runs here: AVX512-BF16 and VBMI present, the dot-product instruction
+// verified once to add in linear_dot_pairs_f32's order, and not switched off (tests).
+bool fp8_bf16_dot_available();
+void set_avx512_bf16_allowed(bool allowed);
 
 void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1);
 void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1);

@@ -151,6 +151,26 @@ void fp8_fake_quant(float* x, int64_t n, int64_t block) {
   }
 }
 
+void fp8_quantize(const float* x, int64_t n, int64_t block, float* q, float* scales) {
+  std::copy(x, x + n, q);
+  fp8_fake_quant(q, n, block);
+  for (int64_t b0 = 0, b = 0; b0 < n; b0 += block, ++b) {
+    const int64_t b1 = std::min(n, b0 + block);
+    float amax = 0;
+    bool finite = true;
+    for (int64_t i = b0; i < b1; ++i) {
+      const float a = std::fabs(x[i]);
+      amax = std::max(amax, a);
+      finite = finite && a <= std::numeric_limits<float>::max();
+    }
+    const float s = fp8_block_scale(amax);
+    scales[b] = s;
+    // q·s is exact (a power of two times an e4m3 value, normal), so dividing recovers q.
+    for (int64_t i = b0; i < b1; ++i)
+      q[i] = finite ? q[i] / s : std::numeric_limits<float>::quiet_NaN();
+  }
+}
+
 void fp4_fake_quant(float* x, int64_t n, int64_t block) {
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t b1 = std::min(n, b0 + block);

@@ -130,6 +130,10 @@ void fp8_fake_quant(float* x, int64_t n, int64_t block);
 // The same, element by element from the definitions above (the fast version
 // is tested against it).
 void fp8_fake_quant_reference(float* x, int64_t n, int64_t block);
+// The same quantisation as FP8 values and scales: per block, scales[b] = s and q[i] =
+// e4m3(clamp(x/s, ±448)), so that fp8_fake_quant's result is q·s exactly. A block holding an
+// infinity or NaN gives NaN values (its products are not finite either way).
+void fp8_quantize(const float* x, int64_t n, int64_t block, float* q, float* scales);
 // fp4_act_quant(x, block, inplace=True): x ← bf16(e2m1(clamp(x/s, ±6)) · s).
 void fp4_fake_quant(float* x, int64_t n, int64_t block);
 

@@ -261,9 +261,11 @@ TEST(QuantLinear, SimdMatchesScalarBitForBitFp4) {
   }
 }
 
-// The reference semantics computed independently: per K tile the exact sum
+// The FP4 semantics computed independently: per K tile the exact sum
 // (long double holds it: ≤ 53 significant bits) of fake-quantized activation
 // × decoded code × scale, rounded to float, tiles added in float, then bf16.
+// (The FP8 branch is the old exact-tile definition, kept to show that the FP32
+// contract differs from it: Fp8Linear.PairsOrderIsNotTheExactTileSum.)
 std::vector<float> independent_quant(const std::vector<float>& x, int64_t m, const TestWeight& w) {
   const WeightRef& r = w.ref;
   const int64_t tile = r.format == WeightFormat::kFP8 ? 128 : 32;
@@ -391,10 +393,10 @@ TEST(QuantLinear, Fp4IntegerPathScalesOutsideFloatRange) {
   }
 }
 
-TEST(QuantLinear, ScalarMatchesIndependentExactSums) {
+TEST(QuantLinear, ScalarMatchesIndependentExactSumsFp4) {
   IsaGuard guard;
   uint32_t seed = 200;
-  for (WeightFormat f : {WeightFormat::kFP8, WeightFormat::kFP4}) {
+  for (WeightFormat f : {WeightFormat::kFP4}) {
     const int64_t out = 45, in = f == WeightFormat::kFP8 ? 300 : 256;
     const TestWeight w = make_weight(f, out, in, seed++);
     for (int64_t m : {1, 5}) {
@@ -403,6 +405,134 @@ TEST(QuantLinear, ScalarMatchesIndependentExactSums) {
                         f == WeightFormat::kFP8 ? "fp8 independent" : "fp4 independent");
     }
   }
+}
+
+// ---- FP8 weights: the FP32-accumulation contract (docs/kernels.md). Compared on the fp32
+// accumulators (before the bf16 rounding, which hides most order differences).
+
+std::vector<float> run_fp8_f32(Isa isa, const std::vector<float>& x, int64_t m,
+                               const WeightRef& w) {
+  set_isa(isa);
+  std::vector<float> y(m * w.out, 12345.0f);
+  detail::fp8_quant_linear_f32(x.data(), m, w, y.data());
+  return y;
+}
+
+// The contract written out from its definition, independently of the kernels' helpers.
+std::vector<float> fp8_contract(const std::vector<float>& x, int64_t m, const TestWeight& w) {
+  const WeightRef& r = w.ref;
+  const int64_t tiles = (r.in + 127) / 128;
+  std::vector<float> y(m * r.out);
+  for (int64_t i = 0; i < m; ++i) {
+    std::vector<float> a(x.begin() + i * r.in, x.begin() + (i + 1) * r.in);
+    fp8_fake_quant(a.data(), r.in, 128);
+    for (int64_t o = 0; o < r.out; ++o) {
+      float acc = 0;
+      for (int64_t b = 0; b < tiles; ++b) {
+        float amax = 0;
+        for (int64_t k = 128 * b; k < std::min(r.in, 128 * b + 128); ++k)
+          amax = std::max(amax, std::fabs(x[i * r.in + k]));
+        const float sa = fp8_block_scale(amax);
+        const int64_t sc = (o / 128) * tiles + b;
+        float sw;
+        if (r.scale_is_f32)
+          std::memcpy(&sw, w.scale.data() + kMisalign + sc * 4, 4);
+        else
+          sw = std::ldexp(1.0f, static_cast<int>(w.scale[kMisalign + sc]) - 127);
+        float lane[16] = {};
+        for (int64_t g = 128 * b; g < std::min(r.in, 128 * b + 128); g += 32)
+          for (int j = 0; j < 16; ++j)
+            for (int64_t k : {g + 2 * j + 1, g + 2 * j}) {  // odd element first
+              const float qa = k < r.in ? a[k] / sa : 0.0f;
+              const float qw = k < r.in ? fp8_e4m3_decode(w.data[kMisalign + o * r.in + k]) : 0.0f;
+              lane[j] = std::fma(qa, qw, lane[j]);
+            }
+        float v[8];
+        for (int j = 0; j < 8; ++j) v[j] = lane[j] + lane[j + 8];
+        const float sum = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+        acc += static_cast<float>(static_cast<double>(sum) * (static_cast<double>(sa) * sw));
+      }
+      y[i * r.out + o] = acc;
+    }
+  }
+  return y;
+}
+
+TEST(Fp8Linear, ScalarIsTheContract) {
+  IsaGuard guard;
+  uint32_t seed = 300;
+  for (bool f32_scale : {false, true})
+    for (const auto& s : {std::array<int64_t, 2>{45, 300}, std::array<int64_t, 2>{130, 257}}) {
+      const TestWeight w = make_weight(WeightFormat::kFP8, s[0], s[1], seed++, f32_scale);
+      for (int64_t m : {1, 5}) {
+        const std::vector<float> x = make_activations(m, s[1], seed++);
+        expect_bits_equal(fp8_contract(x, m, w), run_fp8_f32(Isa::kScalar, x, m, w.ref),
+                          std::string("fp8 contract") + (f32_scale ? " f32 scales" : ""));
+      }
+    }
+}
+
+TEST(Fp8Linear, PairsOrderIsNotTheExactTileSum) {
+  // The test above would also pass for a kernel that summed tiles exactly if random FP8 data
+  // never rounded: show that it does, so the order is really checked.
+  const TestWeight w = make_weight(WeightFormat::kFP8, 64, 1024, 310);
+  const std::vector<float> x = make_activations(4, 1024, 311);
+  const std::vector<float> pairs = fp8_contract(x, 4, w);
+  int64_t differ = 0;
+  for (int64_t i = 0; i < 4; ++i)
+    for (int64_t o = 0; o < 64; ++o) {
+      std::vector<float> a(x.begin() + i * 1024, x.begin() + (i + 1) * 1024), row(1024);
+      fp8_fake_quant(a.data(), 1024, 128);
+      dequant_row(w.ref, o, row.data());
+      float acc = 0;
+      for (int64_t k0 = 0; k0 < 1024; k0 += 128) {
+        long double sum = 0;
+        for (int64_t k = k0; k < k0 + 128; ++k) sum += static_cast<long double>(a[k]) * row[k];
+        acc += static_cast<float>(static_cast<double>(sum));
+      }
+      differ += float_bits(acc) != float_bits(pairs[i * 64 + o]);
+    }
+  EXPECT_GT(differ, 16) << "random FP8 tiles should often round differently in fp32";
+}
+
+TEST(Fp8Linear, SimdMatchesScalarFp32Accumulators) {
+  IsaGuard guard;
+  const int64_t shapes[][2] = {{1, 1}, {3, 100}, {7, 128}, {131, 300}, {260, 257}, {33, 1000}};
+  uint32_t seed = 320;
+  for (const auto& s : shapes)
+    for (bool f32_scale : {false, true}) {
+      const TestWeight w = make_weight(WeightFormat::kFP8, s[0], s[1], seed++, f32_scale);
+      for (int64_t m : kMs) {
+        const std::vector<float> x = make_activations(m, s[1], seed++);
+        const std::vector<float> want = run_fp8_f32(Isa::kScalar, x, m, w.ref);
+        const std::string what = " out=" + std::to_string(s[0]) + " in=" + std::to_string(s[1]) +
+                                 " m=" + std::to_string(m) + (f32_scale ? " f32 scales" : "");
+        for (Isa isa : simd_isas())
+          expect_bits_equal(want, run_fp8_f32(isa, x, m, w.ref), isa_name(isa) + what);
+        if (isa_supported(Isa::kAvx512)) {  // AVX-512 without the BF16 dot product: FMAs
+          detail::set_avx512_bf16_allowed(false);
+          expect_bits_equal(want, run_fp8_f32(Isa::kAvx512, x, m, w.ref), "avx512-fma" + what);
+          detail::set_avx512_bf16_allowed(true);
+        }
+      }
+    }
+}
+
+TEST(Fp8Linear, Bf16DotPathIsUsedWhereAvailable) {
+  if (!__builtin_cpu_supports("avx512bf16") || !__builtin_cpu_supports("avx512vbmi"))
+    GTEST_SKIP() << "no AVX512-BF16 + VBMI on this CPU";
+  EXPECT_TRUE(detail::fp8_bf16_dot_available())
+      << "vdpbf16ps did not add in linear_dot_pairs_f32's order on this CPU";
+}
+
+TEST(Fp8Linear, NonFiniteActivationsMatchScalar) {
+  IsaGuard guard;
+  const TestWeight w = make_weight(WeightFormat::kFP8, 40, 300, 330);
+  std::vector<float> x = make_activations(3, 300, 331);
+  x[5] = std::numeric_limits<float>::infinity();
+  x[300 + 200] = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> want = run_fp8_f32(Isa::kScalar, x, 3, w.ref);
+  for (Isa isa : simd_isas()) expect_bits_equal(want, run_fp8_f32(isa, x, 3, w.ref), "non-finite");
 }
 
 // Makes column b of every weight row equal to column a (same code, same
