@@ -121,16 +121,27 @@ void fp8_fake_quant_reference(float* x, int64_t n, int64_t block) {
 //   at 1.5·2^14 is 2^-9); |v| ≤ 448 after the clamp, so nothing saturates;
 // - q·s is exact and bf16_round leaves it unchanged.
 // Blocks with an infinity or NaN take the reference.
+namespace {
+
+// The largest |x[i]| of a block, and whether every value is finite.
+float block_amax(const float* x, int64_t n, bool* finite) {
+  float amax = 0;
+  *finite = true;
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    amax = std::max(amax, a);
+    *finite = *finite && a <= std::numeric_limits<float>::max();
+  }
+  return amax;
+}
+
+}  // namespace
+
 void fp8_fake_quant(float* x, int64_t n, int64_t block) {
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     const int64_t b1 = std::min(n, b0 + block);
-    float amax = 0;
-    bool finite = true;
-    for (int64_t i = b0; i < b1; ++i) {
-      const float a = std::fabs(x[i]);
-      amax = std::max(amax, a);
-      finite = finite && a <= std::numeric_limits<float>::max();
-    }
+    bool finite;
+    const float amax = block_amax(x + b0, b1 - b0, &finite);
     if (!finite) {
       fp8_fake_quant_reference(x + b0, b1 - b0, block);
       continue;
@@ -156,14 +167,8 @@ void fp8_quantize(const float* x, int64_t n, int64_t block, float* q, float* sca
   fp8_fake_quant(q, n, block);
   for (int64_t b0 = 0, b = 0; b0 < n; b0 += block, ++b) {
     const int64_t b1 = std::min(n, b0 + block);
-    float amax = 0;
-    bool finite = true;
-    for (int64_t i = b0; i < b1; ++i) {
-      const float a = std::fabs(x[i]);
-      amax = std::max(amax, a);
-      finite = finite && a <= std::numeric_limits<float>::max();
-    }
-    const float s = fp8_block_scale(amax);
+    bool finite;
+    const float s = fp8_block_scale(block_amax(x + b0, b1 - b0, &finite));
     scales[b] = s;
     // q·s is exact (a power of two times an e4m3 value, normal), so dividing recovers q.
     for (int64_t i = b0; i < b1; ++i)

@@ -182,26 +182,7 @@ void expect_paths_agree(int64_t m, int64_t width, int64_t ldy, Linear linear,
     expect_bits_equal(want, run(isa), what + " " + isa_name(isa) + " m=" + std::to_string(m));
 }
 
-TEST(QuantLinear, SimdMatchesScalarBitForBitFp8) {
-  IsaGuard guard;
-  // (out, in): partial 128-blocks in both directions, out not a multiple of
-  // any SIMD width, a single column, more than one 128-row scale block.
-  const int64_t shapes[][2] = {{1, 1}, {3, 100}, {7, 128}, {131, 300}, {260, 257}, {33, 1000}};
-  uint32_t seed = 1;
-  for (const auto& s : shapes)
-    for (bool f32_scale : {false, true}) {
-      const TestWeight w = make_weight(WeightFormat::kFP8, s[0], s[1], seed++, f32_scale);
-      for (int64_t m : kMs) {
-        const std::vector<float> x = make_activations(m, s[1], seed++);
-        const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
-        for (Isa isa : simd_isas())
-          expect_bits_equal(want, run_quant(isa, x, m, w.ref),
-                            std::string("fp8 ") + isa_name(isa) + " out=" + std::to_string(s[0]) +
-                                " in=" + std::to_string(s[1]) + " m=" + std::to_string(m) +
-                                (f32_scale ? " f32 scales" : ""));
-      }
-    }
-}
+// FP8 shapes and scales against the scalar path: Fp8Linear.SimdMatchesScalarFp32Accumulators.
 
 TEST(QuantLinear, SimdMatchesScalarWithHugeScales) {
   // Block scales ≥ 2^120: scale × 256 overflows, so the SIMD FP8 decode must
