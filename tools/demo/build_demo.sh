@@ -7,7 +7,7 @@
 # Environment: WORK (default out/demo), MODEL (default models/dsv4-demo), PROCS (data-parallel
 # training processes, default 2), THREADS (torch threads per process, default 1: on 2 cores two
 # 1-thread processes train 1.6x faster than one, one 2-thread process slower, docs/demo-model.md),
-# TIME_BUDGET (training seconds, default 6600), STEPS (default 4000, whichever ends first),
+# TIME_BUDGET (training seconds, default 6600), STEPS (default 20000, whichever ends first: the clock ends it),
 # EVAL_LIMIT (engine: prompts to generate for the gates, default 0 = all 1000),
 # TORCH_EVAL_LIMIT (the same with the PyTorch model, much slower per token: default 200).
 # Rerunning after an interruption resumes training from $WORK/run/state.pt; delete $WORK to
@@ -21,7 +21,7 @@ MODEL=${MODEL:-models/dsv4-demo}
 THREADS=${THREADS:-1}
 PROCS=${PROCS:-2}
 TIME_BUDGET=${TIME_BUDGET:-6600}
-STEPS=${STEPS:-4000}
+STEPS=${STEPS:-20000}
 EVAL_LIMIT=${EVAL_LIMIT:-0}
 TORCH_EVAL_LIMIT=${TORCH_EVAL_LIMIT:-200}
 PY=/usr/bin/python3

@@ -159,7 +159,7 @@ def column_steps(a, op, b):
     """The column method for two non-negative numbers below 100 (op '-' needs a >= b), one
     two-operand digit fact per step, e.g. 79 + 25 -> "ones 9 + 5 = 14, write 4, carry 1; tens
     7 + 2 = 9, 9 + 1 = 10". Steps stay short so that everything a step reads (the operands,
-    the previous step) sits inside the model's 64-token sliding window."""
+    the previous step) sits well inside the model's 128-token sliding window."""
     ao, bo, at, bt = a % 10, b % 10, a // 10, b // 10
     if op == "+":
         ones = ao + bo
@@ -181,8 +181,9 @@ def arithmetic_working(a, op, b, thorough=False):
     if a < 10 and b < 10 and result >= 0:
         text = f"{a} {op} {b} = {result}."
     elif op == "-" and a < b:
-        text = (f"{a} - {b}: {b} is larger, so {b} - {a}, then negate: "
-                f"{column_steps(b, '-', a)}. So {b} - {a} = {-result} and {a} - {b} = {result}.")
+        # The larger minus the smaller, negated: the same column steps, one short prefix.
+        text = (f"{a} - {b} = -({b} - {a}): {column_steps(b, '-', a)}. "
+                f"So {b} - {a} = {-result} and {a} - {b} = {result}.")
     else:
         text = f"{a} {op} {b}: {column_steps(a, op, b)}. So {a} {op} {b} = {result}."
     if thorough:
