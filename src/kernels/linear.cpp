@@ -177,9 +177,14 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
     }
     c.xd = xd.get();
     detail::Fp4BatchActs batch;
-    if (isa == Isa::kAvx512 && c.m > 1 && t.tile > 0 && t.w->format == WeightFormat::kFP4 &&
-        !t.w->scale_is_f32 && detail::fp4_batch_available() && prepare_fp4_batch(c, &batch))
+    detail::Fp4VecActs vec;
+    const bool fp4_e8m0 = isa == Isa::kAvx512 && t.tile > 0 && t.w->format == WeightFormat::kFP4 &&
+                          !t.w->scale_is_f32;
+    if (fp4_e8m0 && c.m > 1 && detail::fp4_batch_available() && prepare_fp4_batch(c, &batch))
       c.fp4_batch = &batch;
+    if (fp4_e8m0 && c.m == 1 && detail::fp4_vec_available() &&
+        detail::prepare_fp4_vec(c.x, in, &vec, call_layout_buffer(detail::fp4_vec_bytes(in))))
+      c.fp4_vec = &vec;
     rows(c);
   }
 }

@@ -669,44 +669,58 @@ DSV4_VBMI void gemv_fp4_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
   for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r); });
 }
 
-// ---- FP4 with E8M0 scales, m = 1, on CPUs with AVX512-VNNI: integer sums. ----
+std::atomic<bool> g_vbmi_allowed{true};
+
+bool use_vbmi() {
+  static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx512vbmi") != 0);
+  return has && g_vbmi_allowed.load(std::memory_order_relaxed);
+}
+
+template <WeightFormat F>
+void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
+  using RowsFn = void (*)(const LinearTask&, int64_t);
+  static constexpr RowsFn kTails[kGemvRows] = {gemv_rows<F, 1>, gemv_rows<F, 2>, gemv_rows<F, 3>,
+                                               gemv_rows<F, 4>, gemv_rows<F, 5>, gemv_rows<F, 6>,
+                                               gemv_rows<F, 7>, gemv_rows<F, 8>};
+  for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r); });
+}
+
+// ---- FP4 with E8M0 scales, m = 1, on CPUs with AVX512-VNNI: integer sums, rows read in order.
 //
 // A tile's sum Σ x·q (q the e2m1 values) is exact in any order (docs/kernels.md), so it can be
 // computed in integers: within a tile every activation is an integer multiple X of one power of
 // two 2^u (the smallest set bit among them), every 2q is an integer in [-12, 12], and
 // Σ x·q = 2^(u-1)·Σ X·2q exactly. vpdpbusd multiplies unsigned by signed bytes (four products
-// per 32-bit lane, 64 per instruction): the weights enter as 2q + 12 (0..24, from a 16-byte
-// table), the activations as signed base-256 digits X = d0 + 2^8·d1 + 2^16·d2 (one to three
-// digit planes, as many as the chunk's largest |X| needs), and Σ X·2q = Σ X·(2q + 12) − 12·ΣX,
-// the last term once per tile for all rows. One instruction per 64 weights and plane replaces
-// eight double FMAs and the decode. |X| < 2^21 keeps every int32 partial sum below 2^31. The
-// integer sum converts to double exactly, times 2^(u - 1 + e - 127) (exact while that power of
-// two is a normal double and the product stays finite), and rounds to fp32 like the scalar tile
-// sum. Activations that do not fit (non-finite, double subnormals, |X| ≥ 2^21 — fake-quantized
-// FP8 stays below 2^18) send the whole call to the VBMI / float paths.
+// per 32-bit lane): the weights enter as 2q + 12 (0..24, a vpshufb table), the activations as
+// signed base-256 digits X = d0 + 2^8·d1 + 2^16·d2 (one to three planes, as many as the group's
+// largest |X| needs), and Σ X·2q = Σ X·(2q + 12) − 12·ΣX, the last term prepared once per call.
+// |X| < 2^21 keeps every int32 partial sum below 2^31.
+//
+// Layout: one 64-byte load of a weight row is a chunk of 128 elements (4 tiles); its low
+// nibbles are the even elements, its high nibbles the odd ones, and the digit planes are laid
+// out the same way, so both halves add into one accumulator whose 128-bit lane t holds tile t.
+// Four chunks (a group of 16 tiles) reduce to one vector of 16 tile sums with three
+// unpack-and-add steps. Each row is read front to back (one sequential stream per thread: the
+// fastest read pattern measured here) and its tile sums, scaled to fp32, go to a small buffer;
+// every 16 rows the buffer is transposed so that the ascending-K fp32 sums run with one row per
+// lane. The tile sum S·2^(u−1+e−127) rounds to fp32 as float(S)·2^(u−1+e−127) while that
+// power of two keeps every |S| < 2^31 a normal float; a row with a scale outside that range
+// (or past 2^125, a NaN scale) is recomputed by the double paths, as is a call whose
+// activations do not fit (non-finite, fp32 subnormal, |X| ≥ 2^21 — fake-quantized FP8 stays
+// below 2^18).
 #define DSV4_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
 
 constexpr int kVnniMaxBits = 21;
 
-// 2q + 12 for each e2m1 code (bit 3 = sign; code 8 is -0).
+// 2q for each e2m1 code (bit 3 = sign; code 8 is -0), and 2q + 12.
 constexpr int8_t kFp4Twice[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
 constexpr uint8_t kFp4TwicePlus12[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
 
-// Activations of one matrix-vector call in the kernel's layout. Weights are read as 32 packed
-// bytes per chunk of 64 (two tiles): low nibbles (even elements) in bytes 0..31 of the vector,
-// high nibbles (odd elements) in bytes 32..63; the digit planes use the same order.
-struct Fp4VnniActs {
-  int64_t tiles = 0, chunks = 0;
-  int8_t* plane[3] = {};    // [chunks * 64] signed digits of X
-  int32_t* unit = nullptr;  // per tile: u
-  int32_t unit_min = 0, unit_max = 0;
-  int32_t* bias = nullptr;    // per tile: 12·ΣX
-  uint8_t* planes = nullptr;  // per chunk: digit planes needed (1..3)
-};
+std::atomic<bool> g_vnni_allowed{true};
 
-inline int64_t vnni_pos(int64_t k) {  // element k → byte of the chunk layout
-  const int64_t w = k & 63;
-  return (k & ~int64_t{63}) + ((w & 1) ? 32 + w / 2 : w / 2);
+bool use_vnni() {
+  static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx512vnni") != 0);
+  return has && g_vnni_allowed.load(std::memory_order_relaxed);
 }
 
 // The 32 values of one tile as integers X[i] (signed) over one power of two 2^u, the smallest
@@ -749,201 +763,274 @@ bool tile_integers(const double* x, int64_t X[32], int* unit, int64_t* max_abs) 
   return true;
 }
 
-bool prepare_fp4_vnni(const double* x, int64_t in, Fp4VnniActs* a) {
-  a->tiles = in / 32;
-  a->chunks = (a->tiles + 1) / 2;
-  const int64_t n = a->chunks * 64;
-  const int64_t bytes = 3 * n + 8 * a->tiles + a->chunks + 64;
-  auto* base = reinterpret_cast<uint8_t*>(thread_scratch((bytes + 7) / 8, 1));
-  for (int p = 0; p < 3; ++p) a->plane[p] = reinterpret_cast<int8_t*>(base + p * n);
-  a->unit = reinterpret_cast<int32_t*>(base + 3 * n);
-  a->bias = a->unit + a->tiles;
-  a->planes = base + 3 * n + 8 * a->tiles;
-  std::memset(base, 0, static_cast<size_t>(3 * n));
-  for (int64_t c = 0; c < a->chunks; ++c) a->planes[c] = 1;
-  for (int64_t tile = 0; tile < a->tiles; ++tile) {
-    int64_t X[32], max_abs = 0, sum = 0;
-    int u = 0;
-    if (!tile_integers(x + tile * 32, X, &u, &max_abs)) return false;
-    for (int i = 0; i < 32; ++i) {
-      if (X[i] == 0) continue;
-      sum += X[i];
-      const int64_t pos = vnni_pos(tile * 32 + i);
-      const auto d0 = static_cast<int8_t>(static_cast<uint8_t>(X[i] & 0xFF));
-      const int64_t x1 = (X[i] - d0) / 256;
-      const auto d1 = static_cast<int8_t>(static_cast<uint8_t>(x1 & 0xFF));
-      a->plane[0][pos] = d0;
-      a->plane[1][pos] = d1;
-      a->plane[2][pos] = static_cast<int8_t>((x1 - d1) / 256);  // |X| < 2^21: fits
-    }
-    a->unit[tile] = u;
-    a->unit_min = tile == 0 ? u : std::min(a->unit_min, u);
-    a->unit_max = tile == 0 ? u : std::max(a->unit_max, u);
-    a->bias[tile] = static_cast<int32_t>(12 * sum);
+constexpr int64_t kVecChunk = 128;              // elements per 64-byte weight load
+constexpr int64_t kVecGroup = 4 * kVecChunk;    // 16 tiles: one vector of tile sums
+constexpr int64_t kVecChunkBytes = 3 * 2 * 64;  // digit planes × (even, odd) × 64
+constexpr int kVecRows = 16;                    // rows per transposed block
+
+// Lane of tile k (0..15) of a group after the reduction: chunk j = k / 4 lands in position j of
+// 128-bit lane k % 4.
+constexpr int vec_lane(int k) {
+  return 4 * (k % 4) + k / 4;
+}
+
+}  // namespace
+
+int64_t fp4_vec_bytes(int64_t in) {
+  const int64_t groups = (in + kVecGroup - 1) / kVecGroup;
+  return groups * (4 * kVecChunkBytes + 16 * 4 * 2 + 1) + 64;
+}
+
+namespace {
+
+// Sets X (the integers over 2^u), its magnitude and the lane mask of nonzero values for 16
+// activations v, and returns each lane's lowest set bit exponent (INT32_MAX where v = ±0).
+// `bad` collects lanes that are not finite or are fp32 subnormals.
+DSV4_VNNI inline __m512i lowest_set_bits(__m512 v, __mmask16* nonzero, __mmask16* bad) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i mag = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFFFF));
+  const __m512i exp = _mm512_srli_epi32(mag, 23);
+  *nonzero = _mm512_test_epi32_mask(mag, mag);
+  *bad |= _mm512_mask_cmpeq_epi32_mask(*nonzero, exp, _mm512_setzero_si512()) |
+          _mm512_cmpeq_epi32_mask(exp, _mm512_set1_epi32(255));
+  const __m512i mant = _mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFF)),
+                                       _mm512_set1_epi32(0x800000));
+  // The lowest set bit as a power of two, converted exactly to float: its exponent field.
+  const __m512i low = _mm512_and_si512(mant, _mm512_sub_epi32(_mm512_setzero_si512(), mant));
+  const __m512i tz = _mm512_sub_epi32(
+      _mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(low)), 23), _mm512_set1_epi32(127));
+  const __m512i lsb = _mm512_add_epi32(_mm512_sub_epi32(exp, _mm512_set1_epi32(150)), tz);
+  return _mm512_mask_mov_epi32(_mm512_set1_epi32(INT32_MAX), *nonzero, lsb);
+}
+
+// |X| = mantissa × 2^(exp − 150 − u) for the nonzero lanes (0 elsewhere); `bad` gets lanes
+// with |X| ≥ 2^21, i.e. exp − 150 − u > −3 (the mantissa's top bit is bit 23).
+DSV4_VNNI inline __m512i tile_integer_values(__m512 v, __mmask16 nonzero, __m512i u,
+                                             __mmask16* bad) {
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i exp = _mm512_and_si512(_mm512_srli_epi32(bits, 23), _mm512_set1_epi32(0xFF));
+  const __m512i d = _mm512_sub_epi32(_mm512_sub_epi32(exp, _mm512_set1_epi32(150)), u);
+  *bad |= _mm512_mask_cmpgt_epi32_mask(nonzero, d, _mm512_set1_epi32(-3));
+  const __m512i mant = _mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFF)),
+                                       _mm512_set1_epi32(0x800000));
+  const __m512i mag = _mm512_srlv_epi32(mant, _mm512_sub_epi32(_mm512_setzero_si512(), d));
+  const __m512i x = _mm512_mask_sub_epi32(
+      mag, _mm512_cmplt_epi32_mask(bits, _mm512_setzero_si512()), _mm512_setzero_si512(), mag);
+  return _mm512_maskz_mov_epi32(nonzero, x);
+}
+
+// Stores the signed base-256 digits of X (three planes) as bytes at dst, dst + 128, dst + 256.
+DSV4_VNNI inline void store_digits(__m512i x, int8_t* dst) {
+  const __m512i d0 = _mm512_srai_epi32(_mm512_slli_epi32(x, 24), 24);
+  const __m512i x1 = _mm512_srai_epi32(_mm512_sub_epi32(x, d0), 8);
+  const __m512i d1 = _mm512_srai_epi32(_mm512_slli_epi32(x1, 24), 24);
+  const __m512i d2 = _mm512_srai_epi32(_mm512_sub_epi32(x1, d1), 8);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), _mm512_cvtepi32_epi8(d0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 128), _mm512_cvtepi32_epi8(d1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 256), _mm512_cvtepi32_epi8(d2));
+}
+
+DSV4_VNNI bool prepare_fp4_vec_impl(const float* x, int64_t in, Fp4VecActs* a, uint8_t* buffer) {
+  const int64_t tiles = in / 32, groups = (in + kVecGroup - 1) / kVecGroup;
+  a->tiles = tiles;
+  a->groups = groups;
+  uint8_t* p =
+      reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(buffer) + 63) & ~uintptr_t{63});
+  a->digits = reinterpret_cast<int8_t*>(p);
+  a->unit = reinterpret_cast<int32_t*>(p + groups * 4 * kVecChunkBytes);
+  a->bias = a->unit + groups * 16;
+  a->planes = reinterpret_cast<uint8_t*>(a->bias + groups * 16);
+  // The last group's missing tiles: zero digits, unit and bias.
+  const int64_t last = (groups - 1) * 16;
+  std::memset(a->digits + last / 4 * kVecChunkBytes, 0, 4 * kVecChunkBytes);
+  std::memset(a->unit + last, 0, 16 * 4);
+  std::memset(a->bias + last, 0, 16 * 4);
+  std::memset(a->planes, 1, static_cast<size_t>(groups));
+  const __m512i even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  for (int64_t t = 0; t < tiles; ++t) {
+    const __m512 lo = _mm512_loadu_ps(x + 32 * t), hi = _mm512_loadu_ps(x + 32 * t + 16);
+    const __m512 ve = _mm512_permutex2var_ps(lo, even, hi),
+                 vo = _mm512_permutex2var_ps(lo, odd, hi);
+    __mmask16 nze, nzo, bad = 0;
+    const __m512i lsb =
+        _mm512_min_epi32(lowest_set_bits(ve, &nze, &bad), lowest_set_bits(vo, &nzo, &bad));
+    int32_t u = _mm512_reduce_min_epi32(lsb);
+    if ((nze | nzo) == 0) u = 0;
+    const __m512i uv = _mm512_set1_epi32(u);
+    const __m512i xe = tile_integer_values(ve, nze, uv, &bad);
+    const __m512i xo = tile_integer_values(vo, nzo, uv, &bad);
+    if (bad != 0 || u < -1000 || u > 1000) return false;
+    const int32_t max_abs =
+        _mm512_reduce_max_epi32(_mm512_max_epi32(_mm512_abs_epi32(xe), _mm512_abs_epi32(xo)));
+    const int32_t sum = _mm512_reduce_add_epi32(_mm512_add_epi32(xe, xo));
+    const int64_t g = t / 16, k = t % 16, chunk = t / 4;
+    int8_t* d = a->digits + chunk * kVecChunkBytes + 16 * (t % 4);
+    store_digits(xe, d);
+    store_digits(xo, d + 64);
+    a->unit[g * 16 + vec_lane(static_cast<int>(k))] = u - 1;
+    a->bias[g * 16 + vec_lane(static_cast<int>(k))] = 12 * sum;
     // One digit holds [-128, 127]; two hold [-32896, 32639].
     const uint8_t need = max_abs <= 127 ? 1 : max_abs <= 32639 ? 2 : 3;
-    a->planes[tile / 2] = std::max(a->planes[tile / 2], need);
+    a->planes[g] = std::max(a->planes[g], need);
   }
   return true;
 }
 
-// Σ X·(2q + 12) over one 64-element chunk for NR rows, NP digit planes (lanes as loaded).
-template <int NR, int NP>
-DSV4_VNNI inline void fp4_vnni_chunk(const uint8_t* const* bytes, bool half, const Fp4VnniActs& a,
-                                     int64_t c, __m512i table, __m512i* sums) {
-  const __m512i shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
-  const __m512i low4 = _mm512_set1_epi8(0x0F);
-  __m512i planes[NP];
-  for (int p = 0; p < NP; ++p) planes[p] = _mm512_load_si512(a.plane[p] + 64 * c);
-  for (int j = 0; j < NR; ++j) {
-    prefetch_weights(bytes[j]);
-    const __m256i raw = half ? _mm256_maskz_loadu_epi8(0xFFFF, bytes[j])
-                             : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes[j]));
-    const __m512i nibbles =
-        _mm512_and_si512(_mm512_srlv_epi64(_mm512_broadcast_i64x4(raw), shifts), low4);
-    const __m512i w = _mm512_shuffle_epi8(table, nibbles);
-    __m512i acc = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, planes[NP - 1]);
-    for (int p = NP - 2; p >= 0; --p)
-      acc = _mm512_dpbusd_epi32(_mm512_slli_epi32(acc, 8), w, planes[p]);
-    sums[j] = acc;
-  }
-}
-
-// Lanes {0-3, 8-11} of sums[j] belong to the chunk's first tile, {4-7, 12-15} to its second:
-// returns both tiles' totals for the 8 rows (lane j = row j).
-DSV4_VNNI inline void fp4_vnni_reduce(const __m512i* sums, __m256i* first, __m256i* second) {
-  __m256i h[8];
-  for (int j = 0; j < 8; ++j)
-    h[j] = _mm256_add_epi32(_mm512_castsi512_si256(sums[j]), _mm512_extracti64x4_epi64(sums[j], 1));
-  const __m256i p01 = _mm256_hadd_epi32(h[0], h[1]), p23 = _mm256_hadd_epi32(h[2], h[3]);
-  const __m256i p45 = _mm256_hadd_epi32(h[4], h[5]), p67 = _mm256_hadd_epi32(h[6], h[7]);
-  const __m256i lo = _mm256_hadd_epi32(p01, p23), hi = _mm256_hadd_epi32(p45, p67);
-  *first = _mm256_permute2x128_si256(lo, hi, 0x20);
-  *second = _mm256_permute2x128_si256(lo, hi, 0x31);
-}
-
-template <int NR>
-DSV4_VNNI void gemv_rows_fp4_vnni(const LinearTask& t, int64_t r, const Fp4VnniActs& a) {
-  const WeightRef& w = *t.w;
-  const int64_t in = w.in, scale_cols = in / 32;
-  const uint8_t* rows[NR];
-  const uint8_t* scales[NR];
-  fp4_rows_and_scales(w, r, NR, rows, scales);
+// The 16 fp32 tile values (lane order vec_lane) of one group of one row, NP digit planes.
+// `tail_bytes` < 256 is the row's last, partial group (bytes of it that belong to the row);
+// `scale_mask` selects its tiles' scale bytes and `valid` their lanes. `unfit` gets the lanes
+// whose scale is NaN, past 2^125 or takes the tile sum outside the range where the fp32
+// scaling is exact.
+template <int NP, bool kTail>
+DSV4_VNNI inline __m512 fp4_vec_group(const uint8_t* w, const uint8_t* s, const Fp4VecActs& a,
+                                      int64_t g, int64_t tail_bytes, __mmask16 scale_mask,
+                                      __mmask16 valid, __mmask16* unfit) {
   const __m512i table =
       _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4TwicePlus12)));
-  const __m512 float_table = _mm512_loadu_ps(fp4_e2m1_table());
-  // The rows' scale bytes transposed (8 per tile, rows past NR 127), so that a tile's 8 scale
-  // factors are built in one register; when every scale folds and every 2^(u − 1 + e − 127) is
-  // a normal double for this row group, no chunk needs a check.
-  auto* et = reinterpret_cast<uint8_t*>(thread_scratch(a.tiles + 1, 0));
-  int emin = 255, emax = 0;
-  for (int64_t tile = 0; tile < a.tiles; ++tile)
-    for (int j = 0; j < 8; ++j) {
-      const int e = j < NR ? scales[j][tile] : 127;
-      et[tile * 8 + j] = static_cast<uint8_t>(e);
-      emin = std::min(emin, e);
-      emax = std::max(emax, e);
-    }
-  const bool all_fold = emax <= kMaxFoldedFp4Scale && a.unit_min - 1 + emin - 127 >= -1022 &&
-                        a.unit_max - 1 + emax - 127 <= 990;
-  __m256 result = _mm256_setzero_ps();
-  for (int64_t c = 0; c < a.chunks; ++c) {
-    const int64_t t0 = 2 * c;
-    const bool half = t0 + 1 == a.tiles;
-    // 2^(u - 1 + e - 127) per row and tile, as double bits.
-    alignas(64) int64_t bits[2][8] = {};
-    bool exact = true;
-    if (all_fold) {
-      for (int h = 0; h < (half ? 1 : 2); ++h)
-        _mm512_store_si512(
-            bits[h],
-            _mm512_slli_epi64(
-                _mm512_add_epi64(_mm512_cvtepu8_epi64(_mm_loadl_epi64(
-                                     reinterpret_cast<const __m128i*>(et + (t0 + h) * 8))),
-                                 _mm512_set1_epi64(int64_t{a.unit[t0 + h]} - 1 - 127 + 1023)),
-                52));
+  const __m512i low4 = _mm512_set1_epi8(0x0F);
+  __m512i acc[4];
+  for (int c = 0; c < 4; ++c) {
+    __m512i raw;
+    if constexpr (kTail) {
+      const int64_t n = std::clamp<int64_t>(tail_bytes - 64 * c, 0, 64);
+      raw = _mm512_maskz_loadu_epi8(n == 64 ? ~__mmask64{0} : (__mmask64{1} << n) - 1, w + 64 * c);
     } else {
-      for (int h = 0; h < (half ? 1 : 2); ++h)
-        for (int j = 0; j < NR; ++j) {
-          const uint8_t e = scales[j][t0 + h];
-          const int p = a.unit[t0 + h] - 1 + e - 127;
-          exact = exact && e <= kMaxFoldedFp4Scale && p >= -1022 && p <= 990;
-          bits[h][j] = static_cast<int64_t>(p + 1023) << 52;
-        }
+      _mm_prefetch(reinterpret_cast<const char*>(w + 64 * c + kPrefetchBytes), _MM_HINT_T0);
+      raw = _mm512_loadu_si512(w + 64 * c);
     }
-    if (!exact) {  // huge or NaN scale, or an extreme activation unit: float decode
-      for (int h = 0; h < (half ? 1 : 2); ++h) {
-        __m512 s[NR];
-        for (int j = 0; j < NR; ++j)
-          s[j] = _mm512_set1_ps(weight_block_scale(w, (r + j) * scale_cols + t0 + h));
-        result = _mm256_add_ps(result, _mm512_cvtpd_ps(gemv_tile<WeightFormat::kFP4, NR, false>(
-                                           rows, t.xd, (t0 + h) * 32, 32, s, float_table)));
-      }
+    const __m512i lo = _mm512_shuffle_epi8(table, _mm512_and_si512(raw, low4));
+    const __m512i hi =
+        _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4));
+    const int8_t* d = a.digits + (g * 4 + c) * kVecChunkBytes;
+    __m512i sum =
+        _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_load_si512(d + 128 * (NP - 1)));
+    sum = _mm512_dpbusd_epi32(sum, hi, _mm512_load_si512(d + 128 * (NP - 1) + 64));
+    for (int p = NP - 2; p >= 0; --p) {
+      sum = _mm512_slli_epi32(sum, 8);
+      sum = _mm512_dpbusd_epi32(sum, lo, _mm512_load_si512(d + 128 * p));
+      sum = _mm512_dpbusd_epi32(sum, hi, _mm512_load_si512(d + 128 * p + 64));
+    }
+    acc[c] = sum;
+  }
+  const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(acc[0], acc[1]),
+                                      _mm512_unpackhi_epi32(acc[0], acc[1]));
+  const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(acc[2], acc[3]),
+                                      _mm512_unpackhi_epi32(acc[2], acc[3]));
+  __m512i sums = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+  sums = _mm512_sub_epi32(sums, _mm512_load_si512(a.bias + g * 16));
+  // The scale bytes in lane order: lane 4t + j takes tile 4j + t.
+  const __m128i order = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  const __m128i raw_scales = kTail ? _mm_maskz_loadu_epi8(scale_mask, s)
+                                   : _mm_loadu_si128(reinterpret_cast<const __m128i*>(s));
+  const __m512i e = _mm512_cvtepu8_epi32(_mm_shuffle_epi8(raw_scales, order));
+  // u − 1 + e − 127 + 127: the fp32 exponent field of the tile's factor.
+  const __m512i biased = _mm512_add_epi32(e, _mm512_load_si512(a.unit + g * 16));
+  *unfit |= _mm512_mask_cmpgt_epi32_mask(valid, e, _mm512_set1_epi32(kMaxFoldedFp4Scale)) |
+            _mm512_mask_cmplt_epi32_mask(valid, biased, _mm512_set1_epi32(1)) |
+            _mm512_mask_cmpgt_epi32_mask(valid, biased, _mm512_set1_epi32(127 + 96));
+  return _mm512_mul_ps(_mm512_cvtepi32_ps(sums),
+                       _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23)));
+}
+
+// The 16 × 16 floats r[i] (row i) transposed in place: r[j] becomes column j.
+DSV4_VNNI inline void transpose16(__m512 r[16]) {
+  __m512 t[16], u[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  // u[4b + c], 128-bit lane k: rows 4b .. 4b + 3 of column 4k + c.
+  for (int b = 0; b < 4; ++b) {
+    u[4 * b] = _mm512_shuffle_ps(t[4 * b], t[4 * b + 2], 0x44);
+    u[4 * b + 1] = _mm512_shuffle_ps(t[4 * b], t[4 * b + 2], 0xEE);
+    u[4 * b + 2] = _mm512_shuffle_ps(t[4 * b + 1], t[4 * b + 3], 0x44);
+    u[4 * b + 3] = _mm512_shuffle_ps(t[4 * b + 1], t[4 * b + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512 v0 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0x88);
+    const __m512 v1 = _mm512_shuffle_f32x4(u[c], u[4 + c], 0xDD);
+    const __m512 v2 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0x88);
+    const __m512 v3 = _mm512_shuffle_f32x4(u[8 + c], u[12 + c], 0xDD);
+    r[c] = _mm512_shuffle_f32x4(v0, v2, 0x88);
+    r[8 + c] = _mm512_shuffle_f32x4(v0, v2, 0xDD);
+    r[4 + c] = _mm512_shuffle_f32x4(v1, v3, 0x88);
+    r[12 + c] = _mm512_shuffle_f32x4(v1, v3, 0xDD);
+  }
+}
+
+template <bool kTail>
+DSV4_VNNI inline __m512 fp4_vec_group_planes(int planes, const uint8_t* w, const uint8_t* s,
+                                             const Fp4VecActs& a, int64_t g, int64_t tail_bytes,
+                                             __mmask16 scale_mask, __mmask16 valid,
+                                             __mmask16* unfit) {
+  switch (planes) {
+    case 1:
+      return fp4_vec_group<1, kTail>(w, s, a, g, tail_bytes, scale_mask, valid, unfit);
+    case 2:
+      return fp4_vec_group<2, kTail>(w, s, a, g, tail_bytes, scale_mask, valid, unfit);
+    default:
+      return fp4_vec_group<3, kTail>(w, s, a, g, tail_bytes, scale_mask, valid, unfit);
+  }
+}
+
+// Rows [r, r + n) (n ≤ 16) of the call; buf holds 16 rows of per-group tile values.
+DSV4_VNNI void gemv_fp4_vec_rows(const LinearTask& t, int64_t r, int n, float* buf) {
+  const Fp4VecActs& a = *t.fp4_vec;
+  const WeightRef& w = *t.w;
+  const int64_t row_bytes = w.in / 2, groups = a.groups;
+  const int64_t full = w.in / kVecGroup;  // groups wholly inside a row
+  const int tail_tiles = static_cast<int>(a.tiles - full * 16);
+  const int64_t tail_bytes = row_bytes - full * (kVecGroup / 2);
+  const auto scale_mask = static_cast<__mmask16>((1u << tail_tiles) - 1);
+  __mmask16 tail_valid = 0;
+  for (int k = 0; k < tail_tiles; ++k) tail_valid |= static_cast<__mmask16>(1u << vec_lane(k));
+  uint32_t unfit_rows = 0;
+  for (int i = 0; i < n; ++i) {
+    const uint8_t* wr = static_cast<const uint8_t*>(w.data) + (r + i) * row_bytes;
+    const uint8_t* sr = static_cast<const uint8_t*>(w.scale) + (r + i) * a.tiles;
+    float* out = buf + i * groups * 16;
+    __mmask16 unfit = 0;
+    for (int64_t g = 0; g < full; ++g)
+      _mm512_store_ps(out + g * 16,
+                      fp4_vec_group_planes<false>(a.planes[g], wr + g * (kVecGroup / 2),
+                                                  sr + g * 16, a, g, 0, 0xFFFF, 0xFFFF, &unfit));
+    if (full < groups)
+      _mm512_store_ps(
+          out + full * 16,
+          fp4_vec_group_planes<true>(a.planes[full], wr + full * (kVecGroup / 2), sr + full * 16, a,
+                                     full, tail_bytes, scale_mask, tail_valid, &unfit));
+    if (unfit != 0) unfit_rows |= 1u << i;
+  }
+  for (int i = n; i < kVecRows; ++i)
+    std::memset(buf + i * groups * 16, 0, static_cast<size_t>(groups) * 16 * 4);
+  // Tiles in ascending K, one row per lane (the scalar path's fp32 order).
+  __m512 acc = _mm512_setzero_ps();
+  for (int64_t g = 0; g < groups; ++g) {
+    __m512 col[16];
+    for (int i = 0; i < kVecRows; ++i) col[i] = _mm512_load_ps(buf + (i * groups + g) * 16);
+    transpose16(col);
+    const int count = g < full ? 16 : tail_tiles;
+    for (int k = 0; k < count; ++k) acc = _mm512_add_ps(acc, col[vec_lane(k)]);
+  }
+  alignas(64) float result[16];
+  _mm512_store_ps(result, acc);
+  for (int i = 0; i < n; ++i) {
+    if ((unfit_rows >> i) & 1) {  // a scale the fp32 scaling cannot take: the double paths
+      if (use_vbmi())
+        gemv_fp4_e8m0(t, r + i, r + i + 1);
+      else
+        gemv<WeightFormat::kFP4>(t, r + i, r + i + 1);
       continue;
     }
-    const uint8_t* bytes[NR];
-    for (int j = 0; j < NR; ++j) bytes[j] = rows[j] + c * 32;
-    __m512i sums[8];
-    for (int j = NR; j < 8; ++j) sums[j] = _mm512_setzero_si512();
-    switch (a.planes[c]) {
-      case 1:
-        fp4_vnni_chunk<NR, 1>(bytes, half, a, c, table, sums);
-        break;
-      case 2:
-        fp4_vnni_chunk<NR, 2>(bytes, half, a, c, table, sums);
-        break;
-      default:
-        fp4_vnni_chunk<NR, 3>(bytes, half, a, c, table, sums);
-        break;
-    }
-    __m256i first, second;
-    fp4_vnni_reduce(sums, &first, &second);
-    first = _mm256_sub_epi32(first, _mm256_set1_epi32(a.bias[t0]));
-    if (!half) second = _mm256_sub_epi32(second, _mm256_set1_epi32(a.bias[t0 + 1]));
-    result = _mm256_add_ps(
-        result, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtepi32_pd(first),
-                                              _mm512_castsi512_pd(_mm512_load_si512(bits[0])))));
-    if (!half)
-      result = _mm256_add_ps(
-          result, _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtepi32_pd(second),
-                                                _mm512_castsi512_pd(_mm512_load_si512(bits[1])))));
+    t.y[r + i - t.row_begin] = t.round_bf16 ? bf16_round(result[i]) : result[i];
   }
-  store_results(t, result, 1, NR, 0, r);
 }
 
-std::atomic<bool> g_vnni_allowed{true};
-
-bool use_vnni() {
-  static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx512vnni") != 0);
-  return has && g_vnni_allowed.load(std::memory_order_relaxed);
-}
-
-// False when the activations do not fit the integer path (the caller takes another).
-DSV4_VNNI bool gemv_fp4_vnni(const LinearTask& t, int64_t r0, int64_t r1) {
-  Fp4VnniActs a;
-  if (!prepare_fp4_vnni(t.xd, t.w->in, &a)) return false;
-  using RowsFn = void (*)(const LinearTask&, int64_t, const Fp4VnniActs&);
-  static constexpr RowsFn kTails[kGemvRows] = {
-      gemv_rows_fp4_vnni<1>, gemv_rows_fp4_vnni<2>, gemv_rows_fp4_vnni<3>, gemv_rows_fp4_vnni<4>,
-      gemv_rows_fp4_vnni<5>, gemv_rows_fp4_vnni<6>, gemv_rows_fp4_vnni<7>, gemv_rows_fp4_vnni<8>};
-  for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r, a); });
-  return true;
-}
-
-std::atomic<bool> g_vbmi_allowed{true};
-
-bool use_vbmi() {
-  static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx512vbmi") != 0);
-  return has && g_vbmi_allowed.load(std::memory_order_relaxed);
-}
-
-template <WeightFormat F>
-void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
-  using RowsFn = void (*)(const LinearTask&, int64_t);
-  static constexpr RowsFn kTails[kGemvRows] = {gemv_rows<F, 1>, gemv_rows<F, 2>, gemv_rows<F, 3>,
-                                               gemv_rows<F, 4>, gemv_rows<F, 5>, gemv_rows<F, 6>,
-                                               gemv_rows<F, 7>, gemv_rows<F, 8>};
-  for_row_groups(r0, r1, [&](int n, int64_t r) { kTails[n - 1](t, r); });
+void gemv_fp4_vec(const LinearTask& t, int64_t r0, int64_t r1) {
+  float* buf = reinterpret_cast<float*>(thread_scratch(kVecRows * t.fp4_vec->groups * 16 / 2, 1));
+  for (int64_t r = r0; r < r1; r += kVecRows)
+    gemv_fp4_vec_rows(t, r, static_cast<int>(std::min<int64_t>(kVecRows, r1 - r)), buf);
 }
 
 // ---- Quantized matrix-matrix: K in chunks, so both operands stay in cache. ----
@@ -1251,6 +1338,14 @@ bool prepare_fp4_batch_block(const LinearTask& t, Fp4BatchActs* a, int64_t b) {
   return prepare_fp4_batch_block_impl(t, a, b);
 }
 
+bool fp4_vec_available() {
+  return use_vnni();
+}
+
+bool prepare_fp4_vec(const float* x, int64_t in, Fp4VecActs* a, uint8_t* buffer) {
+  return prepare_fp4_vec_impl(x, in, a, buffer);
+}
+
 void set_avx512_vbmi_allowed(bool allowed) {
   g_vbmi_allowed.store(allowed);
 }
@@ -1345,7 +1440,7 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
       case WeightFormat::kFP8:  // quant_linear's FP8 weights run in fp8_rows_avx512 instead
         break;
       case WeightFormat::kFP4:
-        if (!t.w->scale_is_f32 && use_vnni() && gemv_fp4_vnni(t, r0, r1)) return;
+        if (t.fp4_vec != nullptr) return gemv_fp4_vec(t, r0, r1);
         if (!t.w->scale_is_f32 && use_vbmi()) return gemv_fp4_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP4>(t, r0, r1);
       case WeightFormat::kBF16:

@@ -22,6 +22,18 @@ struct Fp4BatchActs {
   int32_t unit_min = 0, unit_max = 0;
 };
 
+// Activations of an FP4 matrix-vector product prepared for the AVX512-VNNI integer kernel
+// (linear_avx512.cpp): per chunk of 128 elements, three planes of signed digits (even elements,
+// then odd ones, 64 bytes each); per group of 16 tiles, the planes used and, in the kernel's
+// lane order, each tile's power-of-two unit u − 1 and the bias 12·ΣX.
+struct Fp4VecActs {
+  int64_t tiles = 0, groups = 0;
+  int8_t* digits = nullptr;   // [groups * 4][3][2][64], 64-byte aligned
+  int32_t* unit = nullptr;    // [groups][16]
+  int32_t* bias = nullptr;    // [groups][16]
+  uint8_t* planes = nullptr;  // [groups]
+};
+
 // One linear over weight rows; the kernels compute rows [r0, r1) of it.
 struct LinearTask {
   const WeightRef* w = nullptr;
@@ -40,6 +52,8 @@ struct LinearTask {
   bool round_bf16 = false;
   // Set when the FP4 matrix-matrix product runs on the VNNI integer kernel.
   const Fp4BatchActs* fp4_batch = nullptr;
+  // Set when the FP4 matrix-vector product runs on the VNNI integer kernel.
+  const Fp4VecActs* fp4_vec = nullptr;
 };
 
 // w.in rounded up to whole 16-element groups.
@@ -65,6 +79,14 @@ bool fp4_batch_available();
 // Fills block b (activation rows 16b .. 16b+15 of t.xd) of `a`, whose tiles, blocks and
 // buffers are set; false if an activation does not fit the integer kernel.
 bool prepare_fp4_batch_block(const LinearTask& t, Fp4BatchActs* a, int64_t b);
+
+// Whether this CPU runs the FP4 VNNI matrix-vector kernel (AVX512-VNNI, allowed).
+bool fp4_vec_available();
+// Bytes of the buffer prepare_fp4_vec needs for rows of `in` elements.
+int64_t fp4_vec_bytes(int64_t in);
+// Lays out one activation row x (fake-quantized, `in` a multiple of 32) in `buffer`; false if
+// a value does not fit the integer kernel.
+bool prepare_fp4_vec(const float* x, int64_t in, Fp4VecActs* a, uint8_t* buffer);
 
 // One fp32_bf16_linear call. Activation row i is split into its odd and even
 // elements per group of 32 (xo[i * ldp + 16g + j] = x[i, 32g + 2j + 1], xe the
