@@ -28,10 +28,11 @@ struct Fp4BatchActs {
 // lane order, each tile's power-of-two unit u − 1 and the bias 12·ΣX.
 struct Fp4VecActs {
   int64_t tiles = 0, groups = 0;
-  int8_t* digits = nullptr;   // [groups * 4][3][2][64], 64-byte aligned
-  int32_t* unit = nullptr;    // [groups][16]
-  int32_t* bias = nullptr;    // [groups][16]
-  uint8_t* planes = nullptr;  // [groups]
+  int8_t* digits = nullptr;            // [groups * 4][3][2][64], 64-byte aligned
+  int32_t* unit = nullptr;             // [groups][16]
+  int32_t* bias = nullptr;             // [groups][16]
+  uint8_t* planes = nullptr;           // [groups]
+  int32_t unit_min = 0, unit_max = 0;  // extremes of u − 1 over the tiles
 };
 
 // One linear over weight rows; the kernels compute rows [r0, r1) of it.

@@ -204,24 +204,30 @@ TEST(QuantLinear, SimdMatchesScalarWithHugeScales) {
   // FP4: scales up to 2^127 (the fast FP4 path stops at 2^125), all codes, so
   // 6·2^126 overflows to inf in the scalar decode and ±inf products make
   // NaN sums, which a path that scaled the tile sum instead would miss.
+  // Rows of 256 (one partial group of the VNNI matrix-vector kernel) and of 1056 (two whole
+  // groups of 16 tiles and a partial one).
   TestWeight w4 = make_weight(WeightFormat::kFP4, out, 256, 80);
   for (size_t i = kMisalign; i < w4.scale.size(); ++i)
     w4.scale[i] = static_cast<uint8_t>(i % 3 ? 250 + rng() % 5 : 120 + rng() % 8);
+  TestWeight w4l = make_weight(WeightFormat::kFP4, out, 1056, 82);
+  for (size_t i = kMisalign; i < w4l.scale.size(); ++i)
+    w4l.scale[i] = static_cast<uint8_t>(i % 7 == 0 ? 250 + rng() % 5 : 120 + rng() % 8);
   // FP8 with all codes and scales up to 2^127: 448·2^127 overflows to inf in the scalar decode
   // (the fast FP8 paths stop folding at 2^119).
   TestWeight w8 = make_weight(WeightFormat::kFP8, out, in, 81);
   for (int64_t i = 0; i < 2 * scale_cols; ++i)
     w8.scale[kMisalign + i] = static_cast<uint8_t>(i % 2 ? 250 + rng() % 5 : 120 + rng() % 8);
   for (int64_t m : {1, 3, 17})
-    for (const TestWeight* tw : {&w, &w4, &w8}) {
+    for (const TestWeight* tw : {&w, &w4, &w4l, &w8}) {
       const std::vector<float> x = make_activations(m, tw->ref.in, 79 + static_cast<uint32_t>(m));
       const std::vector<float> want = run_quant(Isa::kScalar, x, m, tw->ref);
       for (Isa isa : simd_isas())
         expect_bits_equal(want, run_quant(isa, x, m, tw->ref),
                           std::string("huge scales ") + isa_name(isa) + " m=" + std::to_string(m) +
-                              (tw == &w4   ? " fp4"
-                               : tw == &w8 ? " fp8 overflowing"
-                                           : " fp8"));
+                              (tw == &w4    ? " fp4"
+                               : tw == &w4l ? " fp4 long rows"
+                               : tw == &w8  ? " fp8 overflowing"
+                                            : " fp8"));
     }
 }
 
@@ -359,19 +365,23 @@ TEST(QuantLinear, Fp4IntegerPathScalesOutsideFloatRange) {
   // 2^(u − 1 + e − 127) keeps them normal floats; scales near 2^100 (sums past 2^96) and near
   // 2^-120 (fp32 subnormal results) must take the double route and still match bit for bit.
   IsaGuard guard;
-  for (int big : {0, 1}) {
-    TestWeight w = make_weight(WeightFormat::kFP4, 40, 256, 190 + static_cast<uint32_t>(big));
-    for (size_t i = kMisalign; i < w.scale.size(); ++i)
-      if (i % 2) w.scale[i] = static_cast<uint8_t>(big ? 127 + 100 : 127 - 120);
-    for (int64_t m : {1, 6, 19}) {
-      const std::vector<float> x = make_activations(m, 256, 191 + static_cast<uint32_t>(m));
-      const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
-      for (Isa isa : simd_isas())
-        expect_bits_equal(want, run_quant(isa, x, m, w.ref),
-                          std::string("fp4 extreme scales ") + isa_name(isa) +
-                              " m=" + std::to_string(m) + (big ? " 2^100" : " 2^-120"));
+  // Rows of 1056: the matrix-vector kernel checks whole rows' scales first and only then
+  // per tile; here some rows have one outlying scale, the others none.
+  for (int big : {0, 1})
+    for (int64_t in : {int64_t{256}, int64_t{1056}}) {
+      TestWeight w = make_weight(WeightFormat::kFP4, 40, in, 190 + static_cast<uint32_t>(big));
+      for (size_t i = kMisalign; i < w.scale.size(); ++i)
+        if (in == 256 ? i % 2 != 0 : i % 97 == 0)
+          w.scale[i] = static_cast<uint8_t>(big ? 127 + 100 : 127 - 120);
+      for (int64_t m : {1, 6, 19}) {
+        const std::vector<float> x = make_activations(m, in, 191 + static_cast<uint32_t>(m));
+        const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+        for (Isa isa : simd_isas())
+          expect_bits_equal(want, run_quant(isa, x, m, w.ref),
+                            std::string("fp4 extreme scales ") + isa_name(isa) +
+                                " m=" + std::to_string(m) + (big ? " 2^100" : " 2^-120"));
+      }
     }
-  }
 }
 
 TEST(QuantLinear, ScalarMatchesIndependentExactSumsFp4) {
