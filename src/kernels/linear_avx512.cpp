@@ -1677,29 +1677,6 @@ inline void tile_scales(const Fp8Task& t, int64_t i, int64_t r, int64_t tiles, d
              static_cast<double>(weight_block_scale(*t.w, (r / 128) * tiles + b));
 }
 
-// One row against one activation row, decoding as it goes (m = 1); `scale` from tile_scales.
-DSV4_BF16 float fp8_row_bf16(const Fp8Task& t, int64_t r, const double* scale) {
-  const Fp8Bf16 k = load_fp8_bf16();
-  const int64_t in = t.w->in, tiles = (in + 127) / 128;
-  const uint8_t* row = static_cast<const uint8_t*>(t.w->data) + r * in;
-  float acc = 0;
-  for (int64_t b = 0; b < tiles; ++b) {
-    __m512 s = _mm512_setzero_ps();
-    for (int64_t k0 = 128 * b; k0 < std::min(in, 128 * b + 128); k0 += 64) {
-      const int64_t n = in - k0;
-      const __m512i c = n >= 64 ? _mm512_loadu_si512(row + k0)
-                                : _mm512_maskz_loadu_epi8((__mmask64(1) << n) - 1, row + k0);
-      prefetch_weights(row + k0);
-      __m512i wa, wb;
-      fp8_to_bf16(k, c, &wa, &wb);
-      s = dot_bf16(s, _mm512_loadu_si512(t.xb + k0), wa);
-      if (n > 32) s = dot_bf16(s, _mm512_loadu_si512(t.xb + k0 + 32), wb);
-    }
-    acc += static_cast<float>(static_cast<double>(pairs_tree16(s)) * scale[b]);
-  }
-  return acc;
-}
-
 // pairs_tree_f32 of eight accumulators at once: lane 4q holds the sum of s[q], lane 4q + 2
 // that of s[4 + q] (q = 0..3). The same three pairwise levels and the last add as
 // pairs_tree16, done across registers.
@@ -1714,6 +1691,51 @@ DSV4_BF16 inline __m512 pairs_tree8x(const __m512* s) {
   const __m512 e1 = tree_quarters(tree_halves(s[4], s[5]), tree_halves(s[6], s[7]));
   const __m512 u = _mm512_add_ps(_mm512_shuffle_ps(e0, e1, 0x44), _mm512_shuffle_ps(e0, e1, 0xEE));
   return _mm512_add_ps(u, _mm512_movehdup_ps(u));
+}
+
+// One row against one activation row, decoding as it goes (m = 1); `scale` from tile_scales.
+DSV4_BF16 float fp8_row_bf16(const Fp8Task& t, int64_t r, const double* scale) {
+  const Fp8Bf16 k = load_fp8_bf16();
+  const int64_t in = t.w->in, tiles = (in + 127) / 128;
+  const uint8_t* row = static_cast<const uint8_t*>(t.w->data) + r * in;
+  float acc = 0;
+  int64_t b = 0;
+  // Four whole tiles at a time: four independent dot-product chains in flight (one chain per
+  // tile keeps each tile's lane order), their trees reduced together.
+  for (; b + 4 <= in / 128; b += 4) {
+    __m512 s[8];
+    for (int q = 0; q < 4; ++q) s[q] = _mm512_setzero_ps();
+    for (int h = 0; h < 2; ++h)
+      for (int q = 0; q < 4; ++q) {
+        const int64_t k0 = 128 * (b + q) + 64 * h;
+        const __m512i c = _mm512_loadu_si512(row + k0);
+        prefetch_weights(row + k0);
+        __m512i wa, wb;
+        fp8_to_bf16(k, c, &wa, &wb);
+        s[q] = dot_bf16(s[q], _mm512_loadu_si512(t.xb + k0), wa);
+        s[q] = dot_bf16(s[q], _mm512_loadu_si512(t.xb + k0 + 32), wb);
+      }
+    for (int q = 0; q < 4; ++q) s[4 + q] = s[q];
+    alignas(64) float sums[16];  // lane 4q: tile b + q
+    _mm512_store_ps(sums, pairs_tree8x(s));
+    for (int q = 0; q < 4; ++q)
+      acc += static_cast<float>(static_cast<double>(sums[4 * q]) * scale[b + q]);
+  }
+  for (; b < tiles; ++b) {
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t k0 = 128 * b; k0 < std::min(in, 128 * b + 128); k0 += 64) {
+      const int64_t n = in - k0;
+      const __m512i c = n >= 64 ? _mm512_loadu_si512(row + k0)
+                                : _mm512_maskz_loadu_epi8((__mmask64(1) << n) - 1, row + k0);
+      prefetch_weights(row + k0);
+      __m512i wa, wb;
+      fp8_to_bf16(k, c, &wa, &wb);
+      s = dot_bf16(s, _mm512_loadu_si512(t.xb + k0), wa);
+      if (n > 32) s = dot_bf16(s, _mm512_loadu_si512(t.xb + k0 + 32), wb);
+    }
+    acc += static_cast<float>(static_cast<double>(pairs_tree16(s)) * scale[b]);
+  }
+  return acc;
 }
 
 // Where pairs_tree8x leaves accumulator p, for sixteen accumulators in two calls.
