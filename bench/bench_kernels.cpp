@@ -17,11 +17,13 @@
 #include <cstring>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kernels/isa.h"
 #include "kernels/linear.h"
 #include "kernels/linear_simd.h"
+#include "kernels/numerics.h"
 
 namespace {
 
@@ -36,27 +38,32 @@ constexpr int64_t kQLora = 1024;
 constexpr int64_t kHeads = 64, kHeadDim = 512, kOGroups = 8, kOLora = 1024;
 constexpr int64_t kVocab = 129280;
 
+// How a shape is multiplied: quant_linear (FP8 / FP4) or plain_linear, fp32_bf16_linear (the
+// output head), fp8_bf16_linear (wo_a).
+enum class Call { kDefault, kHead, kWoA };
+
 struct Shape {
   const char* name;
   WeightFormat format;
   int64_t out, in;
-  bool fp32_head = false;  // fp32_bf16_linear (the output head) instead of plain_linear
+  Call call = Call::kDefault;
   bool decode_only = false;
 };
 
-// FP8: the attention projections; FP4: a routed expert; BF16: one wo_a
-// group (the grouped low-rank output projection is stored in BF16), and the
-// output head (decode only), in fp32 as the model computes it and, for
-// comparison, as a plain (double) linear.
+// FP8: the attention projections; FP4: a routed expert; one wo_a group (FP8 in the official
+// checkpoints, unquantized bf16 activations) as the model computes it (fp32) and as a plain
+// double linear; the output head (decode only), in fp32 as the model computes it and as a
+// plain double linear.
 const Shape kShapes[] = {
     {"fp8_wq_a", WeightFormat::kFP8, kQLora, kDim},
     {"fp8_wq_b", WeightFormat::kFP8, kHeads* kHeadDim, kQLora},
     {"fp8_wo_b", WeightFormat::kFP8, kDim, kOGroups* kOLora},
     {"fp4_expert_w1", WeightFormat::kFP4, kMoeInter, kDim},
     {"fp4_expert_w2", WeightFormat::kFP4, kDim, kMoeInter},
-    {"bf16_wo_a_group", WeightFormat::kBF16, kOLora, kHeads* kHeadDim / kOGroups},
-    {"bf16_head_fp32", WeightFormat::kBF16, kVocab, kDim, true, true},
-    {"bf16_head_double", WeightFormat::kBF16, kVocab, kDim, false, true},
+    {"fp8_wo_a_group", WeightFormat::kFP8, kOLora, kHeads* kHeadDim / kOGroups, Call::kWoA},
+    {"fp8_wo_a_group_double", WeightFormat::kFP8, kOLora, kHeads* kHeadDim / kOGroups},
+    {"bf16_head_fp32", WeightFormat::kBF16, kVocab, kDim, Call::kHead, true},
+    {"bf16_head_double", WeightFormat::kBF16, kVocab, kDim, Call::kDefault, true},
 };
 
 int64_t data_bytes(const Shape& s) {
@@ -138,16 +145,22 @@ void run_linear(benchmark::State& state, Shape s, Isa isa, int64_t m, bool vnni)
   uint64_t r = 12345;
   for (float& v : x) {
     r ^= r << 13, r ^= r >> 7, r ^= r << 17;
-    v = static_cast<float>(static_cast<int64_t>(r % 2001) - 1000) / 500.0f;
+    // bf16 values, as the model's activations are (wo_a's bf16 kernel needs them).
+    v = dsv4::kernels::bf16_round(static_cast<float>(static_cast<int64_t>(r % 2001) - 1000) /
+                                  500.0f);
   }
   size_t next = 0;
   for (auto _ : state) {
     const WeightRef& w = weights->refs[next];
     next = (next + 1) % weights->refs.size();
-    if (s.format == WeightFormat::kFP8 || s.format == WeightFormat::kFP4)
-      dsv4::kernels::quant_linear(x.data(), m, w, y.data());
-    else if (s.fp32_head)
+    if (s.call == Call::kHead)
       dsv4::kernels::fp32_bf16_linear(x.data(), m, s.in, w, 0, s.out, y.data(), s.out);
+    else if (s.call == Call::kWoA)
+      dsv4::kernels::fp8_bf16_linear(x.data(), m, s.in, w, 0, s.out, y.data(), s.out, true);
+    else if (std::string_view(s.name).ends_with("_double"))
+      dsv4::kernels::plain_linear(x.data(), m, s.in, w, 0, s.out, y.data(), s.out, true);
+    else if (s.format == WeightFormat::kFP8 || s.format == WeightFormat::kFP4)
+      dsv4::kernels::quant_linear(x.data(), m, w, y.data());
     else
       dsv4::kernels::plain_linear(x.data(), m, s.in, w, 0, s.out, y.data(), s.out, false);
     benchmark::DoNotOptimize(y.data());

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <new>
 #include <vector>
@@ -294,9 +295,53 @@ void scalar_fp8_rows(const detail::Fp8Task& t, const float* q, int64_t r0, int64
             static_cast<double>(detail::weight_block_scale(w, (r / 128) * tiles + b));
         v += static_cast<float>(static_cast<double>(sum) * scale);
       }
-      t.y[i * t.ldy + r] = t.round_bf16 ? bf16_round(v) : v;
+      t.y[i * t.ldy + (r - t.row_begin)] = t.round_bf16 ? bf16_round(v) : v;
     }
   }
+}
+
+// Runs weight rows [row_begin, row_end) of an FP8 linear whose activation values q (m rows of
+// t.ldq, +0 past `in`) and block scales are set in t. `bf16_values`: every q is a bf16 value
+// (FP8 values are), so the AVX512-BF16 kernel may take them; `simd`: the SIMD kernels compute
+// the contract for these values (finite, no fp32 subnormal on the way).
+void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_end,
+             bool bf16_values, bool simd) {
+  const WeightRef& w = *t.w;
+  const int64_t m = t.m;
+  t.row_begin = row_begin;
+  const Isa isa = simd ? active_isa() : Isa::kScalar;
+  const int64_t grain = row_grain(w, m, 8);
+  ScratchVector<uint16_t> bits;
+  ScratchVector<float> split;
+  if (isa == Isa::kAvx512 && bf16_values && detail::fp8_bf16_dot_available()) {
+    bits.resize(m * t.ldq);  // bf16 values: the high halves of the floats
+    for (int64_t k = 0; k < m * t.ldq; ++k) bits[k] = static_cast<uint16_t>(float_bits(q[k]) >> 16);
+    t.xb = bits.data();
+  } else if (isa != Isa::kScalar) {
+    // Odd and even elements per group of 32, times 2^8 (exact): the FMA kernels decode the
+    // weights to value × 2^-8.
+    const int64_t half = t.ldq / 2, n = m * half;
+    split.resize(2 * n);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t p = 0; p < half; ++p) {
+        const int64_t g = p / 16, j = p % 16, odd = 32 * g + 2 * j + 1;
+        split[i * half + p] = q[i * t.ldq + odd] * 256.0f;
+        split[n + i * half + p] = q[i * t.ldq + odd - 1] * 256.0f;
+      }
+    t.xo = split.data();
+    t.xe = split.data() + n;
+  }
+  parallel_for(
+      row_end - row_begin,
+      [&](int64_t a, int64_t b, int) {
+        if (isa == Isa::kScalar)
+          scalar_fp8_rows(t, q, row_begin + a, row_begin + b);
+        else if (t.xb != nullptr)
+          detail::fp8_rows_avx512(t, row_begin + a, row_begin + b);
+        else
+          detail::fp8_rows_avx2(t, row_begin + a, row_begin + b);
+      },
+      grain);
 }
 
 void fp8_quant_linear(const float* x, int64_t m, const WeightRef& w, float* y, bool round_bf16) {
@@ -314,40 +359,14 @@ void fp8_quant_linear(const float* x, int64_t m, const WeightRef& w, float* y, b
   t.scales = scales.data();
   // Non-finite activations (NaN codes, NaN bf16 payloads) are the scalar path's alone.
   const bool finite = std::all_of(q.begin(), q.end(), [](float v) { return std::isfinite(v); });
-  const Isa isa = finite ? active_isa() : Isa::kScalar;
-  const int64_t grain = row_grain(w, m, 8);
-  ScratchVector<uint16_t> bits;
-  ScratchVector<float> split;
-  if (isa == Isa::kAvx512 && detail::fp8_bf16_dot_available()) {
-    bits.resize(q.size());  // FP8 values are exact in bf16: the high halves of the floats
-    for (size_t k = 0; k < q.size(); ++k) bits[k] = static_cast<uint16_t>(float_bits(q[k]) >> 16);
-    t.xb = bits.data();
-  } else if (isa != Isa::kScalar) {
-    // Odd and even elements per group of 32, times 2^8 (exact): the FMA kernels decode the
-    // weights to value × 2^-8.
-    const int64_t half = t.ldq / 2, n = m * half;
-    split.resize(2 * n);
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t p = 0; p < half; ++p) {
-        const int64_t g = p / 16, j = p % 16, odd = 32 * g + 2 * j + 1;
-        split[i * half + p] = q[i * t.ldq + odd] * 256.0f;
-        split[n + i * half + p] = q[i * t.ldq + odd - 1] * 256.0f;
-      }
-    t.xo = split.data();
-    t.xe = split.data() + n;
-  }
-  parallel_for(
-      w.out,
-      [&](int64_t a, int64_t b, int) {
-        if (isa == Isa::kScalar)
-          scalar_fp8_rows(t, q.data(), a, b);
-        else if (t.xb != nullptr)
-          detail::fp8_rows_avx512(t, a, b);
-        else
-          detail::fp8_rows_avx2(t, a, b);
-      },
-      grain);
+  run_fp8(t, q.data(), 0, w.out, true, finite);
 }
+
+// Exponent difference between a block's largest and smallest nonzero activation up to which
+// the SIMD kernels see no fp32 subnormal: after dividing by the block's power of two the
+// smallest nonzero value is ≥ 2^-(E+1), its products with FP8 values (≥ 2^-9, 12 significant
+// bits) are multiples of ≥ 2^-(E+21), and so is every partial sum: normal for E ≤ 105.
+constexpr int kFp8PlainMaxSpread = 100;
 
 }  // namespace
 
@@ -371,6 +390,46 @@ void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y) {
   t.row_begin = 0;
   t.round_bf16 = true;
   run_rows(t, 0, w.out);
+}
+
+void fp8_bf16_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, int64_t row_begin,
+                     int64_t row_end, float* y, int64_t ldy, bool round_bf16) {
+  if (w.format != WeightFormat::kFP8) fail("fp8_bf16_linear needs an FP8 weight");
+  const int64_t in = w.in, tiles = (in + kFp8Block - 1) / kFp8Block;
+  detail::Fp8Task t;
+  t.w = &w;
+  t.m = m;
+  t.ldq = (in + 31) / 32 * 32;
+  t.y = y;
+  t.ldy = ldy;
+  t.round_bf16 = round_bf16;
+  // Per 128-block the activations over one power of two 2^floor(log2 amax) (exact), which the
+  // contract then multiplies back with the weight's block scale.
+  ScratchVector<float> q(m * t.ldq, 0.0f), scales(m * tiles);
+  bool bf16_values = true, simd = true;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t b = 0; b < tiles; ++b) {
+      const int64_t k0 = b * kFp8Block, k1 = std::min(in, k0 + kFp8Block);
+      const float* xb = x + i * ldx;
+      float amax = 0, amin = std::numeric_limits<float>::infinity();
+      for (int64_t k = k0; k < k1; ++k) {
+        const float v = std::fabs(xb[k]);
+        if (!std::isfinite(v)) simd = false;
+        amax = std::max(amax, v);
+        if (v != 0) amin = std::min(amin, v);
+        bf16_values = bf16_values && (float_bits(xb[k]) & 0xFFFF) == 0;
+      }
+      int e = 0;
+      if (amax > 0 && std::isfinite(amax)) {
+        e = std::ilogb(amax);
+        if (e - std::ilogb(amin) > kFp8PlainMaxSpread) simd = false;
+      }
+      const float sa = std::ldexp(1.0f, e);
+      scales[i * tiles + b] = sa;
+      for (int64_t k = k0; k < k1; ++k) q[i * t.ldq + k] = xb[k] / sa;
+    }
+  t.scales = scales.data();
+  run_fp8(t, q.data(), row_begin, row_end, bf16_values, simd);
 }
 
 void plain_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, int64_t row_begin,

@@ -45,6 +45,15 @@ void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y);
 void plain_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, int64_t row_begin,
                   int64_t row_end, float* y, int64_t ldy, bool round_bf16);
 
+// An FP8 weight applied to activations that are not quantized (wo_a: the reference
+// dequantizes it to bf16, exactly, and multiplies in a bf16 einsum with fp32 accumulation):
+// over weight rows [row_begin, row_end), y[i, r - row_begin] is quant_linear's FP8 tile sum
+// with each 128-block of x divided by the power of two 2^floor(log2 max|x|) in place of the
+// FP8 activation codes (exact products for bf16-valued x) and that power of two in place of
+// the activation scale; x rows `ldx` apart, y rows `ldy` apart; rounds y to bf16 if asked.
+void fp8_bf16_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w, int64_t row_begin,
+                     int64_t row_end, float* y, int64_t ldy, bool round_bf16);
+
 // The reference's fp32 matmul with a BF16 weight (the output head,
 // `norm(y).float() @ head.weight.T`): over weight rows [row_begin, row_end),
 // y[i, r - row_begin] = Σ_k x[i, k]·W[r, k] accumulated in fp32 in

@@ -733,7 +733,7 @@ void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
                              static_cast<double>(weight_block_scale(w, (r / 128) * tiles + b));
         acc += static_cast<float>(static_cast<double>(sum) * scale);
       }
-      t.y[i * t.ldy + r] = t.round_bf16 ? bf16_round(acc) : acc;
+      t.y[i * t.ldy + (r - t.row_begin)] = t.round_bf16 ? bf16_round(acc) : acc;
     }
   }
 }

@@ -1790,7 +1790,7 @@ DSV4_BF16 void fp8_bf16_4x4(const Fp8Task& t, const uint16_t* wb, const double* 
   for (int i = 0; i < 4; ++i)
     for (int j = 0; j < 4; ++j) {
       const float v = out[4 * i + j];
-      t.y[(i0 + i) * t.ldy + r + j] = t.round_bf16 ? bf16_round(v) : v;
+      t.y[(i0 + i) * t.ldy + (r + j - t.row_begin)] = t.round_bf16 ? bf16_round(v) : v;
     }
 }
 
@@ -1807,7 +1807,7 @@ DSV4_BF16 void fp8_bf16_1x1(const Fp8Task& t, const uint16_t* wrow, const double
     const double scale = static_cast<double>(t.scales[i * tiles + b]) * wscale[b];
     acc += static_cast<float>(static_cast<double>(pairs_tree16(s)) * scale);
   }
-  t.y[i * t.ldy + r] = t.round_bf16 ? bf16_round(acc) : acc;
+  t.y[i * t.ldy + (r - t.row_begin)] = t.round_bf16 ? bf16_round(acc) : acc;
 }
 
 DSV4_BF16 void fp8_rows_bf16(const Fp8Task& t, int64_t r0, int64_t r1) {
@@ -1817,7 +1817,7 @@ DSV4_BF16 void fp8_rows_bf16(const Fp8Task& t, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       if (r == r0 || r % 128 == 0) tile_scales(t, 0, r, tiles, scale);
       const float v = fp8_row_bf16(t, r, scale);
-      t.y[r] = t.round_bf16 ? bf16_round(v) : v;
+      t.y[r - t.row_begin] = t.round_bf16 ? bf16_round(v) : v;
     }
     return;
   }
@@ -1827,8 +1827,9 @@ DSV4_BF16 void fp8_rows_bf16(const Fp8Task& t, int64_t r0, int64_t r1) {
   const Fp8Bf16 k = load_fp8_bf16();
   auto* wb = reinterpret_cast<uint16_t*>(thread_scratch(kRows * t.ldq / 4 + 8, 0));
   double* wscale = thread_scratch(tiles, 1);
-  for (int64_t rb = r0; rb < r1; rb += kRows) {
-    const int64_t nr = std::min(kRows, r1 - rb);
+  for (int64_t rb = r0, nr = 0; rb < r1; rb += nr) {
+    // Never across a 128-row scale block (row ranges may start anywhere).
+    nr = std::min({kRows, r1 - rb, 128 - rb % 128});
     for (int64_t b = 0; b < tiles; ++b)
       wscale[b] = static_cast<double>(weight_block_scale(*t.w, (rb / 128) * tiles + b));
     for (int64_t j = 0; j < nr; ++j) {

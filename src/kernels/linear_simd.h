@@ -115,8 +115,8 @@ struct Fp8Task {
   const float* xo = nullptr;      // [m][ldq / 2] odd elements × 2^8 (FMA kernels: the FP8
   const float* xe = nullptr;      // decode yields value × 2^-8), xe the even ones
   const float* scales = nullptr;  // [m][tiles] activation block scales (tiles of 128)
-  float* y = nullptr;             // y[i * ldy + r]
-  int64_t ldy = 0;
+  float* y = nullptr;             // y[i * ldy + (r - row_begin)]
+  int64_t ldy = 0, row_begin = 0;
   bool round_bf16 = true;
 };
 // quant_linear with an FP8 weight, without the final rounding to bf16: the fp32 accumulators,

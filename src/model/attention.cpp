@@ -145,14 +145,22 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
     for (int64_t h = 0; h < heads; ++h)
       rope.apply(o.data() + (i * heads + h) * hd + nope, pos + i, true);
 
-  // Grouped low-rank output: wo_a per group (bf16, the reference dequantises
-  // it exactly), then the FP8 wo_b.
+  // Grouped low-rank output: wo_a per group (the reference dequantises it to
+  // bf16, exactly, and multiplies the bf16 o in a bf16 einsum: fp32
+  // accumulation), then the FP8 wo_b.
   const int64_t groups = cfg.o_groups, rank = cfg.o_lora_rank, gin = cfg.group_in_dim();
   ScratchVector<float> oa(n * groups * rank);
   const kernels::WeightRef wo_a = weight_ref(w.wo_a);
-  for (int64_t g = 0; g < groups; ++g)
-    kernels::plain_linear(o.data() + g * gin, n, heads * hd, wo_a, g * rank, (g + 1) * rank,
-                          oa.data() + g * rank, groups * rank, true);
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* x = o.data() + g * gin;
+    float* y = oa.data() + g * rank;
+    if (wo_a.format == kernels::WeightFormat::kFP8)
+      kernels::fp8_bf16_linear(x, n, heads * hd, wo_a, g * rank, (g + 1) * rank, y, groups * rank,
+                               true);
+    else
+      kernels::plain_linear(x, n, heads * hd, wo_a, g * rank, (g + 1) * rank, y, groups * rank,
+                            true);
+  }
   kernels::quant_linear(oa.data(), n, weight_ref(w.wo_b), out);
 
   for (int64_t i = std::max<int64_t>(0, n - window); i < n; ++i)

@@ -516,6 +516,109 @@ TEST(Fp8Linear, Bf16DotPathIsUsedWhereAvailable) {
       << "vdpbf16ps did not add in linear_dot_pairs_f32's order on this CPU";
 }
 
+// fp8_bf16_linear (wo_a) over weight rows [r0, r1), y rows `ldy` apart, without the bf16
+// rounding (x rows `ldx` apart).
+std::vector<float> run_fp8_plain(Isa isa, const std::vector<float>& x, int64_t m, int64_t ldx,
+                                 const WeightRef& w, int64_t r0, int64_t r1, int64_t ldy) {
+  set_isa(isa);
+  std::vector<float> y(m * ldy, 777.0f);
+  fp8_bf16_linear(x.data(), m, ldx, w, r0, r1, y.data(), ldy, false);
+  return y;
+}
+
+// The fp8_bf16_linear contract written out: per 128-block the activations over the power of
+// two 2^floor(log2 max|x|), lanes of odd-then-even fused multiply-adds with the weight codes,
+// the fixed tree, times (that power of two · the weight's block scale) in double, tiles added
+// in fp32.
+std::vector<float> fp8_plain_contract(const std::vector<float>& x, int64_t m, int64_t ldx,
+                                      const TestWeight& w, int64_t r0, int64_t r1, int64_t ldy) {
+  const WeightRef& r = w.ref;
+  const int64_t tiles = (r.in + 127) / 128;
+  std::vector<float> y(m * ldy, 777.0f);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t o = r0; o < r1; ++o) {
+      float acc = 0;
+      for (int64_t b = 0; b < tiles; ++b) {
+        float amax = 0;
+        for (int64_t k = 128 * b; k < std::min(r.in, 128 * b + 128); ++k)
+          amax = std::max(amax, std::fabs(x[i * ldx + k]));
+        int e = 0;
+        if (amax > 0) std::frexp(amax, &e), --e;  // amax in [2^e, 2^(e+1))
+        const float sa = std::ldexp(1.0f, e);
+        const float sw =
+            std::ldexp(1.0f, static_cast<int>(w.scale[kMisalign + (o / 128) * tiles + b]) - 127);
+        float lane[16] = {};
+        for (int64_t g = 128 * b; g < std::min(r.in, 128 * b + 128); g += 32)
+          for (int j = 0; j < 16; ++j)
+            for (int64_t k : {g + 2 * j + 1, g + 2 * j}) {
+              const float qa = k < r.in ? x[i * ldx + k] / sa : 0.0f;
+              const float qw = k < r.in ? fp8_e4m3_decode(w.data[kMisalign + o * r.in + k]) : 0.0f;
+              lane[j] = std::fma(qa, qw, lane[j]);
+            }
+        float v[8];
+        for (int j = 0; j < 8; ++j) v[j] = lane[j] + lane[j + 8];
+        const float sum = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+        acc += static_cast<float>(static_cast<double>(sum) * (static_cast<double>(sa) * sw));
+      }
+      y[i * ldy + (o - r0)] = acc;
+    }
+  return y;
+}
+
+TEST(Fp8PlainLinear, ScalarIsTheContractAndSimdMatchesIt) {
+  // Row ranges that start off the multiples of 8 and cross 128-row scale blocks (wo_a's
+  // groups); activations that are bf16 values (the AVX512-BF16 kernel), plain floats (the FMA
+  // kernels), and blocks spanning more than 2^100 (subnormal partial sums: the scalar path).
+  IsaGuard guard;
+  uint32_t seed = 600;
+  const int64_t ranges[][3] = {{300, 37, 290}, {260, 0, 260}, {200, 128, 200}};
+  for (const auto& rg : ranges)
+    for (int64_t in : {int64_t{100}, int64_t{1000}}) {
+      const TestWeight w = make_weight(WeightFormat::kFP8, rg[0], in, seed++);
+      const int64_t r0 = rg[1], r1 = rg[2], ldx = in + 5, ldy = r1 - r0 + 3;
+      for (int kind = 0; kind < 3; ++kind)
+        for (int64_t m : {int64_t{1}, int64_t{3}, int64_t{17}}) {
+          std::vector<float> x = make_activations(m, ldx, seed++);
+          for (float& v : x)
+            if (kind != 1) v = bf16_round(v);
+          if (kind == 2) x[in / 2] = std::ldexp(1.0f, -120);  // with values near 1: a 2^120 spread
+          const std::string what = " rows " + std::to_string(r0) + ".." + std::to_string(r1) +
+                                   " in=" + std::to_string(in) + " m=" + std::to_string(m) +
+                                   (kind == 0   ? " bf16"
+                                    : kind == 1 ? " f32"
+                                                : " wide");
+          const std::vector<float> want =
+              run_fp8_plain(Isa::kScalar, x, m, ldx, w.ref, r0, r1, ldy);
+          expect_bits_equal(fp8_plain_contract(x, m, ldx, w, r0, r1, ldy), want, "contract" + what);
+          for (Isa isa : simd_isas())
+            expect_bits_equal(want, run_fp8_plain(isa, x, m, ldx, w.ref, r0, r1, ldy),
+                              isa_name(isa) + what);
+          if (isa_supported(Isa::kAvx512)) {
+            detail::set_avx512_bf16_allowed(false);
+            expect_bits_equal(want, run_fp8_plain(Isa::kAvx512, x, m, ldx, w.ref, r0, r1, ldy),
+                              "avx512-fma" + what);
+            detail::set_avx512_bf16_allowed(true);
+          }
+        }
+    }
+}
+
+TEST(Fp8PlainLinear, IsTheFp32SumNotTheDoubleOne) {
+  // The same weights through plain_linear (one double sum, rounded once) differ in some
+  // outputs: fp8_bf16_linear really accumulates in fp32.
+  const int64_t out = 256, in = 4096;
+  const TestWeight w = make_weight(WeightFormat::kFP8, out, in, 650);
+  std::vector<float> x = make_activations(2, in, 651);
+  for (float& v : x) v = bf16_round(v);
+  std::vector<float> a(2 * out), b(2 * out);
+  fp8_bf16_linear(x.data(), 2, in, w.ref, 0, out, a.data(), out, false);
+  plain_linear(x.data(), 2, in, w.ref, 0, out, b.data(), out, false);
+  int64_t differ = 0;
+  for (int64_t k = 0; k < 2 * out; ++k) differ += a[k] != b[k];
+  EXPECT_GT(differ, 0);
+  for (int64_t k = 0; k < 2 * out; ++k) EXPECT_NEAR(a[k], b[k], 1e-4f * (1 + std::fabs(b[k])));
+}
+
 TEST(Fp8Linear, NonFiniteActivationsMatchScalar) {
   IsaGuard guard;
   const TestWeight w = make_weight(WeightFormat::kFP8, 40, 300, 330);
