@@ -266,41 +266,6 @@ inline void gemv_tile(const uint8_t* const* rows, const double* x, int64_t k0, i
   reduce_rows<NR>(acc, out);
 }
 
-// FP8 weights in plain_linear (wo_a), m = 1: one linear_dot_f64 over the whole row, each
-// 128-block decoded in registers with its own scale into the same lane sums.
-template <int NR>
-void gemv_rows_plain_fp8(const LinearTask& t, int64_t r) {
-  const WeightRef& w = *t.w;
-  const int64_t in = w.in, scale_cols = (in + 127) / 128;
-  const uint8_t* rows[NR];
-  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(w.data) + (r + j) * in;
-  const __m256 magnitudes = _mm256_setzero_ps();  // unused by FP8
-  __m256d acc[NR][4];
-  for (int j = 0; j < NR; ++j)
-    for (int q = 0; q < 4; ++q) acc[j][q] = _mm256_setzero_pd();
-  for (int64_t b = 0, k0 = 0; k0 < in; ++b, k0 += 128) {
-    float raw[NR];
-    bool folds = true;
-    for (int j = 0; j < NR; ++j) {
-      raw[j] = weight_block_scale(w, ((r + j) / 128) * scale_cols + b);
-      folds = folds && std::isfinite(raw[j] * 256.0f);
-    }
-    __m256 scales[NR];
-    for (int j = 0; j < NR; ++j) scales[j] = _mm256_set1_ps(folds ? raw[j] * 256.0f : raw[j]);
-    const int64_t len = std::min<int64_t>(128, in - k0);
-    if (folds)
-      gemv_accumulate<WeightFormat::kFP8, NR, false>(rows, t.xd, k0, len, scales, magnitudes, acc);
-    else
-      gemv_accumulate<WeightFormat::kFP8, NR, true>(rows, t.xd, k0, len, scales, magnitudes, acc);
-  }
-  double sums[NR];
-  reduce_rows<NR>(acc, sums);
-  for (int j = 0; j < NR; ++j) {
-    const float v = static_cast<float>(sums[j]);
-    t.y[r + j - t.row_begin] = t.round_bf16 ? bf16_round(v) : v;
-  }
-}
-
 template <WeightFormat F, int NR>
 void gemv_rows(const LinearTask& t, int64_t r) {
   const WeightRef& w = *t.w;
@@ -547,12 +512,6 @@ void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
       case WeightFormat::kF32:
         return gemv<WeightFormat::kF32>(t, r0, r1);
     }
-  }
-  if (t.m == 1 && format == WeightFormat::kFP8 && t.tile == 0) {
-    int64_t r = r0;
-    for (; r + 2 <= r1; r += 2) gemv_rows_plain_fp8<2>(t, r);
-    if (r < r1) gemv_rows_plain_fp8<1>(t, r);
-    return;
   }
   if (t.tile > 0 && !t.w->scale_is_f32) return quant_gemm_e8m0(t, r0, r1);
   // Plain linears and F32-scale quantized ones keep linear_dot_f64's lanes.
