@@ -56,6 +56,24 @@ void check_weight(const WeightRef& w) {
     fail("FP4 weight with ", w.in, " input columns: FP4 rows must be a multiple of ", kFp4Block);
 }
 
+// fn(i) for every activation row i < m, on the thread pool when the rows hold enough elements
+// (`in` each) to be worth it: the per-call layouts of a prefill are otherwise serial work
+// beside parallel kernels.
+template <typename Fn>
+void for_each_row(int64_t m, int64_t in, Fn fn) {
+  constexpr int64_t kMinElements = int64_t{1} << 16;
+  if (m * in < 2 * kMinElements) {
+    for (int64_t i = 0; i < m; ++i) fn(i);
+    return;
+  }
+  parallel_for(
+      m,
+      [&](int64_t a, int64_t b, int) {
+        for (int64_t i = a; i < b; ++i) fn(i);
+      },
+      std::max<int64_t>(1, kMinElements / std::max<int64_t>(1, in)));
+}
+
 // The scalar reference: decode a row into floats, then linear_dot_f64.
 void scalar_rows(const detail::LinearTask& t, int64_t r0, int64_t r1) {
   const WeightRef& w = *t.w;
@@ -157,26 +175,22 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
   // here, not once per weight row); chunks of activation rows bound the copy.
   const int64_t in = t.w->in, ld = detail::padded_in(in);
   const int64_t chunk = std::max<int64_t>(1, (int64_t{32} << 20) / (ld * 8));
-  // 64-byte aligned: the kernels use aligned loads (rows are 128-byte multiples).
-  struct Free {
-    void operator()(double* p) const { std::free(p); }
-  };
-  const size_t xd_bytes = static_cast<size_t>(std::max<int64_t>(1, std::min(t.m, chunk) * ld)) * 8;
-  std::unique_ptr<double, Free> xd(static_cast<double*>(std::aligned_alloc(64, xd_bytes)));
-  if (!xd) throw std::bad_alloc();
+  // 64-byte aligned (the kernels use aligned loads; rows are 128-byte multiples), and from the
+  // scratch cache: a prefill's copy is tens of MB, freshly mapped and zeroed per call before.
+  ScratchVector<double> xd(static_cast<size_t>(std::max<int64_t>(1, std::min(t.m, chunk) * ld)));
   const int64_t m = t.m;
   for (int64_t i0 = 0; i0 < m; i0 += chunk) {
     detail::LinearTask c = t;
     c.m = std::min(chunk, m - i0);
     c.x = t.x + i0 * t.ldx;
     c.y = t.y + i0 * t.ldy;
-    for (int64_t i = 0; i < c.m; ++i) {
+    for_each_row(c.m, in, [&](int64_t i) {
       const float* src = c.x + i * t.ldx;
-      double* dst = xd.get() + i * ld;
+      double* dst = xd.data() + i * ld;
       for (int64_t k = 0; k < in; ++k) dst[k] = src[k];
       for (int64_t k = in; k < ld; ++k) dst[k] = 0.0;
-    }
-    c.xd = xd.get();
+    });
+    c.xd = xd.data();
     detail::Fp4BatchActs batch;
     detail::Fp4VecActs vec;
     const bool fp4_e8m0 = isa == Isa::kAvx512 && t.tile > 0 && t.w->format == WeightFormat::kFP4 &&
@@ -315,19 +329,23 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
   ScratchVector<float> split;
   if (isa == Isa::kAvx512 && bf16_values && detail::fp8_bf16_dot_available()) {
     bits.resize(m * t.ldq);  // bf16 values: the high halves of the floats
-    for (int64_t k = 0; k < m * t.ldq; ++k) bits[k] = static_cast<uint16_t>(float_bits(q[k]) >> 16);
+    for_each_row(m, t.ldq, [&](int64_t i) {
+      for (int64_t k = i * t.ldq; k < (i + 1) * t.ldq; ++k)
+        bits[k] = static_cast<uint16_t>(float_bits(q[k]) >> 16);
+    });
     t.xb = bits.data();
   } else if (isa != Isa::kScalar) {
     // Odd and even elements per group of 32, times 2^8 (exact): the FMA kernels decode the
     // weights to value × 2^-8.
     const int64_t half = t.ldq / 2, n = m * half;
     split.resize(2 * n);
-    for (int64_t i = 0; i < m; ++i)
+    for_each_row(m, t.ldq, [&](int64_t i) {
       for (int64_t p = 0; p < half; ++p) {
         const int64_t g = p / 16, j = p % 16, odd = 32 * g + 2 * j + 1;
         split[i * half + p] = q[i * t.ldq + odd] * 256.0f;
         split[n + i * half + p] = q[i * t.ldq + odd - 1] * 256.0f;
       }
+    });
     t.xo = split.data();
     t.xe = split.data() + n;
   }
@@ -354,8 +372,9 @@ void fp8_quant_linear(const float* x, int64_t m, const WeightRef& w, float* y, b
   t.ldy = w.out;
   t.round_bf16 = round_bf16;
   ScratchVector<float> q(m * t.ldq, 0.0f), scales(m * tiles);
-  for (int64_t i = 0; i < m; ++i)
+  for_each_row(m, in, [&](int64_t i) {
     fp8_quantize(x + i * in, in, kFp8Block, q.data() + i * t.ldq, scales.data() + i * tiles);
+  });
   t.scales = scales.data();
   // Non-finite activations (NaN codes, NaN bf16 payloads) are the scalar path's alone.
   const bool finite = std::all_of(q.begin(), q.end(), [](float v) { return std::isfinite(v); });
@@ -378,7 +397,7 @@ void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y) {
   const int64_t in = w.in;
   // Activation fake-quant: FP8 values times their block scale (exact in fp32).
   ScratchVector<float> xq(x, x + m * in);
-  for (int64_t i = 0; i < m; ++i) fp8_fake_quant(xq.data() + i * in, in, kFp8Block);
+  for_each_row(m, in, [&](int64_t i) { fp8_fake_quant(xq.data() + i * in, in, kFp8Block); });
   detail::LinearTask t;
   t.w = &w;
   t.x = xq.data();
@@ -406,28 +425,33 @@ void fp8_bf16_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w,
   // Per 128-block the activations over one power of two 2^floor(log2 amax) (exact), which the
   // contract then multiplies back with the weight's block scale.
   ScratchVector<float> q(m * t.ldq, 0.0f), scales(m * tiles);
-  bool bf16_values = true, simd = true;
-  for (int64_t i = 0; i < m; ++i)
+  // Per row: whether its values are all bf16 values, and whether the SIMD kernels take it.
+  std::vector<uint8_t> row_bf16(static_cast<size_t>(m), 1), row_simd(static_cast<size_t>(m), 1);
+  for_each_row(m, in, [&](int64_t i) {
+    const float* xi = x + i * ldx;
     for (int64_t b = 0; b < tiles; ++b) {
       const int64_t k0 = b * kFp8Block, k1 = std::min(in, k0 + kFp8Block);
-      const float* xb = x + i * ldx;
       float amax = 0, amin = std::numeric_limits<float>::infinity();
       for (int64_t k = k0; k < k1; ++k) {
-        const float v = std::fabs(xb[k]);
-        if (!std::isfinite(v)) simd = false;
+        const float v = std::fabs(xi[k]);
+        if (!std::isfinite(v)) row_simd[i] = 0;
         amax = std::max(amax, v);
         if (v != 0) amin = std::min(amin, v);
-        bf16_values = bf16_values && (float_bits(xb[k]) & 0xFFFF) == 0;
+        if ((float_bits(xi[k]) & 0xFFFF) != 0) row_bf16[i] = 0;
       }
       int e = 0;
       if (amax > 0 && std::isfinite(amax)) {
         e = std::ilogb(amax);
-        if (e - std::ilogb(amin) > kFp8PlainMaxSpread) simd = false;
+        if (e - std::ilogb(amin) > kFp8PlainMaxSpread) row_simd[i] = 0;
       }
       const float sa = std::ldexp(1.0f, e);
       scales[i * tiles + b] = sa;
-      for (int64_t k = k0; k < k1; ++k) q[i * t.ldq + k] = xb[k] / sa;
+      for (int64_t k = k0; k < k1; ++k) q[i * t.ldq + k] = xi[k] / sa;
     }
+  });
+  const bool bf16_values =
+      std::all_of(row_bf16.begin(), row_bf16.end(), [](uint8_t v) { return v; });
+  const bool simd = std::all_of(row_simd.begin(), row_simd.end(), [](uint8_t v) { return v; });
   t.scales = scales.data();
   run_fp8(t, q.data(), row_begin, row_end, bf16_values, simd);
 }
