@@ -579,46 +579,6 @@ bool use_vnni() {
   return has && g_vnni_allowed.load(std::memory_order_relaxed);
 }
 
-// The 32 values of one tile as integers X[i] (signed) over one power of two 2^u, the smallest
-// set bit among them (u = 0 for an all-zero tile): x[i] = X[i]·2^u exactly. False if a value is
-// not finite or a double subnormal, if u is extreme, or if some |X| ≥ 2^kVnniMaxBits.
-bool tile_integers(const double* x, int64_t X[32], int* unit, int64_t* max_abs) {
-  int lsb[32];
-  int u = 1 << 30;
-  for (int i = 0; i < 32; ++i) {
-    uint64_t bits;
-    std::memcpy(&bits, x + i, 8);
-    const int exp = static_cast<int>((bits >> 52) & 0x7FF);
-    const uint64_t frac = bits & ((uint64_t{1} << 52) - 1);
-    X[i] = 0;
-    lsb[i] = 0;
-    if (exp == 0 && frac == 0) continue;         // ±0
-    if (exp == 0 || exp == 0x7FF) return false;  // subnormal, inf, NaN
-    const uint64_t mant = frac | (uint64_t{1} << 52);
-    const int tz = __builtin_ctzll(mant);
-    if ((mant >> tz) >= (uint64_t{1} << kVnniMaxBits)) return false;
-    X[i] = static_cast<int64_t>(mant >> tz);  // the odd significand, shifted below
-    if ((bits >> 63) != 0) X[i] = -X[i];
-    lsb[i] = exp - 1075 + tz;
-    u = std::min(u, lsb[i]);
-  }
-  if (u == (1 << 30)) u = 0;
-  if (u < -900 || u > 900) return false;
-  int64_t largest = 0;
-  for (int i = 0; i < 32; ++i) {
-    if (X[i] == 0) continue;
-    const int shift = lsb[i] - u;
-    if (shift >= kVnniMaxBits) return false;
-    X[i] *= int64_t{1} << shift;
-    const int64_t mag = X[i] < 0 ? -X[i] : X[i];
-    if (mag >= (int64_t{1} << kVnniMaxBits)) return false;
-    largest = std::max(largest, mag);
-  }
-  *unit = u;
-  *max_abs = largest;
-  return true;
-}
-
 constexpr int64_t kVecChunk = 128;              // elements per 64-byte weight load
 constexpr int64_t kVecGroup = 4 * kVecChunk;    // 16 tiles: one vector of tile sums
 constexpr int64_t kVecChunkBytes = 3 * 2 * 64;  // digit planes × (even, odd) × 64
@@ -672,7 +632,7 @@ DSV4_VNNI inline __m512i tile_integer_values(__m512 v, __mmask16 nonzero, __m512
   const __m512i bits = _mm512_castps_si512(v);
   const __m512i exp = _mm512_and_si512(_mm512_srli_epi32(bits, 23), _mm512_set1_epi32(0xFF));
   const __m512i d = _mm512_sub_epi32(_mm512_sub_epi32(exp, _mm512_set1_epi32(150)), u);
-  *bad |= _mm512_mask_cmpgt_epi32_mask(nonzero, d, _mm512_set1_epi32(-3));
+  *bad |= _mm512_mask_cmpgt_epi32_mask(nonzero, d, _mm512_set1_epi32(kVnniMaxBits - 24));
   const __m512i mant = _mm512_or_si512(_mm512_and_si512(bits, _mm512_set1_epi32(0x7FFFFF)),
                                        _mm512_set1_epi32(0x800000));
   const __m512i mag = _mm512_srlv_epi32(mant, _mm512_sub_epi32(_mm512_setzero_si512(), d));
@@ -1051,40 +1011,62 @@ inline uint8_t* batch_digits(const Fp4BatchActs& a, int64_t b, int64_t t) {
 
 // Fills one 16-row block of `a` from rows [i0, i0 + 16) of xd (rows past m are zero). False if a
 // value does not fit the integer path.
-bool prepare_fp4_batch_block_impl(const LinearTask& t, Fp4BatchActs* a, int64_t b) {
-  const int64_t in = t.w->in, ld = padded_in(in);
+DSV4_VNNI bool prepare_fp4_batch_block_impl(const LinearTask& t, Fp4BatchActs* a, int64_t b) {
   for (int64_t tile = 0; tile < a->tiles; ++tile) {
-    int64_t X[kBatchLanes][32];
+    // The tile's integers X per row (as in the matrix-vector layout: lowest set bits, then
+    // shifted mantissas), kept as int32 (|X| < 2^21).
+    alignas(64) int32_t X[kBatchLanes][32];
     int32_t u_of[kBatchLanes];
-    int64_t max_abs = 0;
+    int32_t max_abs = 0;
     for (int i = 0; i < kBatchLanes; ++i) {
       const int64_t row = b * kBatchLanes + i;
-      int64_t largest = 0;
-      int u = 0;
+      u_of[i] = 0;
       if (row >= t.m) {  // padding rows: zero
-        std::fill(X[i], X[i] + 32, int64_t{0});
-      } else if (!tile_integers(t.xd + row * ld + tile * 32, X[i], &u, &largest)) {
-        return false;
+        std::fill(X[i], X[i] + 32, 0);
+        continue;
       }
+      const float* v = t.x + row * t.ldx + tile * 32;
+      const __m512 lo = _mm512_loadu_ps(v), hi = _mm512_loadu_ps(v + 16);
+      __mmask16 nzl, nzh, bad = 0;
+      const __m512i lsb =
+          _mm512_min_epi32(lowest_set_bits(lo, &nzl, &bad), lowest_set_bits(hi, &nzh, &bad));
+      const int32_t u = (nzl | nzh) == 0 ? 0 : _mm512_reduce_min_epi32(lsb);
+      const __m512i xl = tile_integer_values(lo, nzl, _mm512_set1_epi32(u), &bad);
+      const __m512i xh = tile_integer_values(hi, nzh, _mm512_set1_epi32(u), &bad);
+      if (bad != 0 || u < -1000 || u > 1000) return false;
+      _mm512_store_si512(X[i], xl);
+      _mm512_store_si512(X[i] + 16, xh);
+      max_abs = std::max(max_abs, _mm512_reduce_max_epi32(_mm512_max_epi32(_mm512_abs_epi32(xl),
+                                                                           _mm512_abs_epi32(xh))));
       u_of[i] = u;
-      max_abs = std::max(max_abs, largest);
     }
     // Digits of X + off must be unsigned bytes: off = 2^7 (|X| < 2^7), 2^15, or 2^21.
     const int planes = max_abs < 128 ? 1 : max_abs < 32768 ? 2 : 3;
-    const int64_t off = planes == 1 ? 128 : planes == 2 ? 32768 : (int64_t{1} << 21);
+    const int32_t off = planes == 1 ? 128 : planes == 2 ? 32768 : (int32_t{1} << 21);
     const int64_t bt = b * a->tiles + tile;
     a->planes[bt] = static_cast<uint8_t>(planes);
-    a->offset[bt] = static_cast<int32_t>(off);
-    uint8_t* d = batch_digits(*a, b, tile);
-    for (int i = 0; i < kBatchLanes; ++i) {
-      // Double exponent field of 2^(u − 1 − 127), to which the weight's e is added.
+    a->offset[bt] = off;
+    for (int i = 0; i < kBatchLanes; ++i)  // double exponent field of 2^(u − 1 − 127)
       a->unit_bits[bt * kBatchLanes + i] = int64_t{u_of[i]} - 1 - 127 + 1023;
-      for (int k = 0; k < 32; ++k) {
-        const int64_t v = X[i][k] + off;  // in [0, 2^22)
-        const int64_t pos = (k / 4) * 64 + i * 4 + (k % 4);
-        for (int p = 0; p < 3; ++p)
-          d[p * kBatchPlaneBytes + pos] = static_cast<uint8_t>(p < planes ? (v >> (8 * p)) : 0);
-      }
+    // Plane p of row i as 8 dwords (4 consecutive K each), then transposed so that the 64
+    // bytes for K = 4s .. 4s + 3 hold the 16 rows in order (gathers of one dword per row).
+    uint8_t* d = batch_digits(*a, b, tile);
+    const __m512i rows =
+        _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                           _mm512_set1_epi32(8));
+    for (int p = 0; p < planes; ++p) {
+      alignas(64) uint32_t dwords[kBatchLanes][8];
+      for (int i = 0; i < kBatchLanes; ++i)
+        for (int h = 0; h < 2; ++h) {
+          const __m512i y =
+              _mm512_add_epi32(_mm512_load_si512(X[i] + 16 * h), _mm512_set1_epi32(off));
+          _mm_store_si128(reinterpret_cast<__m128i*>(dwords[i] + 4 * h),
+                          _mm512_cvtepi32_epi8(_mm512_srli_epi32(y, 8 * p)));
+        }
+      for (int s = 0; s < 8; ++s)
+        _mm512_store_si512(
+            d + p * kBatchPlaneBytes + s * 64,
+            _mm512_i32gather_epi32(_mm512_add_epi32(rows, _mm512_set1_epi32(s)), dwords, 4));
     }
   }
   return true;
