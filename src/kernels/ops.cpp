@@ -7,6 +7,7 @@
 #include <limits>
 #include <numeric>
 
+#include "kernels/isa.h"
 #include "kernels/numerics.h"
 #include "util/error.h"
 #include "util/threadpool.h"
@@ -187,6 +188,64 @@ void dot_f64_heads(const float* a, int64_t dim, int64_t n, const float* b, doubl
   }
 }
 
+// AVX-512 forms of the two inner loops, with the same arithmetic (every product here is exact
+// in double, so an FMA adds exactly what `s += double(a)·b` adds, and each lane keeps its
+// order): eight doubles per instruction instead of four.
+#define DSV4_ATTN_AVX512 __attribute__((target("avx512f,avx2,fma")))
+// GCC 12's AVX-512 headers fill "don't care" lanes from `__m512d __Y = __Y;`, which
+// -W(maybe-)uninitialized flags once inlined (a false positive, as in linear_avx512.cpp).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+
+// The group's query rows (n ≤ 16, dim a multiple of 4) as doubles, two heads per 8-double
+// vector: pair p, step k/4 holds q[2p][k .. k+3] then q[2p+1][k .. k+3] (a missing odd head +0).
+DSV4_ATTN_AVX512 void pack_head_pairs(const float* a, int64_t dim, int64_t n, double* qp) {
+  const int64_t steps = dim / 4;
+  for (int64_t p = 0; 2 * p < n; ++p)
+    for (int64_t s = 0; s < steps; ++s) {
+      const __m128 lo = _mm_loadu_ps(a + 2 * p * dim + 4 * s);
+      const __m128 hi =
+          2 * p + 1 < n ? _mm_loadu_ps(a + (2 * p + 1) * dim + 4 * s) : _mm_setzero_ps();
+      _mm512_storeu_pd(
+          qp + (p * steps + s) * 8,
+          _mm512_insertf64x4(_mm512_zextpd256_pd512(_mm256_cvtps_pd(lo)), _mm256_cvtps_pd(hi), 1));
+    }
+}
+
+// dot_f64_heads over packed head pairs: lanes 0..3 of pair p are head 2p's four lane sums,
+// lanes 4..7 head 2p + 1's.
+DSV4_ATTN_AVX512 void dot_f64_head_pairs(const double* qp, int64_t dim, int64_t n, const float* b,
+                                         double* out) {
+  const int64_t steps = dim / 4, pairs = (n + 1) / 2;
+  for (int64_t p0 = 0; p0 < pairs; p0 += 4) {
+    const int64_t np = std::min<int64_t>(4, pairs - p0);
+    __m512d acc[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
+                      _mm512_setzero_pd()};
+    for (int64_t s = 0; s < steps; ++s) {
+      const __m512d bb = _mm512_broadcast_f64x4(_mm256_cvtps_pd(_mm_loadu_ps(b + 4 * s)));
+      for (int64_t p = 0; p < np; ++p)
+        acc[p] = _mm512_fmadd_pd(_mm512_loadu_pd(qp + ((p0 + p) * steps + s) * 8), bb, acc[p]);
+    }
+    for (int64_t p = 0; p < np; ++p) {
+      alignas(64) double v[8];
+      _mm512_store_pd(v, acc[p]);
+      out[2 * (p0 + p)] = (v[0] + v[1]) + (v[2] + v[3]);
+      if (2 * (p0 + p) + 1 < n) out[2 * (p0 + p) + 1] = (v[4] + v[5]) + (v[6] + v[7]);
+    }
+  }
+}
+
+// a[d] += p·v[d] for d < n (the product is exact: p a bf16 value, v a float as a double).
+DSV4_ATTN_AVX512 void axpy_f64(double* a, double p, const double* v, int64_t n) {
+  const __m512d pv = _mm512_set1_pd(p);
+  int64_t d = 0;
+  for (; d + 8 <= n; d += 8)
+    _mm512_storeu_pd(a + d, _mm512_fmadd_pd(pv, _mm512_loadu_pd(v + d), _mm512_loadu_pd(a + d)));
+  for (; d < n; ++d) a[d] = std::fma(p, v[d], a[d]);
+}
+#pragma GCC diagnostic pop
+
 }  // namespace
 
 void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
@@ -199,9 +258,11 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
   constexpr int64_t kTile = 64, kGroup = 16;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t groups = (heads + kGroup - 1) / kGroup;
+  const bool avx512 = active_isa() == Isa::kAvx512 && dim % 4 == 0;
   parallel_for(m * groups, [&](int64_t t0, int64_t t1, int) {
     std::vector<double> acc(kGroup * dim);
     std::vector<float> z(kGroup * kTile);
+    std::vector<double> qp(avx512 ? kGroup * dim : 0), vd(avx512 ? dim : 0);
     float run_max[kGroup], denom[kGroup], new_max[kGroup];
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t i = task / groups, h0 = (task % groups) * kGroup;
@@ -209,12 +270,16 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
       const int32_t* row = idx + i * width;
       std::fill(acc.begin(), acc.begin() + nh * dim, 0.0);
       for (int64_t g = 0; g < nh; ++g) run_max[g] = kNegInf, denom[g] = 0;
+      if (avx512) pack_head_pairs(q + (i * heads + h0) * dim, dim, nh, qp.data());
       for (int64_t b0 = 0; b0 < width; b0 += kTile) {
         const int64_t b1 = std::min(width, b0 + kTile);
         for (int64_t e = b0; e < b1; ++e) {
           const float* kr = row[e] >= 0 ? kv_rows[row[e]] : nullptr;
           double dots[kGroup];
-          if (kr) dot_f64_heads(q + (i * heads + h0) * dim, dim, nh, kr, dots);
+          if (kr && avx512)
+            dot_f64_head_pairs(qp.data(), dim, nh, kr, dots);
+          else if (kr)
+            dot_f64_heads(q + (i * heads + h0) * dim, dim, nh, kr, dots);
           for (int64_t g = 0; g < nh; ++g)
             z[g * kTile + e - b0] = kr ? static_cast<float>(dots[g]) * scale : kNegInf;
         }
@@ -234,13 +299,18 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
         for (int64_t e = b0; e < b1; ++e) {
           if (row[e] < 0) continue;
           const float* vr = kv_rows[row[e]];
+          if (avx512)
+            for (int64_t d = 0; d < dim; ++d) vd[d] = vr[d];  // once for the whole group
           for (int64_t g = 0; g < nh; ++g) {
             if (new_max[g] == kNegInf) continue;  // this head skips the tile, as the reference
             const float p = std::exp(z[g * kTile + e - b0] - new_max[g]);
             denom[g] += p;
             const double pb = bf16_round(p);
             double* a = acc.data() + g * dim;
-            for (int64_t d = 0; d < dim; ++d) a[d] += pb * vr[d];
+            if (avx512)
+              axpy_f64(a, pb, vd.data(), dim);
+            else
+              for (int64_t d = 0; d < dim; ++d) a[d] += pb * vr[d];
           }
         }
         for (int64_t g = 0; g < nh; ++g) run_max[g] = new_max[g];

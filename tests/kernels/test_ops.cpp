@@ -4,6 +4,7 @@
 #include <bit>
 #include <cmath>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "kernels/linear.h"
@@ -159,8 +160,10 @@ TEST(SparseAttention, HeadGroupsMatchTheReferenceBitForBit) {
   // sparse_attention walks each list once per group of 16 heads; it must give exactly what the
   // one-(query, head)-at-a-time definition gives: 20 heads (a partial group), 3 queries, lists
   // crossing tiles, masked entries, and a query whose whole first tile is masked.
-  for (const int dim : {64, 66}) {  // 66: the dot products' tail past whole groups of 4
-    const int rows = 200, width = 150, heads = 20, m = 3;
+  // 66: the dot products' tail past whole groups of 4 (and no AVX-512 head pairs); 21 heads:
+  // an odd head left without a pair partner.
+  for (const auto& [dim, heads] : {std::pair{64, 20}, std::pair{66, 20}, std::pair{64, 21}}) {
+    const int rows = 200, width = 150, m = 3;
     const std::vector<float> kv = random_bf16(rows * dim, 11);
     // Full-precision queries over a wide range of magnitudes, so that the double sums round and
     // any change in their association order would show.
