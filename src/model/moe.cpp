@@ -7,8 +7,13 @@
 #include "kernels/numerics.h"
 #include "util/error.h"
 #include "util/scratch.h"
+#include "util/threadpool.h"
 
 namespace dsv4 {
+
+// Up to this many rows per expert, experts run in parallel (one per task) instead of each
+// matrix over every thread.
+constexpr int64_t kExpertParallelRows = 4;
 
 void expert_forward(const ModelContext& ctx, const ExpertWeights& w, const float* x, int64_t m,
                     const float* route_weights, float* out) {
@@ -92,33 +97,60 @@ void moe_forward(const ModelContext& ctx, const MoeWeights& w, int64_t layer, in
   if (observer) observer->on_moe_routing(layer, pos, n, k, experts.data(), weights.data());
 
   // Routed experts in expert order (the reference's accumulation order), fp32 sum.
-  ScratchVector<float> acc(n * dim, 0.0f);
-  ScratchVector<float> xs, ys;
-  std::vector<float> ws;
-  std::vector<int64_t> rows;
+  struct Job {
+    const ExpertWeights* weights;
+    std::vector<int64_t> rows;  // empty: every row (the shared expert)
+    std::vector<float> route;   // per row, or none (shared)
+    ScratchVector<float> xs, ys;
+  };
+  std::vector<Job> jobs;
+  int64_t max_rows = 0;
   for (int64_t e = 0; e < n_exp; ++e) {
-    rows.clear();
-    ws.clear();
+    Job job{&w.experts[e], {}, {}, {}, {}};
     for (int64_t i = 0; i < n; ++i)
       for (int64_t j = 0; j < k; ++j)
         if (experts[i * k + j] == e) {
-          rows.push_back(i);
-          ws.push_back(weights[i * k + j]);
+          job.rows.push_back(i);
+          job.route.push_back(weights[i * k + j]);
         }
-    if (rows.empty()) continue;
-    const int64_t m = static_cast<int64_t>(rows.size());
-    xs.resize(m * dim);
-    ys.resize(m * dim);
-    for (int64_t r = 0; r < m; ++r) std::copy_n(x + rows[r] * dim, dim, xs.data() + r * dim);
-    expert_forward(ctx, w.experts[e], xs.data(), m, ws.data(), ys.data());
-    for (int64_t r = 0; r < m; ++r)
-      for (int64_t c = 0; c < dim; ++c) acc[rows[r] * dim + c] += ys[r * dim + c];
+    if (job.rows.empty()) continue;
+    max_rows = std::max<int64_t>(max_rows, static_cast<int64_t>(job.rows.size()));
+    jobs.push_back(std::move(job));
   }
-  if (w.has_shared) {
-    ys.resize(n * dim);
-    expert_forward(ctx, w.shared, x, n, nullptr, ys.data());
-    for (int64_t i = 0; i < n * dim; ++i) acc[i] += ys[i];
+  const size_t routed = jobs.size();
+  if (w.has_shared) jobs.push_back(Job{&w.shared, {}, {}, {}, {}});
+  auto run = [&](Job& job) {
+    const bool shared = job.route.empty();
+    const int64_t m = shared ? n : static_cast<int64_t>(job.rows.size());
+    job.ys.resize(m * dim);
+    if (!shared) {
+      job.xs.resize(m * dim);
+      for (int64_t r = 0; r < m; ++r)
+        std::copy_n(x + job.rows[r] * dim, dim, job.xs.data() + r * dim);
+    }
+    expert_forward(ctx, *job.weights, shared ? x : job.xs.data(), m,
+                   shared ? nullptr : job.route.data(), job.ys.data());
+  };
+  // Decoding (a few rows per expert), each expert is one task on one thread: its matrices
+  // are small, so splitting each of them over the threads paid a wake-up and a join per
+  // matrix; whole experts keep one weight stream per thread. The shared expert, the largest,
+  // goes first. Prefill chunks split every matrix instead.
+  if (max_rows <= kExpertParallelRows && ThreadPool::global().num_threads() > 1 &&
+      jobs.size() > 1) {
+    parallel_for(static_cast<int64_t>(jobs.size()), [&](int64_t a, int64_t b, int) {
+      for (int64_t q = a; q < b; ++q) run(jobs[(q + routed) % jobs.size()]);
+    });
+  } else {
+    for (Job& job : jobs) run(job);
   }
+  ScratchVector<float> acc(n * dim, 0.0f);
+  for (size_t q = 0; q < routed; ++q) {
+    const Job& job = jobs[q];
+    for (size_t r = 0; r < job.rows.size(); ++r)
+      for (int64_t c = 0; c < dim; ++c) acc[job.rows[r] * dim + c] += job.ys[r * dim + c];
+  }
+  if (w.has_shared)
+    for (int64_t i = 0; i < n * dim; ++i) acc[i] += jobs.back().ys[i];
   for (int64_t i = 0; i < n * dim; ++i) out[i] = kernels::bf16_round(acc[i]);
 }
 
