@@ -1079,6 +1079,23 @@ DSV4_VNNI inline void fp4_batch_tile(const __m512i* digits, const uint8_t* const
                                      const int32_t* wsum, int64_t off, __m512i* out) {
   // One accumulator per plane and weight row: each 4-weight broadcast (a memory operand) meets
   // every plane's digits while it is in a register, and the digits stay in registers.
+  if constexpr (NP == 3) {  // 24 digit registers leave too few: one chain per row, shifted
+    __m512i acc[JB];
+    for (int j = 0; j < JB; ++j) acc[j] = _mm512_setzero_si512();
+    for (int p = NP - 1; p >= 0; --p) {
+      if (p < NP - 1)
+        for (int j = 0; j < JB; ++j) acc[j] = _mm512_slli_epi32(acc[j], 8);
+      for (int s = 0; s < 8; ++s)
+        for (int j = 0; j < JB; ++j) {
+          int32_t four;
+          std::memcpy(&four, w[j] + 4 * s, 4);
+          acc[j] = _mm512_dpbusd_epi32(acc[j], digits[p * 8 + s], _mm512_set1_epi32(four));
+        }
+    }
+    for (int j = 0; j < JB; ++j)
+      out[j] = _mm512_sub_epi32(acc[j], _mm512_set1_epi32(static_cast<int32_t>(off * wsum[j])));
+    return;
+  }
   __m512i d[NP * 8];
   for (int q = 0; q < NP * 8; ++q) d[q] = digits[q];
   __m512i acc[NP][JB];
@@ -1166,7 +1183,7 @@ DSV4_VNNI inline void fp4_batch_tile_rows(const BatchTileArgs& g, int np, int64_
     j = fp4_batch_rows<2, 4, kFloat>(g, 0, nr);
     fp4_batch_rows<2, 1, kFloat>(g, j, nr);
   } else {
-    j = fp4_batch_rows<3, 2, kFloat>(g, 0, nr);
+    j = fp4_batch_rows<3, 4, kFloat>(g, 0, nr);
     fp4_batch_rows<3, 1, kFloat>(g, j, nr);
   }
 }
