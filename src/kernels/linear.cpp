@@ -362,15 +362,21 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
       grain);
 }
 
-void fp8_quant_linear(const float* x, int64_t m, const WeightRef& w, float* y, bool round_bf16) {
-  const int64_t in = w.in, tiles = (in + kFp8Block - 1) / kFp8Block;
+// An FP8 call over m activation rows writing y rows `ldy` apart (the layouts come later).
+detail::Fp8Task fp8_task(const WeightRef& w, int64_t m, float* y, int64_t ldy, bool round_bf16) {
   detail::Fp8Task t;
   t.w = &w;
   t.m = m;
-  t.ldq = (in + 31) / 32 * 32;
+  t.ldq = (w.in + 31) / 32 * 32;
   t.y = y;
-  t.ldy = w.out;
+  t.ldy = ldy;
   t.round_bf16 = round_bf16;
+  return t;
+}
+
+void fp8_quant_linear(const float* x, int64_t m, const WeightRef& w, float* y, bool round_bf16) {
+  const int64_t in = w.in, tiles = (in + kFp8Block - 1) / kFp8Block;
+  detail::Fp8Task t = fp8_task(w, m, y, w.out, round_bf16);
   ScratchVector<float> q(m * t.ldq, 0.0f), scales(m * tiles);
   for_each_row(m, in, [&](int64_t i) {
     fp8_quantize(x + i * in, in, kFp8Block, q.data() + i * t.ldq, scales.data() + i * tiles);
@@ -415,13 +421,7 @@ void fp8_bf16_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w,
                      int64_t row_end, float* y, int64_t ldy, bool round_bf16) {
   if (w.format != WeightFormat::kFP8) fail("fp8_bf16_linear needs an FP8 weight");
   const int64_t in = w.in, tiles = (in + kFp8Block - 1) / kFp8Block;
-  detail::Fp8Task t;
-  t.w = &w;
-  t.m = m;
-  t.ldq = (in + 31) / 32 * 32;
-  t.y = y;
-  t.ldy = ldy;
-  t.round_bf16 = round_bf16;
+  detail::Fp8Task t = fp8_task(w, m, y, ldy, round_bf16);
   // Per 128-block the activations over one power of two 2^floor(log2 amax) (exact), which the
   // contract then multiplies back with the weight's block scale.
   ScratchVector<float> q(m * t.ldq, 0.0f), scales(m * tiles);

@@ -410,6 +410,25 @@ std::vector<float> run_fp8_f32(Isa isa, const std::vector<float>& x, int64_t m,
 }
 
 // The contract written out from its definition, independently of the kernels' helpers.
+// The FP8 contract's tile sum written out: tile b of weight row o (FP8 code values) against
+// the activation values qa(k), sixteen lanes of fused multiply-adds (per group of 32, lane j
+// takes element 2j + 1, then 2j; +0 past `in`), then the fixed tree.
+template <typename Qa>
+float pairs_tile_sum(const TestWeight& w, int64_t o, int64_t b, Qa qa) {
+  const WeightRef& r = w.ref;
+  float lane[16] = {};
+  for (int64_t g = 128 * b; g < std::min(r.in, 128 * b + 128); g += 32)
+    for (int j = 0; j < 16; ++j)
+      for (int64_t k : {g + 2 * j + 1, g + 2 * j}) {  // odd element first
+        const float a = k < r.in ? qa(k) : 0.0f;
+        const float q = k < r.in ? fp8_e4m3_decode(w.data[kMisalign + o * r.in + k]) : 0.0f;
+        lane[j] = std::fma(a, q, lane[j]);
+      }
+  float v[8];
+  for (int j = 0; j < 8; ++j) v[j] = lane[j] + lane[j + 8];
+  return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+}
+
 std::vector<float> fp8_contract(const std::vector<float>& x, int64_t m, const TestWeight& w) {
   const WeightRef& r = w.ref;
   const int64_t tiles = (r.in + 127) / 128;
@@ -430,17 +449,7 @@ std::vector<float> fp8_contract(const std::vector<float>& x, int64_t m, const Te
           std::memcpy(&sw, w.scale.data() + kMisalign + sc * 4, 4);
         else
           sw = std::ldexp(1.0f, static_cast<int>(w.scale[kMisalign + sc]) - 127);
-        float lane[16] = {};
-        for (int64_t g = 128 * b; g < std::min(r.in, 128 * b + 128); g += 32)
-          for (int j = 0; j < 16; ++j)
-            for (int64_t k : {g + 2 * j + 1, g + 2 * j}) {  // odd element first
-              const float qa = k < r.in ? a[k] / sa : 0.0f;
-              const float qw = k < r.in ? fp8_e4m3_decode(w.data[kMisalign + o * r.in + k]) : 0.0f;
-              lane[j] = std::fma(qa, qw, lane[j]);
-            }
-        float v[8];
-        for (int j = 0; j < 8; ++j) v[j] = lane[j] + lane[j + 8];
-        const float sum = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+        const float sum = pairs_tile_sum(w, o, b, [&](int64_t k) { return a[k] / sa; });
         acc += static_cast<float>(static_cast<double>(sum) * (static_cast<double>(sa) * sw));
       }
       y[i * r.out + o] = acc;
@@ -547,17 +556,7 @@ std::vector<float> fp8_plain_contract(const std::vector<float>& x, int64_t m, in
         const float sa = std::ldexp(1.0f, e);
         const float sw =
             std::ldexp(1.0f, static_cast<int>(w.scale[kMisalign + (o / 128) * tiles + b]) - 127);
-        float lane[16] = {};
-        for (int64_t g = 128 * b; g < std::min(r.in, 128 * b + 128); g += 32)
-          for (int j = 0; j < 16; ++j)
-            for (int64_t k : {g + 2 * j + 1, g + 2 * j}) {
-              const float qa = k < r.in ? x[i * ldx + k] / sa : 0.0f;
-              const float qw = k < r.in ? fp8_e4m3_decode(w.data[kMisalign + o * r.in + k]) : 0.0f;
-              lane[j] = std::fma(qa, qw, lane[j]);
-            }
-        float v[8];
-        for (int j = 0; j < 8; ++j) v[j] = lane[j] + lane[j + 8];
-        const float sum = ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+        const float sum = pairs_tile_sum(w, o, b, [&](int64_t k) { return x[i * ldx + k] / sa; });
         acc += static_cast<float>(static_cast<double>(sum) * (static_cast<double>(sa) * sw));
       }
       y[i * ldy + (o - r0)] = acc;
