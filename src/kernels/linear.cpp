@@ -56,24 +56,6 @@ void check_weight(const WeightRef& w) {
     fail("FP4 weight with ", w.in, " input columns: FP4 rows must be a multiple of ", kFp4Block);
 }
 
-// fn(i) for every activation row i < m, on the thread pool when the rows hold enough elements
-// (`in` each) to be worth it: the per-call layouts of a prefill are otherwise serial work
-// beside parallel kernels.
-template <typename Fn>
-void for_each_row(int64_t m, int64_t in, Fn fn) {
-  constexpr int64_t kMinElements = int64_t{1} << 16;
-  if (m * in < 2 * kMinElements) {
-    for (int64_t i = 0; i < m; ++i) fn(i);
-    return;
-  }
-  parallel_for(
-      m,
-      [&](int64_t a, int64_t b, int) {
-        for (int64_t i = a; i < b; ++i) fn(i);
-      },
-      std::max<int64_t>(1, kMinElements / std::max<int64_t>(1, in)));
-}
-
 // The scalar reference: decode a row into floats, then linear_dot_f64.
 void scalar_rows(const detail::LinearTask& t, int64_t r0, int64_t r1) {
   const WeightRef& w = *t.w;
@@ -184,7 +166,7 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
     c.m = std::min(chunk, m - i0);
     c.x = t.x + i0 * t.ldx;
     c.y = t.y + i0 * t.ldy;
-    for_each_row(c.m, in, [&](int64_t i) {
+    parallel_for_rows(c.m, in, [&](int64_t i) {
       const float* src = c.x + i * t.ldx;
       double* dst = xd.data() + i * ld;
       for (int64_t k = 0; k < in; ++k) dst[k] = src[k];
@@ -329,7 +311,7 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
   ScratchVector<float> split;
   if (isa == Isa::kAvx512 && bf16_values && detail::fp8_bf16_dot_available()) {
     bits.resize(m * t.ldq);  // bf16 values: the high halves of the floats
-    for_each_row(m, t.ldq, [&](int64_t i) {
+    parallel_for_rows(m, t.ldq, [&](int64_t i) {
       for (int64_t k = i * t.ldq; k < (i + 1) * t.ldq; ++k)
         bits[k] = static_cast<uint16_t>(float_bits(q[k]) >> 16);
     });
@@ -339,7 +321,7 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
     // weights to value × 2^-8.
     const int64_t half = t.ldq / 2, n = m * half;
     split.resize(2 * n);
-    for_each_row(m, t.ldq, [&](int64_t i) {
+    parallel_for_rows(m, t.ldq, [&](int64_t i) {
       for (int64_t p = 0; p < half; ++p) {
         const int64_t g = p / 16, j = p % 16, odd = 32 * g + 2 * j + 1;
         split[i * half + p] = q[i * t.ldq + odd] * 256.0f;
@@ -378,7 +360,7 @@ void fp8_quant_linear(const float* x, int64_t m, const WeightRef& w, float* y, b
   const int64_t in = w.in, tiles = (in + kFp8Block - 1) / kFp8Block;
   detail::Fp8Task t = fp8_task(w, m, y, w.out, round_bf16);
   ScratchVector<float> q(m * t.ldq, 0.0f), scales(m * tiles);
-  for_each_row(m, in, [&](int64_t i) {
+  parallel_for_rows(m, in, [&](int64_t i) {
     fp8_quantize(x + i * in, in, kFp8Block, q.data() + i * t.ldq, scales.data() + i * tiles);
   });
   t.scales = scales.data();
@@ -403,7 +385,7 @@ void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y) {
   const int64_t in = w.in;
   // Activation fake-quant: FP8 values times their block scale (exact in fp32).
   ScratchVector<float> xq(x, x + m * in);
-  for_each_row(m, in, [&](int64_t i) { fp8_fake_quant(xq.data() + i * in, in, kFp8Block); });
+  parallel_for_rows(m, in, [&](int64_t i) { fp8_fake_quant(xq.data() + i * in, in, kFp8Block); });
   detail::LinearTask t;
   t.w = &w;
   t.x = xq.data();
@@ -427,7 +409,7 @@ void fp8_bf16_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w,
   ScratchVector<float> q(m * t.ldq, 0.0f), scales(m * tiles);
   // Per row: whether its values are all bf16 values, and whether the SIMD kernels take it.
   std::vector<uint8_t> row_bf16(static_cast<size_t>(m), 1), row_simd(static_cast<size_t>(m), 1);
-  for_each_row(m, in, [&](int64_t i) {
+  parallel_for_rows(m, in, [&](int64_t i) {
     const float* xi = x + i * ldx;
     for (int64_t b = 0; b < tiles; ++b) {
       const int64_t k0 = b * kFp8Block, k1 = std::min(in, k0 + kFp8Block);

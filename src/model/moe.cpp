@@ -22,7 +22,7 @@ void expert_forward(const ModelContext& ctx, const ExpertWeights& w, const float
   kernels::quant_linear(x, m, weight_ref(w.w1), g.data());
   kernels::quant_linear(x, m, weight_ref(w.w3), u.data());
   const float limit = static_cast<float>(ctx.cfg.swiglu_limit);
-  for (int64_t i = 0; i < m; ++i)
+  parallel_for_rows(m, inter, [&](int64_t i) {
     for (int64_t k = 0; k < inter; ++k) {
       float gv = g[i * inter + k], uv = u[i * inter + k];
       if (limit > 0) {
@@ -33,6 +33,7 @@ void expert_forward(const ModelContext& ctx, const ExpertWeights& w, const float
       if (route_weights) h = route_weights[i] * h;
       g[i * inter + k] = kernels::bf16_round(h);
     }
+  });
   kernels::quant_linear(g.data(), m, weight_ref(w.w2), out);
 }
 
@@ -125,8 +126,9 @@ void moe_forward(const ModelContext& ctx, const MoeWeights& w, int64_t layer, in
     job.ys.resize(m * dim);
     if (!shared) {
       job.xs.resize(m * dim);
-      for (int64_t r = 0; r < m; ++r)
+      parallel_for_rows(m, dim, [&](int64_t r) {
         std::copy_n(x + job.rows[r] * dim, dim, job.xs.data() + r * dim);
+      });
     }
     expert_forward(ctx, *job.weights, shared ? x : job.xs.data(), m,
                    shared ? nullptr : job.route.data(), job.ys.data());
@@ -146,12 +148,19 @@ void moe_forward(const ModelContext& ctx, const MoeWeights& w, int64_t layer, in
   ScratchVector<float> acc(n * dim, 0.0f);
   for (size_t q = 0; q < routed; ++q) {
     const Job& job = jobs[q];
-    for (size_t r = 0; r < job.rows.size(); ++r)
+    // A job's rows are distinct: its additions to them are independent (experts still add in
+    // expert order).
+    parallel_for_rows(static_cast<int64_t>(job.rows.size()), dim, [&](int64_t r) {
       for (int64_t c = 0; c < dim; ++c) acc[job.rows[r] * dim + c] += job.ys[r * dim + c];
+    });
   }
   if (w.has_shared)
-    for (int64_t i = 0; i < n * dim; ++i) acc[i] += jobs.back().ys[i];
-  for (int64_t i = 0; i < n * dim; ++i) out[i] = kernels::bf16_round(acc[i]);
+    parallel_for_rows(n, dim, [&](int64_t i) {
+      for (int64_t c = 0; c < dim; ++c) acc[i * dim + c] += jobs.back().ys[i * dim + c];
+    });
+  parallel_for_rows(n, dim, [&](int64_t i) {
+    for (int64_t c = 0; c < dim; ++c) out[i * dim + c] = kernels::bf16_round(acc[i * dim + c]);
+  });
 }
 
 }  // namespace dsv4

@@ -2,6 +2,7 @@
 // the number of compute threads is set in exactly one place.
 #pragma once
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -51,6 +52,24 @@ class ThreadPool {
 inline void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn,
                          int64_t grain = 1) {
   ThreadPool::global().parallel_for(n, fn, grain);
+}
+
+// fn(i) for every row i < n of `elements` each: on the pool when the rows hold enough
+// elements in all to be worth a wake-up (per-row layouts and elementwise steps of a prefill,
+// which would otherwise run serially between parallel kernels), inline otherwise.
+template <typename Fn>
+void parallel_for_rows(int64_t n, int64_t elements, Fn fn) {
+  constexpr int64_t kMinElements = int64_t{1} << 16;
+  if (n * elements < 2 * kMinElements) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  parallel_for(
+      n,
+      [&](int64_t a, int64_t b, int) {
+        for (int64_t i = a; i < b; ++i) fn(i);
+      },
+      std::max<int64_t>(1, kMinElements / std::max<int64_t>(1, elements)));
 }
 
 }  // namespace dsv4
