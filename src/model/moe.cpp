@@ -133,31 +133,36 @@ void moe_forward(const ModelContext& ctx, const MoeWeights& w, int64_t layer, in
     expert_forward(ctx, *job.weights, shared ? x : job.xs.data(), m,
                    shared ? nullptr : job.route.data(), job.ys.data());
   };
+  // Adds a job's output to acc (a routed job's rows are distinct, so its additions are
+  // independent; jobs add in order: routed experts by index, then the shared one) and frees
+  // its buffers.
+  ScratchVector<float> acc(n * dim, 0.0f);
+  auto add = [&](Job& job) {
+    const bool shared = job.route.empty();
+    parallel_for_rows(shared ? n : static_cast<int64_t>(job.rows.size()), dim, [&](int64_t r) {
+      float* a = acc.data() + (shared ? r : job.rows[r]) * dim;
+      for (int64_t c = 0; c < dim; ++c) a[c] += job.ys[r * dim + c];
+    });
+    ScratchVector<float>().swap(job.xs);
+    ScratchVector<float>().swap(job.ys);
+  };
   // Decoding (a few rows per expert), each expert is one task on one thread: its matrices
   // are small, so splitting each of them over the threads paid a wake-up and a join per
   // matrix; whole experts keep one weight stream per thread. The shared expert, the largest,
-  // goes first. Prefill chunks split every matrix instead.
+  // goes first. Prefill chunks split every matrix instead, one expert at a time, so that only
+  // one expert's inputs and outputs are held at once.
   if (max_rows <= kExpertParallelRows && ThreadPool::global().num_threads() > 1 &&
       jobs.size() > 1) {
     parallel_for(static_cast<int64_t>(jobs.size()), [&](int64_t a, int64_t b, int) {
       for (int64_t q = a; q < b; ++q) run(jobs[(q + routed) % jobs.size()]);
     });
+    for (Job& job : jobs) add(job);
   } else {
-    for (Job& job : jobs) run(job);
+    for (Job& job : jobs) {
+      run(job);
+      add(job);
+    }
   }
-  ScratchVector<float> acc(n * dim, 0.0f);
-  for (size_t q = 0; q < routed; ++q) {
-    const Job& job = jobs[q];
-    // A job's rows are distinct: its additions to them are independent (experts still add in
-    // expert order).
-    parallel_for_rows(static_cast<int64_t>(job.rows.size()), dim, [&](int64_t r) {
-      for (int64_t c = 0; c < dim; ++c) acc[job.rows[r] * dim + c] += job.ys[r * dim + c];
-    });
-  }
-  if (w.has_shared)
-    parallel_for_rows(n, dim, [&](int64_t i) {
-      for (int64_t c = 0; c < dim; ++c) acc[i * dim + c] += jobs.back().ys[i * dim + c];
-    });
   parallel_for_rows(n, dim, [&](int64_t i) {
     for (int64_t c = 0; c < dim; ++c) out[i * dim + c] = kernels::bf16_round(acc[i * dim + c]);
   });
