@@ -159,7 +159,11 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
   const int64_t chunk = std::max<int64_t>(1, (int64_t{32} << 20) / (ld * 8));
   // 64-byte aligned (the kernels use aligned loads; rows are 128-byte multiples), and from the
   // scratch cache: a prefill's copy is tens of MB, freshly mapped and zeroed per call before.
-  ScratchVector<double> xd(static_cast<size_t>(std::max<int64_t>(1, std::min(t.m, chunk) * ld)));
+  // Not value-initialised: every element is written below.
+  const size_t xd_bytes = static_cast<size_t>(std::max<int64_t>(1, std::min(t.m, chunk) * ld)) * 8;
+  const auto free_xd = [xd_bytes](double* p) { scratch_free(p, xd_bytes); };
+  const std::unique_ptr<double, decltype(free_xd)> xd(static_cast<double*>(scratch_alloc(xd_bytes)),
+                                                      free_xd);
   const int64_t m = t.m;
   for (int64_t i0 = 0; i0 < m; i0 += chunk) {
     detail::LinearTask c = t;
@@ -168,11 +172,11 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
     c.y = t.y + i0 * t.ldy;
     parallel_for_rows(c.m, in, [&](int64_t i) {
       const float* src = c.x + i * t.ldx;
-      double* dst = xd.data() + i * ld;
+      double* dst = xd.get() + i * ld;
       for (int64_t k = 0; k < in; ++k) dst[k] = src[k];
       for (int64_t k = in; k < ld; ++k) dst[k] = 0.0;
     });
-    c.xd = xd.data();
+    c.xd = xd.get();
     detail::Fp4BatchActs batch;
     detail::Fp4VecActs vec;
     const bool fp4_e8m0 = isa == Isa::kAvx512 && t.tile > 0 && t.w->format == WeightFormat::kFP4 &&
