@@ -472,7 +472,7 @@ void fp32_bf16_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w
           for (int64_t r = row_begin + a; r < row_begin + b; ++r) {
             dequant_row(w, r, row.data());
             for (int64_t i = 0; i < m; ++i)
-              y[i * ldy + (r - row_begin)] = linear_dot_pairs_f32(x + i * ldx, row.data(), in);
+              y[i * ldy + (r - row_begin)] = linear_dot_pairs4_f32(x + i * ldx, row.data(), in);
           }
         },
         grain);

@@ -535,7 +535,8 @@ void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
 namespace {
 
 // ---- fp32_bf16_linear (see linear_avx512.cpp): sixteen lanes as two 8-float registers, the
-// lanes of each 64-byte weight group split into odd elements (high halves) and even ones.
+// lanes of each 64-byte weight group split into odd elements (high halves) and even ones;
+// groups go to four accumulator sets in turn (linear_dot_pairs4_f32's order).
 
 inline float pairs_tree(__m256 lo, __m256 hi) {
   alignas(32) float s[16];
@@ -544,41 +545,44 @@ inline float pairs_tree(__m256 lo, __m256 hi) {
   return pairs_tree_f32(s);
 }
 
-template <int NR>
-void pair_rows_bf16(const PairTask& t, int64_t r) {
+inline void pair_row_bf16(const PairTask& t, int64_t r) {
   const int64_t in = t.w->in, groups = (in + 31) / 32;
-  const uint8_t* rows[NR];
-  for (int j = 0; j < NR; ++j) rows[j] = static_cast<const uint8_t*>(t.w->data) + (r + j) * in * 2;
+  const uint8_t* row = static_cast<const uint8_t*>(t.w->data) + r * in * 2;
   const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-  alignas(32) uint8_t tail[NR][64];
+  alignas(32) uint8_t tail[64];
   for (int64_t i = 0; i < t.m; ++i) {
     const float* xo = t.xo + i * t.ldp;
     const float* xe = t.xe + i * t.ldp;
-    __m256 acc[NR][2];
-    for (int j = 0; j < NR; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
-    for (int64_t g = 0; g < groups; ++g) {
+    __m256 acc[4][2];
+    for (int c = 0; c < 4; ++c) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
+    const auto group = [&](__m256* a, int64_t g) {
+      const uint8_t* src = row + 64 * g;
+      _mm_prefetch(reinterpret_cast<const char*>(src + 2048), _MM_HINT_T0);
       const int64_t n = std::min<int64_t>(32, in - 32 * g);
-      const __m256 o[2] = {_mm256_load_ps(xo + 16 * g), _mm256_load_ps(xo + 16 * g + 8)};
-      const __m256 e[2] = {_mm256_load_ps(xe + 16 * g), _mm256_load_ps(xe + 16 * g + 8)};
-      for (int j = 0; j < NR; ++j) {
-        const uint8_t* src = rows[j] + 64 * g;
-        _mm_prefetch(reinterpret_cast<const char*>(src + 2048), _MM_HINT_T0);
-        if (n < 32) {  // the last group: zero-padded copy (+0 weights, as the scalar pads)
-          std::memset(tail[j], 0, 64);
-          std::memcpy(tail[j], src, static_cast<size_t>(n) * 2);
-          src = tail[j];
-        }
-        for (int h = 0; h < 2; ++h) {
-          const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * h));
-          acc[j][h] =
-              _mm256_fmadd_ps(o[h], _mm256_castsi256_ps(_mm256_and_si256(v, high)), acc[j][h]);
-          acc[j][h] =
-              _mm256_fmadd_ps(e[h], _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), acc[j][h]);
-        }
+      if (n < 32) {  // the last group: zero-padded copy (+0 weights, as the scalar pads)
+        std::memset(tail, 0, 64);
+        std::memcpy(tail, src, static_cast<size_t>(n) * 2);
+        src = tail;
       }
-    }
-    for (int j = 0; j < NR; ++j)
-      t.y[i * t.ldy + (r + j - t.row_begin)] = pairs_tree(acc[j][0], acc[j][1]);
+      for (int h = 0; h < 2; ++h) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * h));
+        const __m256 o = _mm256_load_ps(xo + 16 * g + 8 * h),
+                     e = _mm256_load_ps(xe + 16 * g + 8 * h);
+        a[h] = _mm256_fmadd_ps(o, _mm256_castsi256_ps(_mm256_and_si256(v, high)), a[h]);
+        a[h] = _mm256_fmadd_ps(e, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), a[h]);
+      }
+    };
+    int64_t g = 0;
+    for (; g + 4 <= groups; g += 4)
+      for (int c = 0; c < 4; ++c) group(acc[c], g + c);
+    if (g < groups) group(acc[0], g++);  // the last one to three groups, still in turn
+    if (g < groups) group(acc[1], g++);
+    if (g < groups) group(acc[2], g++);
+    __m256 lane[2];
+    for (int h = 0; h < 2; ++h)
+      lane[h] =
+          _mm256_add_ps(_mm256_add_ps(acc[0][h], acc[1][h]), _mm256_add_ps(acc[2][h], acc[3][h]));
+    t.y[i * t.ldy + (r - t.row_begin)] = pairs_tree(lane[0], lane[1]);
   }
 }
 
@@ -587,7 +591,7 @@ void pair_rows_bf16(const PairTask& t, int64_t r) {
 void pair_rows_avx2(const PairTask& t, int64_t r0, int64_t r1) {
   // One row at a time: a thread then reads one stream in address order, which this machine
   // serves ~1.3x faster than four interleaved row streams (docs/kernels.md, "Row order").
-  for (int64_t r = r0; r < r1; ++r) pair_rows_bf16<1>(t, r);
+  for (int64_t r = r0; r < r1; ++r) pair_row_bf16(t, r);
 }
 
 }  // namespace dsv4::kernels::detail

@@ -92,6 +92,26 @@ inline float linear_dot_pairs_f32(const float* a, const float* b, int64_t n) {
   return pairs_tree_f32(s);
 }
 
+// fp32 dot product in fp32_bf16_linear's order: linear_dot_pairs_f32's step per group of 32
+// elements (lane j adds the product of element 2j+1, then that of element 2j, each fused), but
+// the groups are dealt round robin to four sets of sixteen lane sums (group g to set g mod 4),
+// so that a SIMD kernel keeps four independent accumulator chains; per lane the sets add as
+// (s0 + s1) + (s2 + s3), then pairs_tree_f32. (docs/kernels.md: the BF16 head.)
+inline float linear_dot_pairs4_f32(const float* a, const float* b, int64_t n) {
+  float s[4][16] = {};
+  for (int64_t k0 = 0; k0 < n; k0 += 32) {
+    float* set = s[(k0 / 32) % 4];
+    for (int j = 0; j < 16; ++j) {
+      const int64_t odd = k0 + 2 * j + 1, even = k0 + 2 * j;
+      set[j] = std::fma(odd < n ? a[odd] : 0.0f, odd < n ? b[odd] : 0.0f, set[j]);
+      set[j] = std::fma(even < n ? a[even] : 0.0f, even < n ? b[even] : 0.0f, set[j]);
+    }
+  }
+  float lanes[16];
+  for (int j = 0; j < 16; ++j) lanes[j] = (s[0][j] + s[1][j]) + (s[2][j] + s[3][j]);
+  return pairs_tree_f32(lanes);
+}
+
 // Rounds every element of x[0..n) to bf16 in place.
 void bf16_round_inplace(float* x, int64_t n);
 

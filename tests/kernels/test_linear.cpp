@@ -778,6 +778,23 @@ TEST(LinearDotPairs, OddElementFirstThenEven) {
             std::ldexp(1.0f, -11) + std::ldexp(1.0f, -24));
 }
 
+TEST(LinearDotPairs4, GroupsGoToFourSetsInTurn) {
+  // Lane 0 of groups 0, 2, 3 holds 1, 2^-24, 2^-24: in four sets (1 + 0) + (2^-24 + 2^-24)
+  // keeps 2^-23, where one chain would round both away. Group 4 returns to set 0 (1 - 1 = 0).
+  std::vector<float> a(160, 0.0f), b(160, 1.0f);
+  a[1] = 1.0f;
+  a[65] = a[96] = std::ldexp(1.0f, -24);
+  EXPECT_EQ(linear_dot_pairs4_f32(a.data(), b.data(), 128), 1.0f + std::ldexp(1.0f, -23));
+  EXPECT_EQ(linear_dot_pairs_f32(a.data(), b.data(), 128), 1.0f);
+  a[129] = -1.0f;
+  EXPECT_EQ(linear_dot_pairs4_f32(a.data(), b.data(), 160), std::ldexp(1.0f, -23));
+  // The sets add as (s0 + s1) + (s2 + s3): with s0 = 1, s1 = -1, s2 = s3 = 2^-25 the 2^-24
+  // survives, where ((s0 + s2) + s1) + s3 would give 2^-25.
+  std::vector<float> c(128, 0.0f);
+  c[1] = 1.0f, c[33] = -1.0f, c[65] = c[97] = std::ldexp(1.0f, -25);
+  EXPECT_EQ(linear_dot_pairs4_f32(c.data(), b.data(), 128), std::ldexp(1.0f, -24));
+}
+
 #if defined(__GNUC__)
 // The AVX512-BF16 dot-product instruction on bf16 operands in the normal range: what
 // linear_dot_pairs_f32 emulates (the hardware as an independent oracle for the order).
