@@ -497,7 +497,10 @@ TEST(Fp8Linear, PairsOrderIsNotTheExactTileSum) {
 
 TEST(Fp8Linear, SimdMatchesScalarFp32Accumulators) {
   IsaGuard guard;
-  const int64_t shapes[][2] = {{1, 1}, {3, 100}, {7, 128}, {131, 300}, {260, 257}, {33, 1000}};
+  // in = 1700 and 2176: whole blocks of eight and four tiles, single tiles and a partial one
+  // (the matrix-vector kernel's three loops).
+  const int64_t shapes[][2] = {{1, 1},     {3, 100},   {7, 128},  {131, 300},
+                               {260, 257}, {33, 1000}, {9, 1700}, {4, 2176}};
   uint32_t seed = 320;
   for (const auto& s : shapes)
     for (bool f32_scale : {false, true}) {
@@ -572,7 +575,7 @@ TEST(Fp8PlainLinear, ScalarIsTheContractAndSimdMatchesIt) {
   uint32_t seed = 600;
   const int64_t ranges[][3] = {{300, 37, 290}, {260, 0, 260}, {200, 128, 200}};
   for (const auto& rg : ranges)
-    for (int64_t in : {int64_t{100}, int64_t{1000}}) {
+    for (int64_t in : {int64_t{100}, int64_t{1000}, int64_t{1700}}) {
       const TestWeight w = make_weight(WeightFormat::kFP8, rg[0], in, seed++);
       const int64_t r0 = rg[1], r1 = rg[2], ldx = in + 5, ldy = r1 - r0 + 3;
       for (int kind = 0; kind < 3; ++kind)
