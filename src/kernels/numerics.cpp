@@ -1,5 +1,6 @@
 #include "kernels/numerics.h"
 
+#include <immintrin.h>
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -109,9 +110,9 @@ void fp8_fake_quant_reference(float* x, int64_t n, int64_t block) {
   }
 }
 
-// The same function as fp8_fake_quant_reference, written so the compiler
-// vectorises it (it runs on every activation row before every quantized
-// linear). Why it is the same:
+// The same function as fp8_fake_quant_reference, eight lanes at a time (AVX2, the
+// baseline ISA: it runs on every activation row before every quantized linear; the compiler
+// left the plain loop scalar). Why it is the same:
 // - s is a power of two in [2^-22, 2^120], so x·(1/s) is the exactly
 //   rounded x/s (both round the same real number);
 // - for |v| ≥ 2^-6 (e4m3 normals) rounding to 3 mantissa bits, ties to
@@ -119,15 +120,58 @@ void fp8_fake_quant_reference(float* x, int64_t n, int64_t block) {
 //   the exponent is the correct result); below 2^-6 the spacing is 2^-9 and
 //   (|v| + 1.5·2^14) − 1.5·2^14 rounds to it, ties to even (the float ulp
 //   at 1.5·2^14 is 2^-9); |v| ≤ 448 after the clamp, so nothing saturates;
-// - q·s is exact and bf16_round leaves it unchanged.
+// - q·s is exact (3 significant bits, between 2^-31 and 448·2^120) and
+//   bf16_round leaves it unchanged, so the vector lanes skip it.
 // Blocks with an infinity or NaN take the reference.
 namespace {
 
+constexpr float kFp8Magic = 24576.0f;  // 1.5 · 2^14
+
+float fake_quant_one(float x, float inv, float s) {
+  const float v = std::min(std::max(x * inv, -448.0f), 448.0f);
+  const float a = std::fabs(v);
+  uint32_t bits = float_bits(a);
+  bits = (bits + 0x7ffffu + ((bits >> 20) & 1u)) & 0xfff00000u;
+  const float normal = bits_float(bits);
+  const float subnormal = (a + kFp8Magic) - kFp8Magic;
+  const float q = a >= 0.015625f ? normal : subnormal;  // 2^-6
+  return bf16_round(std::copysign(q, v) * s);
+}
+
+__m256 fake_quant_8(__m256 x, __m256 inv, __m256 s) {
+  const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+  const __m256 v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(x, inv), _mm256_set1_ps(-448.0f)),
+                                 _mm256_set1_ps(448.0f));
+  const __m256 a = _mm256_andnot_ps(sign_bit, v);
+  const __m256i bits = _mm256_castps_si256(a);
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 20), _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_and_si256(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7ffff)), odd),
+                       _mm256_set1_epi32(static_cast<int>(0xfff00000u)));
+  const __m256 magic = _mm256_set1_ps(kFp8Magic);
+  const __m256 subnormal = _mm256_sub_ps(_mm256_add_ps(a, magic), magic);
+  const __m256 is_normal = _mm256_cmp_ps(a, _mm256_set1_ps(0.015625f), _CMP_GE_OQ);
+  const __m256 q = _mm256_blendv_ps(subnormal, _mm256_castsi256_ps(rounded), is_normal);
+  return _mm256_mul_ps(_mm256_or_ps(q, _mm256_and_ps(v, sign_bit)), s);
+}
+
 // The largest |x[i]| of a block, and whether every value is finite.
 float block_amax(const float* x, int64_t n, bool* finite) {
+  const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+  const __m256 big = _mm256_set1_ps(std::numeric_limits<float>::max());
+  __m256 vmax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 a = _mm256_andnot_ps(sign_bit, _mm256_loadu_ps(x + i));
+    vmax = _mm256_max_ps(vmax, a);
+    bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, big, _CMP_NLE_UQ));  // inf or NaN
+  }
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, vmax);
   float amax = 0;
-  *finite = true;
-  for (int64_t i = 0; i < n; ++i) {
+  for (float v : lanes) amax = std::max(amax, v);
+  *finite = _mm256_movemask_ps(bad) == 0;
+  for (; i < n; ++i) {
     const float a = std::fabs(x[i]);
     amax = std::max(amax, a);
     *finite = *finite && a <= std::numeric_limits<float>::max();
@@ -139,26 +183,21 @@ float block_amax(const float* x, int64_t n, bool* finite) {
 
 void fp8_fake_quant(float* x, int64_t n, int64_t block) {
   for (int64_t b0 = 0; b0 < n; b0 += block) {
-    const int64_t b1 = std::min(n, b0 + block);
+    const int64_t len = std::min(n, b0 + block) - b0;
+    float* xb = x + b0;
     bool finite;
-    const float amax = block_amax(x + b0, b1 - b0, &finite);
+    const float amax = block_amax(xb, len, &finite);
     if (!finite) {
-      fp8_fake_quant_reference(x + b0, b1 - b0, block);
+      fp8_fake_quant_reference(xb, len, block);
       continue;
     }
     const float s = fp8_block_scale(amax);
     const float inv = 1.0f / s;
-    constexpr float kMagic = 24576.0f;  // 1.5 · 2^14
-    for (int64_t i = b0; i < b1; ++i) {
-      const float v = std::min(std::max(x[i] * inv, -448.0f), 448.0f);
-      const float a = std::fabs(v);
-      uint32_t bits = float_bits(a);
-      bits = (bits + 0x7ffffu + ((bits >> 20) & 1u)) & 0xfff00000u;
-      const float normal = bits_float(bits);
-      const float subnormal = (a + kMagic) - kMagic;
-      const float q = a >= 0.015625f ? normal : subnormal;  // 2^-6
-      x[i] = bf16_round(std::copysign(q, v) * s);
-    }
+    const __m256 vs = _mm256_set1_ps(s), vinv = _mm256_set1_ps(inv);
+    int64_t i = 0;
+    for (; i + 8 <= len; i += 8)
+      _mm256_storeu_ps(xb + i, fake_quant_8(_mm256_loadu_ps(xb + i), vinv, vs));
+    for (; i < len; ++i) xb[i] = fake_quant_one(xb[i], inv, s);
   }
 }
 
