@@ -244,6 +244,46 @@ DSV4_ATTN_AVX512 void axpy_f64(double* a, double p, const double* v, int64_t n) 
     _mm512_storeu_pd(a + d, _mm512_fmadd_pd(pv, _mm512_loadu_pd(v + d), _mm512_loadu_pd(a + d)));
   for (; d < n; ++d) a[d] = std::fma(p, v[d], a[d]);
 }
+// One tile's P·V updates for a group of heads, with acc (nh rows of dim doubles, dim a multiple
+// of 16) held in registers: per block of 8 heads and 16 dims, the rescale, then every listed
+// row e in order, acc += p[g][e]·v[e] (the same FMAs as axpy_f64, per element in the same
+// order; heads that skip the tile are computed but not stored). The group's accumulators
+// (16 heads × 512 dims: 64 KB) no longer stream through L1 once per row.
+DSV4_ATTN_AVX512 void pv_tile_avx512(double* acc, int64_t nh, int64_t dim, const float* const* rows,
+                                     int64_t n_rows, const double* p, int64_t ldp,
+                                     const float* rescale, const bool* active) {
+  for (int64_t g0 = 0; g0 < nh; g0 += 8) {
+    const int64_t ng = std::min<int64_t>(8, nh - g0);
+    for (int64_t d0 = 0; d0 < dim; d0 += 16) {
+      __m512d a[8][2];
+      for (int64_t g = 0; g < 8; ++g) {
+        if (g < ng) {
+          const __m512d r = _mm512_set1_pd(rescale[g0 + g]);
+          const double* src = acc + (g0 + g) * dim + d0;
+          a[g][0] = _mm512_mul_pd(_mm512_loadu_pd(src), r);
+          a[g][1] = _mm512_mul_pd(_mm512_loadu_pd(src + 8), r);
+        } else {
+          a[g][0] = a[g][1] = _mm512_setzero_pd();
+        }
+      }
+      for (int64_t e = 0; e < n_rows; ++e) {
+        const __m512d v0 = _mm512_cvtps_pd(_mm256_loadu_ps(rows[e] + d0));
+        const __m512d v1 = _mm512_cvtps_pd(_mm256_loadu_ps(rows[e] + d0 + 8));
+        for (int64_t g = 0; g < 8; ++g) {
+          const __m512d pb = _mm512_set1_pd(p[(g0 + g) * ldp + e]);
+          a[g][0] = _mm512_fmadd_pd(pb, v0, a[g][0]);
+          a[g][1] = _mm512_fmadd_pd(pb, v1, a[g][1]);
+        }
+      }
+      for (int64_t g = 0; g < ng; ++g)
+        if (active[g0 + g]) {
+          double* dst = acc + (g0 + g) * dim + d0;
+          _mm512_storeu_pd(dst, a[g][0]);
+          _mm512_storeu_pd(dst + 8, a[g][1]);
+        }
+    }
+  }
+}
 #pragma GCC diagnostic pop
 
 }  // namespace
@@ -259,11 +299,15 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t groups = (heads + kGroup - 1) / kGroup;
   const bool avx512 = active_isa() == Isa::kAvx512 && dim % 4 == 0;
+  const bool pv_blocked = avx512 && dim % 16 == 0;
   parallel_for(m * groups, [&](int64_t t0, int64_t t1, int) {
     std::vector<double> acc(kGroup * dim);
     std::vector<float> z(kGroup * kTile);
     std::vector<double> qp(avx512 ? kGroup * dim : 0), vd(avx512 ? dim : 0);
-    float run_max[kGroup], denom[kGroup], new_max[kGroup];
+    std::vector<double> probs(pv_blocked ? kGroup * kTile : 0);
+    const float* tile_rows[kTile];
+    float run_max[kGroup], denom[kGroup], new_max[kGroup], rescale[kGroup];
+    bool active[kGroup];
     for (int64_t task = t0; task < t1; ++task) {
       const int64_t i = task / groups, h0 = (task % groups) * kGroup;
       const int64_t nh = std::min(kGroup, heads - h0);
@@ -288,14 +332,37 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
           float tile_max = kNegInf;
           for (int64_t e = b0; e < b1; ++e) tile_max = std::max(tile_max, z[g * kTile + e - b0]);
           new_max[g] = std::max(run_max[g], tile_max);
-          if (new_max[g] == kNegInf) continue;  // nothing visible yet (for any head)
+          active[g] = new_max[g] != kNegInf;
+          if (!active[g]) continue;  // nothing visible yet (for any head)
           any = true;
-          const float rescale = run_max[g] == kNegInf ? 0.0f : std::exp(run_max[g] - new_max[g]);
-          denom[g] *= rescale;
+          rescale[g] = run_max[g] == kNegInf ? 0.0f : std::exp(run_max[g] - new_max[g]);
+          denom[g] *= rescale[g];
+          if (pv_blocked) continue;  // pv_tile_avx512 rescales as it loads
           double* a = acc.data() + g * dim;
-          for (int64_t d = 0; d < dim; ++d) a[d] *= rescale;
+          for (int64_t d = 0; d < dim; ++d) a[d] *= rescale[g];
         }
         if (!any) continue;
+        if (pv_blocked) {
+          // The probabilities first (per head in row order, as below), then all P·V updates.
+          int64_t n_rows = 0;
+          for (int64_t e = b0; e < b1; ++e) {
+            if (row[e] < 0) continue;
+            for (int64_t g = 0; g < nh; ++g) {
+              double pb = 0;
+              if (active[g]) {
+                const float p = std::exp(z[g * kTile + e - b0] - new_max[g]);
+                denom[g] += p;
+                pb = bf16_round(p);
+              }
+              probs[g * kTile + n_rows] = pb;
+            }
+            tile_rows[n_rows++] = kv_rows[row[e]];
+          }
+          pv_tile_avx512(acc.data(), nh, dim, tile_rows, n_rows, probs.data(), kTile, rescale,
+                         active);
+          for (int64_t g = 0; g < nh; ++g) run_max[g] = new_max[g];
+          continue;
+        }
         for (int64_t e = b0; e < b1; ++e) {
           if (row[e] < 0) continue;
           const float* vr = kv_rows[row[e]];
