@@ -213,26 +213,37 @@ DSV4_ATTN_AVX512 void pack_head_pairs(const float* a, int64_t dim, int64_t n, do
     }
 }
 
-// dot_f64_heads over packed head pairs: lanes 0..3 of pair p are head 2p's four lane sums,
-// lanes 4..7 head 2p + 1's.
-DSV4_ATTN_AVX512 void dot_f64_head_pairs(const double* qp, int64_t dim, int64_t n, const float* b,
-                                         double* out) {
+constexpr int64_t kRowsPerPass = 4;
+
+// dot_f64_heads over packed head pairs for four kv rows at once: lanes 0..3 of pair p are head
+// 2p's four lane sums, lanes 4..7 head 2p + 1's, each in dot_f64_heads' order; every packed
+// query load serves four rows. out[j][g]: row j, head g.
+DSV4_ATTN_AVX512 void dot_f64_head_pairs4(const double* qp, int64_t dim, int64_t n,
+                                          const float* const* b, double (*out)[16]) {
   const int64_t steps = dim / 4, pairs = (n + 1) / 2;
   for (int64_t p0 = 0; p0 < pairs; p0 += 4) {
     const int64_t np = std::min<int64_t>(4, pairs - p0);
-    __m512d acc[4] = {_mm512_setzero_pd(), _mm512_setzero_pd(), _mm512_setzero_pd(),
-                      _mm512_setzero_pd()};
+    __m512d acc[4][kRowsPerPass];
+    for (auto& per_pair : acc)
+      for (__m512d& a : per_pair) a = _mm512_setzero_pd();
     for (int64_t s = 0; s < steps; ++s) {
-      const __m512d bb = _mm512_broadcast_f64x4(_mm256_cvtps_pd(_mm_loadu_ps(b + 4 * s)));
-      for (int64_t p = 0; p < np; ++p)
-        acc[p] = _mm512_fmadd_pd(_mm512_loadu_pd(qp + ((p0 + p) * steps + s) * 8), bb, acc[p]);
+      __m512d bb[kRowsPerPass];
+      for (int64_t j = 0; j < kRowsPerPass; ++j)
+        bb[j] = _mm512_broadcast_f64x4(_mm256_cvtps_pd(_mm_loadu_ps(b[j] + 4 * s)));
+      for (int64_t p = 0; p < 4; ++p) {
+        if (p >= np) break;
+        const __m512d qv = _mm512_loadu_pd(qp + ((p0 + p) * steps + s) * 8);
+        for (int64_t j = 0; j < kRowsPerPass; ++j)
+          acc[p][j] = _mm512_fmadd_pd(qv, bb[j], acc[p][j]);
+      }
     }
-    for (int64_t p = 0; p < np; ++p) {
-      alignas(64) double v[8];
-      _mm512_store_pd(v, acc[p]);
-      out[2 * (p0 + p)] = (v[0] + v[1]) + (v[2] + v[3]);
-      if (2 * (p0 + p) + 1 < n) out[2 * (p0 + p) + 1] = (v[4] + v[5]) + (v[6] + v[7]);
-    }
+    for (int64_t p = 0; p < np; ++p)
+      for (int64_t j = 0; j < kRowsPerPass; ++j) {
+        alignas(64) double v[8];
+        _mm512_store_pd(v, acc[p][j]);
+        out[j][2 * (p0 + p)] = (v[0] + v[1]) + (v[2] + v[3]);
+        if (2 * (p0 + p) + 1 < n) out[j][2 * (p0 + p) + 1] = (v[4] + v[5]) + (v[6] + v[7]);
+      }
   }
 }
 
@@ -317,15 +328,38 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
       if (avx512) pack_head_pairs(q + (i * heads + h0) * dim, dim, nh, qp.data());
       for (int64_t b0 = 0; b0 < width; b0 += kTile) {
         const int64_t b1 = std::min(width, b0 + kTile);
-        for (int64_t e = b0; e < b1; ++e) {
-          const float* kr = row[e] >= 0 ? kv_rows[row[e]] : nullptr;
-          double dots[kGroup];
-          if (kr && avx512)
-            dot_f64_head_pairs(qp.data(), dim, nh, kr, dots);
-          else if (kr)
-            dot_f64_heads(q + (i * heads + h0) * dim, dim, nh, kr, dots);
-          for (int64_t g = 0; g < nh; ++g)
-            z[g * kTile + e - b0] = kr ? static_cast<float>(dots[g]) * scale : kNegInf;
+        if (avx512) {
+          // Four listed rows per pass over the packed queries (one pass per row read the
+          // group's 64 KB of queries from L2 for every row).
+          int64_t listed[kRowsPerPass], n = 0;
+          const auto flush = [&] {
+            const float* rows4[kRowsPerPass];
+            for (int64_t j = 0; j < kRowsPerPass; ++j)
+              rows4[j] = kv_rows[row[listed[j < n ? j : 0]]];
+            double dots[kRowsPerPass][kGroup];
+            dot_f64_head_pairs4(qp.data(), dim, nh, rows4, dots);
+            for (int64_t j = 0; j < n; ++j)
+              for (int64_t g = 0; g < nh; ++g)
+                z[g * kTile + listed[j] - b0] = static_cast<float>(dots[j][g]) * scale;
+            n = 0;
+          };
+          for (int64_t e = b0; e < b1; ++e) {
+            if (row[e] < 0) {
+              for (int64_t g = 0; g < nh; ++g) z[g * kTile + e - b0] = kNegInf;
+              continue;
+            }
+            listed[n++] = e;
+            if (n == kRowsPerPass) flush();
+          }
+          if (n > 0) flush();
+        } else {
+          for (int64_t e = b0; e < b1; ++e) {
+            const float* kr = row[e] >= 0 ? kv_rows[row[e]] : nullptr;
+            double dots[kGroup];
+            if (kr) dot_f64_heads(q + (i * heads + h0) * dim, dim, nh, kr, dots);
+            for (int64_t g = 0; g < nh; ++g)
+              z[g * kTile + e - b0] = kr ? static_cast<float>(dots[g]) * scale : kNegInf;
+          }
         }
         bool any = false;
         for (int64_t g = 0; g < nh; ++g) {

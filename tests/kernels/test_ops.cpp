@@ -190,6 +190,31 @@ TEST(SparseAttention, HeadGroupsMatchTheReferenceBitForBit) {
   }
 }
 
+TEST(SparseAttention, ScoreLaneSumsAddInDotF64sOrder) {
+  // The scores' double lane sums (dot_f64: lanes k mod 4, then (s0 + s1) + (s2 + s3)) decide a
+  // float rounding here: lane 0 holds 2^20 + 2^-4 (a float tie), lanes 2 and 3 hold 2^-33
+  // each (half a double ulp there). In dot_f64's order the two add to 2^-32 first and lift the
+  // sum above the tie: row 1 scores 2^20 + 2^-3, as row 0 does, and the two rows share the
+  // weight equally. Any other pairing rounds the 2^-33s away and row 1 scores 2^20, a visible
+  // exp(-1/8) in its weight.
+  const int dim = 64;
+  std::vector<float> q(dim, 0.0f), kv(2 * dim, 0.0f);
+  q[0] = std::ldexp(1.0f, 20), q[4] = std::ldexp(1.0f, -4);
+  q[2] = q[3] = std::ldexp(1.0f, -33);
+  kv[0] = 1.0f, kv[4] = 2.0f, kv[8] = 1.0f;       // row 0: 2^20 + 2^-3 exactly; value 1 at dim 8
+  for (int k : {0, 2, 3, 4}) kv[dim + k] = 1.0f;  // row 1
+  kv[dim + 9] = 1.0f;                             // value 1 at dim 9
+  const int32_t idx[2] = {0, 1};
+  const float sink = -1e30f;
+  const float* rows[2] = {kv.data(), kv.data() + dim};
+  std::vector<float> out(dim), want(dim);
+  sparse_attention(q.data(), 1, 1, dim, rows, idx, 2, &sink, 1.0f, out.data());
+  sparse_attention_reference(q.data(), 1, 1, dim, rows, idx, 2, &sink, 1.0f, want.data());
+  EXPECT_EQ(out[8], 0.5f);
+  EXPECT_EQ(out[9], 0.5f);
+  for (int d = 0; d < dim; ++d) EXPECT_EQ(out[d], want[d]) << d;
+}
+
 TEST(SparseAttention, OnlyMaskedGivesZeroAndSinkScalesSingleKey) {
   const int dim = 8;
   const std::vector<float> kv = random_bf16(2 * dim, 9), q = random_bf16(dim, 10);
