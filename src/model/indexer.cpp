@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/index_scores.h"
 #include "kernels/numerics.h"
 #include "model/compressor.h"
 #include "util/scratch.h"
@@ -62,12 +63,26 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
   auto score_block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* score,
                          int64_t stride) {
     std::vector<float> keys(kKeyBlock * hd);
+    const uint8_t* rows[kKeyBlock];
+    uint8_t fallback[kKeyBlock];
     for (int64_t b0 = j0; b0 < j1; b0 += kKeyBlock) {
       const int64_t b1 = std::min(j1, b0 + kKeyBlock);
-      for (int64_t j = b0; j < b1; ++j) state.index_key(j, keys.data() + (j - b0) * hd);
+      for (int64_t j = b0; j < b1; ++j) rows[j - b0] = state.index_keys.row(j);
+      bool decoded = false;
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t j_end = std::min(b1, visible_to(i));
+        if (j_end <= b0) continue;
+        float* out = score + (i - i0) * stride;
+        // The integer kernel where it applies (exact: the same scores), else the float loop.
+        const bool fast =
+            kernels::fp4_index_scores(q.data() + i * heads * hd, hw.data() + i * heads, heads, hd,
+                                      rows, j_end - b0, out + b0, fallback);
         for (int64_t j = b0; j < j_end; ++j) {
+          if (fast && !fallback[j - b0]) continue;
+          if (!decoded) {
+            for (int64_t jj = b0; jj < b1; ++jj) state.index_key(jj, keys.data() + (jj - b0) * hd);
+            decoded = true;
+          }
           const float* k = keys.data() + (j - b0) * hd;
           float sum = 0;
           for (int64_t h = 0; h < heads; ++h) {
@@ -75,7 +90,7 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
             const float dot = kernels::bf16_round(static_cast<float>(kernels::dot_f64(qh, k, hd)));
             sum += kernels::bf16_round(std::max(dot, 0.0f) * hw[i * heads + h]);
           }
-          score[(i - i0) * stride + j] = kernels::bf16_round(sum);
+          out[j] = kernels::bf16_round(sum);
         }
       }
     }
