@@ -1689,9 +1689,11 @@ DSV4_BF16 void fp8_rows_bf16(const Fp8Task& t, int64_t r0, int64_t r1) {
     }
     return;
   }
-  // Blocks of 8 weight rows (never across a 128-row scale block: tasks start on multiples of
-  // 8) decoded once to bf16, then every activation row over them.
-  constexpr int64_t kRows = 8;
+  // Blocks of up to 32 weight rows (never across a 128-row scale block) decoded once to bf16
+  // (≤ 256 KB: they stay in L2), then every activation row over them: each group of four
+  // activation rows, read from L3 at long prefills, serves 32 weight rows (8 rows: 0.95x as
+  // fast at m = 512).
+  const int64_t kRows = std::clamp<int64_t>((int64_t{256} << 10) / (2 * t.ldq) / 4 * 4, 4, 32);
   const Fp8Bf16 k = load_fp8_bf16();
   auto* wb = reinterpret_cast<uint16_t*>(thread_scratch(kRows * t.ldq / 4 + 8, 0));
   double* wscale = thread_scratch(tiles, 1);
