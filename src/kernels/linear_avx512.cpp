@@ -217,10 +217,12 @@ inline void store_results(const LinearTask& t, __m256 result, int mi, int nr, in
 
 constexpr int kGemvRows = 8;  // weight rows at once: 16 accumulators, one full reduce8
 
-// The matrix-vector kernels stream 8 weight rows at once; measured on the development machine,
-// the hardware prefetchers alone leave them waiting on memory (BF16: 20 % faster with this).
-// A prefetch past the end of the mapping is harmless (it never faults).
-constexpr int64_t kPrefetchBytes = 2048;
+// The matrix-vector kernels stream weight rows; measured on the development machine, the
+// hardware prefetchers alone leave them waiting on memory (BF16: 20 % faster with this).
+// A prefetch past the end of the mapping is harmless (it never faults). 8 KB ahead (session 7,
+// FP8 m = 1 one row at a time, 1 thread): wq_b 1.25–1.34 ms at 2 KB, 1.13–1.19 at 4 KB,
+// 1.03–1.10 at 8 KB, 1.08–1.10 at 12 KB, 1.15–1.24 at 16 KB.
+constexpr int64_t kPrefetchBytes = 8192;
 inline void prefetch_weights(const uint8_t* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
 }
@@ -582,9 +584,10 @@ bool use_vnni() {
 constexpr int64_t kVecChunk = 128;              // elements per 64-byte weight load
 constexpr int64_t kVecGroup = 4 * kVecChunk;    // 16 tiles: one vector of tile sums
 constexpr int64_t kVecChunkBytes = 3 * 2 * 64;  // digit planes × (even, odd) × 64
-// Software prefetch distance of the row stream (measured: 2 KB 17.6–18.0 GB/s, 4 KB 19.8–20.2,
-// 8 KB 18.8–20.6, none 14–15 on one thread).
-constexpr int64_t kVecPrefetch = 4096;
+// Software prefetch distance of the row stream (session 6: 2 KB 17.6–18.0 GB/s, 4 KB 19.8–20.2,
+// 8 KB 18.8–20.6, none 14–15 on one thread; session 7, alternating: w1 4 KB 0.205–0.209 ms,
+// 6 KB 0.178–0.193, 8 KB 0.181–0.183, 12 KB 0.187–0.189).
+constexpr int64_t kVecPrefetch = 8192;
 // Groups per step of a row: 2 gave 18-19.6 GB/s, 1 14.8-15.4, 3 19.2-19.7, 4 15.8-16.8
 // (w1, one thread).
 constexpr int kVecPair = 2;
