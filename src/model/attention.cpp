@@ -8,8 +8,14 @@
 #include "model/compressor.h"
 #include "model/indexer.h"
 #include "util/scratch.h"
+#include "util/threadpool.h"
 
 namespace dsv4 {
+
+namespace {
+// Up to this many query rows, wo_a runs whole groups as parallel tasks.
+constexpr int64_t kGroupParallelRows = 4;
+}  // namespace
 
 namespace {
 // torch runs bf16 elementwise ops two 16-lane AVX2 vectors at a time; the
@@ -151,7 +157,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   const int64_t groups = cfg.o_groups, rank = cfg.o_lora_rank, gin = cfg.group_in_dim();
   ScratchVector<float> oa(n * groups * rank);
   const kernels::WeightRef wo_a = weight_ref(w.wo_a);
-  for (int64_t g = 0; g < groups; ++g) {
+  const auto group_output = [&](int64_t g) {
     const float* x = o.data() + g * gin;
     float* y = oa.data() + g * rank;
     if (wo_a.format == kernels::WeightFormat::kFP8)
@@ -160,7 +166,17 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
     else
       kernels::plain_linear(x, n, heads * hd, wo_a, g * rank, (g + 1) * rank, y, groups * rank,
                             true);
-  }
+  };
+  // A decode step's groups are small matrices (4 MB in Flash): whole groups per task keep one
+  // long weight stream per thread and one dispatch per layer instead of one per group (each
+  // group's rows are computed the same way either way).
+  if (n <= kGroupParallelRows && groups >= ThreadPool::global().num_threads() &&
+      ThreadPool::global().num_threads() > 1)
+    parallel_for(groups, [&](int64_t g0, int64_t g1, int) {
+      for (int64_t g = g0; g < g1; ++g) group_output(g);
+    });
+  else
+    for (int64_t g = 0; g < groups; ++g) group_output(g);
   kernels::quant_linear(oa.data(), n, weight_ref(w.wo_b), out);
 
   for (int64_t i = std::max<int64_t>(0, n - window); i < n; ++i)
