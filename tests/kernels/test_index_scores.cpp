@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "isa_guard.h"
 #include "kernels/index_scores.h"
 #include "kernels/isa.h"
 #include "kernels/numerics.h"
@@ -37,18 +38,9 @@ float reference_score(const std::vector<float>& q, const std::vector<float>& w, 
   return bf16_round(sum);
 }
 
-class IsaPin {
- public:
-  IsaPin() : saved_(active_isa()) {}
-  ~IsaPin() { set_isa(saved_); }
-
- private:
-  Isa saved_;
-};
-
 TEST(Fp4IndexScores, MatchTheFloatDefinitionBitForBit) {
   if (!isa_supported(Isa::kAvx512)) GTEST_SKIP() << "no AVX-512 on this CPU";
-  IsaPin pin;
+  IsaGuard guard;
   set_isa(Isa::kAvx512);
   std::mt19937 rng(77);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -107,7 +99,7 @@ TEST(Fp4IndexScores, DeclinesOffGridQueriesAndOtherIsas) {
   const uint8_t* ptr = row.data();
   float score = 0;
   uint8_t fallback = 0;
-  IsaPin pin;
+  IsaGuard guard;
   set_isa(Isa::kAvx2);
   EXPECT_FALSE(fp4_index_scores(q.data(), w.data(), heads, dim, &ptr, 1, &score, &fallback));
   if (!isa_supported(Isa::kAvx512)) return;

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "isa_guard.h"
 #include "kernels/isa.h"
 #include "kernels/linear.h"
 #include "kernels/linear_simd.h"
@@ -123,16 +124,6 @@ std::vector<float> make_activations(int64_t m, int64_t ld, uint32_t seed) {
     }
   return x;
 }
-
-// Restores the ISA chosen at start-up when a test ends.
-class IsaGuard {
- public:
-  IsaGuard() : saved_(active_isa()) {}
-  ~IsaGuard() { set_isa(saved_); }
-
- private:
-  Isa saved_;
-};
 
 std::vector<Isa> simd_isas() {
   std::vector<Isa> isas;
