@@ -47,15 +47,8 @@ int twice_e2m1_code(float v) {  // v on the doubled grid: its integer, else 99
   return 99;
 }
 
-struct QueryCodes {
-  std::vector<int8_t> codes;  // [heads, dim]
-  std::vector<int32_t> bias;  // [heads, blocks]: 12·Σ codes of the block
-  std::vector<double> scale;  // [heads, blocks]: 2^(sq − 1)
-  int span = 0;               // the widest spread of one head's block exponents
-};
-
-// The queries as codes; false if a value is off its block's grid.
-bool query_codes(const float* q, int64_t heads, int64_t dim, QueryCodes* out) {
+// The query as codes; false if a value is off its block's grid.
+bool query_codes(const float* q, int64_t heads, int64_t dim, Fp4IndexQuery* out) {
   const int64_t blocks = dim / kBlock;
   out->codes.resize(heads * dim);
   out->bias.resize(heads * blocks);
@@ -87,9 +80,9 @@ bool query_codes(const float* q, int64_t heads, int64_t dim, QueryCodes* out) {
       }
       out->bias[h * blocks + b] = 12 * sum;
       out->scale[h * blocks + b] = std::ldexp(1.0, e - 1);
-      lo = std::min(lo, e), hi = std::max(hi, e);
+      if (amax > 0) lo = std::min(lo, e), hi = std::max(hi, e);  // zero blocks add nothing
     }
-    out->span = std::max(out->span, hi - lo);
+    if (hi >= lo) out->span = std::max(out->span, hi - lo);
   }
   return true;
 }
@@ -105,9 +98,9 @@ DSV4_IDX_VNNI inline __m512 bf16_round16(__m512 v) {  // bf16_round per lane (in
   return _mm512_castsi512_ps(_mm512_mask_blend_epi32(special, r, u));
 }
 
-DSV4_IDX_VNNI void score_keys(const QueryCodes& qc, const float* w, int64_t heads, int64_t dim,
-                              const uint8_t* const* keys, int64_t n, float* score,
-                              uint8_t* fallback) {
+DSV4_IDX_VNNI void score_keys(const Fp4IndexQuery& qc, const float* w, const uint8_t* const* keys,
+                              int64_t n, float* score, uint8_t* fallback) {
+  const int64_t heads = qc.heads, dim = qc.dim;
   const int64_t blocks = dim / kBlock, groups = dim / 4;  // 4-dim groups
   // Per 16 keys: codes + 12 by 4-dim group, lanes = keys; 2^(sk − 1) per block, 8 keys per
   // double vector.
@@ -197,13 +190,17 @@ DSV4_IDX_VNNI void score_keys(const QueryCodes& qc, const float* w, int64_t head
 
 #pragma GCC diagnostic pop
 
-bool fp4_index_scores(const float* q, const float* w, int64_t heads, int64_t dim,
-                      const uint8_t* const* keys, int64_t n, float* score, uint8_t* fallback) {
-  if (active_isa() != Isa::kAvx512 || !vnni_available() || dim % kBlock != 0 || dim <= 0)
-    return false;
-  thread_local QueryCodes qc;
-  if (!query_codes(q, heads, dim, &qc)) return false;
-  score_keys(qc, w, heads, dim, keys, n, score, fallback);
+void prepare_fp4_index_query(const float* q, int64_t heads, int64_t dim, Fp4IndexQuery* out) {
+  out->heads = heads;
+  out->dim = dim;
+  out->usable = active_isa() == Isa::kAvx512 && vnni_available() && dim % kBlock == 0 && dim > 0 &&
+                query_codes(q, heads, dim, out);
+}
+
+bool fp4_index_scores(const Fp4IndexQuery& q, const float* w, const uint8_t* const* keys, int64_t n,
+                      float* score, uint8_t* fallback) {
+  if (!q.usable) return false;
+  score_keys(q, w, keys, n, score, fallback);
   return true;
 }
 

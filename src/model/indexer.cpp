@@ -60,8 +60,15 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
   // accumulates in fp32 and rounds once. Every score depends on its query and
   // entry only, so any split of the work gives the same scores.
   constexpr int64_t kKeyBlock = 64, kQueryBlock = 16;
-  auto score_block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1, float* score,
-                         int64_t stride) {
+  // The queries' FP4 codes for the integer kernel, once per query (prepared[i - i0]).
+  auto prepare = [&](int64_t i0, int64_t i1, std::vector<kernels::Fp4IndexQuery>* prepared) {
+    prepared->resize(static_cast<size_t>(i1 - i0));
+    for (int64_t i = i0; i < i1; ++i)
+      kernels::prepare_fp4_index_query(q.data() + i * heads * hd, heads, hd,
+                                       &(*prepared)[static_cast<size_t>(i - i0)]);
+  };
+  auto score_block = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1,
+                         const kernels::Fp4IndexQuery* prepared, float* score, int64_t stride) {
     std::vector<float> keys(kKeyBlock * hd);
     const uint8_t* rows[kKeyBlock];
     uint8_t fallback[kKeyBlock];
@@ -74,9 +81,8 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
         if (j_end <= b0) continue;
         float* out = score + (i - i0) * stride;
         // The integer kernel where it applies (exact: the same scores), else the float loop.
-        const bool fast =
-            kernels::fp4_index_scores(q.data() + i * heads * hd, hw.data() + i * heads, heads, hd,
-                                      rows, j_end - b0, out + b0, fallback);
+        const bool fast = kernels::fp4_index_scores(prepared[i - i0], hw.data() + i * heads, rows,
+                                                    j_end - b0, out + b0, fallback);
         for (int64_t j = b0; j < j_end; ++j) {
           if (fast && !fallback[j - b0]) continue;
           if (!decoded) {
@@ -108,11 +114,13 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
     // A prefill chunk: queries in parallel, in blocks that share key decodes.
     parallel_for(n, [&](int64_t i0, int64_t i1, int) {
       std::vector<float> score;
+      std::vector<kernels::Fp4IndexQuery> prepared;
       for (int64_t b0 = i0; b0 < i1; b0 += kQueryBlock) {
         const int64_t b1 = std::min(i1, b0 + kQueryBlock);
         const int64_t stride = visible_to(b1 - 1);  // the block's last query sees the most
         score.assign((b1 - b0) * stride, 0.0f);
-        score_block(b0, b1, 0, stride, score.data(), stride);
+        prepare(b0, b1, &prepared);
+        score_block(b0, b1, 0, stride, prepared.data(), score.data(), stride);
         for (int64_t i = b0; i < b1; ++i) select(i, score.data() + (i - b0) * stride);
       }
     });
@@ -120,11 +128,15 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
     // Decode (a token or a few): at long context scoring every entry
     // dominates the step, so the entries are split across the threads.
     std::vector<float> score;
+    std::vector<kernels::Fp4IndexQuery> prepared;
     for (int64_t i = 0; i < n; ++i) {
       score.assign(visible_to(i), 0.0f);
+      prepare(i, i + 1, &prepared);
       parallel_for(
           visible_to(i),
-          [&](int64_t j0, int64_t j1, int) { score_block(i, i + 1, j0, j1, score.data(), 0); },
+          [&](int64_t j0, int64_t j1, int) {
+            score_block(i, i + 1, j0, j1, prepared.data(), score.data(), 0);
+          },
           4 * kKeyBlock);
       select(i, score.data());
     }

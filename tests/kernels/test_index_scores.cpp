@@ -73,8 +73,9 @@ TEST(Fp4IndexScores, MatchTheFloatDefinitionBitForBit) {
     for (const auto& r : rows) ptrs.push_back(r.data());
     std::vector<float> score(n, 12345.0f);
     std::vector<uint8_t> fallback(n, 7);
-    ASSERT_TRUE(fp4_index_scores(q.data(), w.data(), heads, dim, ptrs.data(), n, score.data(),
-                                 fallback.data()))
+    Fp4IndexQuery prepared;
+    prepare_fp4_index_query(q.data(), heads, dim, &prepared);
+    ASSERT_TRUE(fp4_index_scores(prepared, w.data(), ptrs.data(), n, score.data(), fallback.data()))
         << "the AVX-512 VNNI kernel should apply";
     int64_t positive = 0;
     for (int64_t j = 0; j < n; ++j) {
@@ -100,13 +101,19 @@ TEST(Fp4IndexScores, DeclinesOffGridQueriesAndOtherIsas) {
   float score = 0;
   uint8_t fallback = 0;
   IsaGuard guard;
+  Fp4IndexQuery prepared;
+  const auto scores = [&](int64_t d) {
+    prepare_fp4_index_query(q.data(), heads, d, &prepared);
+    return fp4_index_scores(prepared, w.data(), &ptr, 1, &score, &fallback);
+  };
   set_isa(Isa::kAvx2);
-  EXPECT_FALSE(fp4_index_scores(q.data(), w.data(), heads, dim, &ptr, 1, &score, &fallback));
+  EXPECT_FALSE(scores(dim));
   if (!isa_supported(Isa::kAvx512)) return;
   set_isa(Isa::kAvx512);
-  q[3] = 0.3f;  // not on an E2M1 grid
-  EXPECT_FALSE(fp4_index_scores(q.data(), w.data(), heads, dim, &ptr, 1, &score, &fallback));
-  EXPECT_FALSE(fp4_index_scores(q.data(), w.data(), heads, 16, &ptr, 1, &score, &fallback));
+  EXPECT_TRUE(scores(dim) || !__builtin_cpu_supports("avx512vnni"));
+  EXPECT_FALSE(scores(16));  // not a whole 32-dim block
+  q[3] = 0.3f;               // not on an E2M1 grid
+  EXPECT_FALSE(scores(dim));
 }
 
 }  // namespace
