@@ -54,11 +54,13 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
 
   auto visible_to = [&](int64_t i) { return std::min(total, (pos + i + 1) / ratio); };
   // Scores of queries [i0, i1) for entries [j0, j1) that each can see, query
-  // i's row at score + (i − i0)·stride. Keys are decoded from the FP4 cache a
-  // block at a time, once for all the queries. I[t, j] = Σ_h w[t, h]·
-  // relu(q[t, h]·K[j]); each einsum result and product is bf16, the head sum
-  // accumulates in fp32 and rounds once. Every score depends on its query and
-  // entry only, so any split of the work gives the same scores.
+  // i's row at score + (i − i0)·stride. I[t, j] = Σ_h w[t, h]·relu(q[t, h]·K[j]);
+  // each einsum result and product is bf16, the head sum accumulates in fp32
+  // and rounds once. The integer kernel reads the packed FP4 keys directly;
+  // entries it leaves (and every entry where it does not apply) take the
+  // float loop below, on keys decoded from the FP4 cache a block at a time,
+  // once for all the queries. Every score depends on its query and entry
+  // only, so any split of the work gives the same scores.
   constexpr int64_t kKeyBlock = 64, kQueryBlock = 16;
   // The queries' FP4 codes for the integer kernel, once per query (prepared[i - i0]).
   auto prepare = [&](int64_t i0, int64_t i1, std::vector<kernels::Fp4IndexQuery>* prepared) {
