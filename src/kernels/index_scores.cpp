@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kernels/isa.h"
+#include "kernels/linear_simd.h"
 #include "kernels/numerics.h"
 
 namespace dsv4::kernels {
@@ -32,18 +33,11 @@ namespace {
 constexpr int64_t kBlock = 32, kLanes = 16;
 constexpr int kMaxSpan = 40;
 
-bool vnni_available() {
-  static const bool has = (__builtin_cpu_init(), __builtin_cpu_supports("avx512vnni") != 0);
-  return has;
-}
-
-// twice an E2M1 magnitude, by its 3-bit code
-constexpr int8_t kTwiceE2m1[8] = {0, 1, 2, 3, 4, 6, 8, 12};
-
 int twice_e2m1_code(float v) {  // v on the doubled grid: its integer, else 99
   const float a = std::fabs(v);
   for (int c = 0; c < 8; ++c)
-    if (a == static_cast<float>(kTwiceE2m1[c])) return v < 0 ? -kTwiceE2m1[c] : kTwiceE2m1[c];
+    if (a == static_cast<float>(detail::kFp4Twice[c]))
+      return v < 0 ? -detail::kFp4Twice[c] : detail::kFp4Twice[c];
   return 99;
 }
 
@@ -123,7 +117,7 @@ DSV4_IDX_VNNI void score_keys(const Fp4IndexQuery& qc, const float* w, const uin
         ks[b * kLanes + e] = ok ? std::ldexp(1.0, static_cast<int>(sb[b]) - 128) : 0.0;
       // 16 code bytes → 32 dims: nibbles through the table of code + 12, low nibble first.
       const __m128i table =
-          _mm_setr_epi8(12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0);
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(detail::kFp4TwicePlus12));
       const __m128i nibble = _mm_set1_epi8(0x0f);
       for (int64_t c = 0; c < dim / 2; c += 16) {
         const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
@@ -193,8 +187,8 @@ DSV4_IDX_VNNI void score_keys(const Fp4IndexQuery& qc, const float* w, const uin
 void prepare_fp4_index_query(const float* q, int64_t heads, int64_t dim, Fp4IndexQuery* out) {
   out->heads = heads;
   out->dim = dim;
-  out->usable = active_isa() == Isa::kAvx512 && vnni_available() && dim % kBlock == 0 && dim > 0 &&
-                query_codes(q, heads, dim, out);
+  out->usable = active_isa() == Isa::kAvx512 && detail::avx512_vnni_usable() && dim % kBlock == 0 &&
+                dim > 0 && query_codes(q, heads, dim, out);
 }
 
 bool fp4_index_scores(const Fp4IndexQuery& q, const float* w, const uint8_t* const* keys, int64_t n,

@@ -570,10 +570,6 @@ void gemv(const LinearTask& t, int64_t r0, int64_t r1) {
 
 constexpr int kVnniMaxBits = 21;
 
-// 2q for each e2m1 code (bit 3 = sign; code 8 is -0), and 2q + 12.
-constexpr int8_t kFp4Twice[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
-constexpr uint8_t kFp4TwicePlus12[16] = {12, 13, 14, 15, 16, 18, 20, 24, 12, 11, 10, 9, 8, 6, 4, 0};
-
 std::atomic<bool> g_vnni_allowed{true};
 
 bool use_vnni() {
@@ -1269,6 +1265,10 @@ DSV4_VNNI void fp4_vnni_gemm(const LinearTask& t, const Fp4BatchActs& a, int64_t
 }
 
 }  // namespace
+
+bool avx512_vnni_usable() {
+  return use_vnni();
+}
 
 bool fp4_batch_available() {
   return use_vnni();

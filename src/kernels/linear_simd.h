@@ -138,5 +138,13 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1);
 void set_avx512_vbmi_allowed(bool allowed);
 // The same for AVX512-VNNI (the FP4 matrix-vector integer path); true by default.
 void set_avx512_vnni_allowed(bool allowed);
+// Whether the AVX512-VNNI integer kernels run here: the CPU has it and tests allow it.
+bool avx512_vnni_usable();
+
+// 2q for each e2m1 code q (bit 3 = sign; code 8 is -0), and 2q + 12 (unsigned bytes for
+// vpdpbusd): the integer FP4 kernels' decode tables.
+inline constexpr int8_t kFp4Twice[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+inline constexpr uint8_t kFp4TwicePlus12[16] = {12, 13, 14, 15, 16, 18, 20, 24,
+                                                12, 11, 10, 9,  8,  6,  4,  0};
 
 }  // namespace dsv4::kernels::detail
