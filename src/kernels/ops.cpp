@@ -247,39 +247,37 @@ DSV4_ATTN_AVX512 void dot_f64_head_pairs4(const double* qp, int64_t dim, int64_t
   }
 }
 
-// a[d] += p·v[d] for d < n (the product is exact: p a bf16 value, v a float as a double).
-DSV4_ATTN_AVX512 void axpy_f64(double* a, double p, const double* v, int64_t n) {
-  const __m512d pv = _mm512_set1_pd(p);
-  int64_t d = 0;
-  for (; d + 8 <= n; d += 8)
-    _mm512_storeu_pd(a + d, _mm512_fmadd_pd(pv, _mm512_loadu_pd(v + d), _mm512_loadu_pd(a + d)));
-  for (; d < n; ++d) a[d] = std::fma(p, v[d], a[d]);
-}
-// One tile's P·V updates for a group of heads, with acc (nh rows of dim doubles, dim a multiple
-// of 16) held in registers: per block of 8 heads and 16 dims, the rescale, then every listed
-// row e in order, acc += p[g][e]·v[e] (the same FMAs as axpy_f64, per element in the same
-// order; heads that skip the tile are computed but not stored). The group's accumulators
-// (16 heads × 512 dims: 64 KB) no longer stream through L1 once per row.
+// One tile's P·V updates for a group of heads, with acc (nh rows of dim doubles; the last block
+// of dims masked) held in registers: per block of 8 heads and 16 dims, the rescale, then every
+// listed
+// row e in order, acc += p[g][e]·v[e] (exact products, so each fused add is the scalar loop's
+// add, per element in the same order; heads that skip the tile are computed but not stored). The
+// group's accumulators (16 heads × 512 dims: 64 KB) no longer stream through L1 once per row.
 DSV4_ATTN_AVX512 void pv_tile_avx512(double* acc, int64_t nh, int64_t dim, const float* const* rows,
                                      int64_t n_rows, const double* p, int64_t ldp,
                                      const float* rescale, const bool* active) {
   for (int64_t g0 = 0; g0 < nh; g0 += 8) {
     const int64_t ng = std::min<int64_t>(8, nh - g0);
     for (int64_t d0 = 0; d0 < dim; d0 += 16) {
+      const int64_t nd = std::min<int64_t>(16, dim - d0);
+      const auto m16 = static_cast<__mmask16>((1u << nd) - 1);
+      const auto m_lo = static_cast<__mmask8>(m16 & 0xFF), m_hi = static_cast<__mmask8>(m16 >> 8);
       __m512d a[8][2];
       for (int64_t g = 0; g < 8; ++g) {
         if (g < ng) {
           const __m512d r = _mm512_set1_pd(rescale[g0 + g]);
           const double* src = acc + (g0 + g) * dim + d0;
-          a[g][0] = _mm512_mul_pd(_mm512_loadu_pd(src), r);
-          a[g][1] = _mm512_mul_pd(_mm512_loadu_pd(src + 8), r);
+          a[g][0] = _mm512_mul_pd(_mm512_maskz_loadu_pd(m_lo, src), r);
+          a[g][1] = _mm512_mul_pd(_mm512_maskz_loadu_pd(m_hi, src + 8), r);
         } else {
           a[g][0] = a[g][1] = _mm512_setzero_pd();
         }
       }
       for (int64_t e = 0; e < n_rows; ++e) {
-        const __m512d v0 = _mm512_cvtps_pd(_mm256_loadu_ps(rows[e] + d0));
-        const __m512d v1 = _mm512_cvtps_pd(_mm256_loadu_ps(rows[e] + d0 + 8));
+        const __m512 v = _mm512_maskz_loadu_ps(m16, rows[e] + d0);
+        const __m512d v0 = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        const __m512d v1 =
+            _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
         for (int64_t g = 0; g < 8; ++g) {
           const __m512d pb = _mm512_set1_pd(p[(g0 + g) * ldp + e]);
           a[g][0] = _mm512_fmadd_pd(pb, v0, a[g][0]);
@@ -289,8 +287,8 @@ DSV4_ATTN_AVX512 void pv_tile_avx512(double* acc, int64_t nh, int64_t dim, const
       for (int64_t g = 0; g < ng; ++g)
         if (active[g0 + g]) {
           double* dst = acc + (g0 + g) * dim + d0;
-          _mm512_storeu_pd(dst, a[g][0]);
-          _mm512_storeu_pd(dst + 8, a[g][1]);
+          _mm512_mask_storeu_pd(dst, m_lo, a[g][0]);
+          _mm512_mask_storeu_pd(dst + 8, m_hi, a[g][1]);
         }
     }
   }
@@ -310,12 +308,10 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t groups = (heads + kGroup - 1) / kGroup;
   const bool avx512 = active_isa() == Isa::kAvx512 && dim % 4 == 0;
-  const bool pv_blocked = avx512 && dim % 16 == 0;
   parallel_for(m * groups, [&](int64_t t0, int64_t t1, int) {
     std::vector<double> acc(kGroup * dim);
     std::vector<float> z(kGroup * kTile);
-    std::vector<double> qp(avx512 ? kGroup * dim : 0), vd(avx512 ? dim : 0);
-    std::vector<double> probs(pv_blocked ? kGroup * kTile : 0);
+    std::vector<double> qp(avx512 ? kGroup * dim : 0), probs(avx512 ? kGroup * kTile : 0);
     const float* tile_rows[kTile];
     float run_max[kGroup], denom[kGroup], new_max[kGroup], rescale[kGroup];
     bool active[kGroup];
@@ -371,12 +367,12 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
           any = true;
           rescale[g] = run_max[g] == kNegInf ? 0.0f : std::exp(run_max[g] - new_max[g]);
           denom[g] *= rescale[g];
-          if (pv_blocked) continue;  // pv_tile_avx512 rescales as it loads
+          if (avx512) continue;  // pv_tile_avx512 rescales as it loads
           double* a = acc.data() + g * dim;
           for (int64_t d = 0; d < dim; ++d) a[d] *= rescale[g];
         }
         if (!any) continue;
-        if (pv_blocked) {
+        if (avx512) {
           // The probabilities first (per head in row order, as below), then all P·V updates.
           int64_t n_rows = 0;
           for (int64_t e = b0; e < b1; ++e) {
@@ -400,18 +396,13 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
         for (int64_t e = b0; e < b1; ++e) {
           if (row[e] < 0) continue;
           const float* vr = kv_rows[row[e]];
-          if (avx512)
-            for (int64_t d = 0; d < dim; ++d) vd[d] = vr[d];  // once for the whole group
           for (int64_t g = 0; g < nh; ++g) {
             if (new_max[g] == kNegInf) continue;  // this head skips the tile, as the reference
             const float p = std::exp(z[g * kTile + e - b0] - new_max[g]);
             denom[g] += p;
             const double pb = bf16_round(p);
             double* a = acc.data() + g * dim;
-            if (avx512)
-              axpy_f64(a, pb, vd.data(), dim);
-            else
-              for (int64_t d = 0; d < dim; ++d) a[d] += pb * vr[d];
+            for (int64_t d = 0; d < dim; ++d) a[d] += pb * vr[d];
           }
         }
         for (int64_t g = 0; g < nh; ++g) run_max[g] = new_max[g];

@@ -162,7 +162,9 @@ TEST(SparseAttention, HeadGroupsMatchTheReferenceBitForBit) {
   // crossing tiles, masked entries, and a query whose whole first tile is masked.
   // 66: the dot products' tail past whole groups of 4 (and no AVX-512 head pairs); 21 heads:
   // an odd head left without a pair partner.
-  for (const auto& [dim, heads] : {std::pair{64, 20}, std::pair{66, 20}, std::pair{64, 21}}) {
+  // 68: AVX-512 head pairs with a masked last block of 16 dims in the P·V updates.
+  for (const auto& [dim, heads] :
+       {std::pair{64, 20}, std::pair{66, 20}, std::pair{64, 21}, std::pair{68, 20}}) {
     const int rows = 200, width = 150, m = 3;
     const std::vector<float> kv = random_bf16(rows * dim, 11);
     // Full-precision queries over a wide range of magnitudes, so that the double sums round and
