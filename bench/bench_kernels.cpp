@@ -4,18 +4,20 @@
 //
 // Matrix-vector cases (m = 1, decode) cycle through enough distinct weight
 // matrices that the working set (DSV4_BENCH_WORKING_SET_MB, default 768)
-// is well above the 260 MB last-level cache, so they measure memory, not
+// is well above the last-level cache (32 MB here), so they measure memory, not
 // cache. Matrix-matrix cases (m = 8, 64, 512: batched decode and prefill)
 // reuse one matrix: they are compute-bound. Counters: bytes/s of weight data
 // read and FLOP/s (2 per multiply-add, as the issue counts them).
 //
 // Threads: the kernels use the global pool (DSV4_THREADS, default all cores).
 #include <benchmark/benchmark.h>
+#include <sys/mman.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -88,7 +90,8 @@ int64_t scale_bytes(const Shape& s) {
 
 // Random bytes that decode to finite values: FP8 codes avoid 0x7f/0xff, BF16
 // values stay in a small range, scales are near 1.
-void fill(std::vector<uint8_t>& v, WeightFormat format, bool is_scale, uint64_t seed) {
+template <class Bytes>
+void fill(Bytes& v, WeightFormat format, bool is_scale, uint64_t seed) {
   uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
   for (size_t i = 0; i < v.size(); ++i) {
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
@@ -104,8 +107,36 @@ void fill(std::vector<uint8_t>& v, WeightFormat format, bool is_scale, uint64_t 
   }
 }
 
+// Weight bytes in 2 MiB-aligned anonymous memory with huge-page advice: the model's weights
+// are read from the page cache, which a fresh read of a checkpoint fills with 2 MiB folios on
+// current kernels (docs/performance.md), and 4 KiB pages would measure TLB misses as well.
+class HugeBytes {
+ public:
+  explicit HugeBytes(size_t n) : size_(n) {
+    constexpr size_t kHuge = size_t{2} << 20;
+    mapped_ = (n + kHuge - 1) / kHuge * kHuge + kHuge;
+    void* p = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    base_ = static_cast<uint8_t*>(p);
+    data_ =
+        reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(base_) + kHuge - 1) & ~(kHuge - 1));
+    ::madvise(data_, mapped_ - static_cast<size_t>(data_ - base_), MADV_HUGEPAGE);
+  }
+  ~HugeBytes() { ::munmap(base_, mapped_); }
+  HugeBytes(const HugeBytes&) = delete;
+  HugeBytes& operator=(const HugeBytes&) = delete;
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  uint8_t* data() { return data_; }
+  uint8_t& operator[](size_t i) { return data_[i]; }
+
+ private:
+  uint8_t *base_ = nullptr, *data_ = nullptr;
+  size_t size_ = 0, mapped_ = 0;
+};
+
 struct WeightSet {
-  std::vector<std::vector<uint8_t>> data, scale;
+  std::vector<std::unique_ptr<HugeBytes>> data, scale;
   std::vector<WeightRef> refs;
 };
 
@@ -119,18 +150,18 @@ std::unique_ptr<WeightSet> make_weights(const Shape& s, bool big_working_set) {
       big_working_set ? std::max<int64_t>(1, (target_mb << 20) / per + 1) : int64_t{1};
   auto set = std::make_unique<WeightSet>();
   for (int64_t c = 0; c < copies; ++c) {
-    set->data.emplace_back(data_bytes(s));
-    fill(set->data.back(), s.format, false, 2 * c + 1);
-    set->scale.emplace_back(scale_bytes(s));
-    fill(set->scale.back(), s.format, true, 2 * c + 2);
+    set->data.push_back(std::make_unique<HugeBytes>(data_bytes(s)));
+    fill(*set->data.back(), s.format, false, 2 * c + 1);
+    set->scale.push_back(std::make_unique<HugeBytes>(scale_bytes(s)));
+    fill(*set->scale.back(), s.format, true, 2 * c + 2);
   }
   for (int64_t c = 0; c < copies; ++c) {
     WeightRef w;
     w.format = s.format;
     w.out = s.out;
     w.in = s.in;
-    w.data = set->data[c].data();
-    w.scale = set->scale[c].empty() ? nullptr : set->scale[c].data();
+    w.data = set->data[c]->data();
+    w.scale = set->scale[c]->empty() ? nullptr : set->scale[c]->data();
     set->refs.push_back(w);
   }
   return set;

@@ -326,17 +326,19 @@ int run_bench(int argc, char** argv) {
 
   const MemoryStatus mem = read_memory_status();
   const ResidencyStats res = residency_stats();
-  out["memory"] = {{"peak_rss_bytes", peak_reset ? mem.vm_hwm : mem.peak_rss},
-                   {"peak_rss_is_model_phase_only", peak_reset},
-                   {"peak_rss_with_rooflines_bytes", std::max(peak_with_rooflines, mem.peak_rss)},
-                   {"vm_rss_bytes", mem.vm_rss},
-                   {"rss_anon_bytes", mem.rss_anon},
-                   {"rss_file_bytes", mem.rss_file},
-                   {"checkpoint_resident_bytes", mapped_resident_bytes(model.checkpoint().dir())},
-                   {"checkpoint_bytes", summary.bytes_total},
-                   {"resident_budget_bytes", res.budget},
-                   {"resident_trims", res.trims},
-                   {"max_file_rss_seen_bytes", res.max_file_rss}};
+  out["memory"] = {
+      {"peak_rss_bytes", peak_reset ? mem.vm_hwm : mem.peak_rss},
+      {"peak_rss_is_model_phase_only", peak_reset},
+      {"peak_rss_with_rooflines_bytes", std::max(peak_with_rooflines, mem.peak_rss)},
+      {"vm_rss_bytes", mem.vm_rss},
+      {"rss_anon_bytes", mem.rss_anon},
+      {"rss_file_bytes", mem.rss_file},
+      {"checkpoint_resident_bytes", mapped_resident_bytes(model.checkpoint().dir())},
+      {"checkpoint_resident_2mib_page_bytes", mapped_huge_page_bytes(model.checkpoint().dir())},
+      {"checkpoint_bytes", summary.bytes_total},
+      {"resident_budget_bytes", res.budget},
+      {"resident_trims", res.trims},
+      {"max_file_rss_seen_bytes", res.max_file_rss}};
   out["machine"]["load_average_at_end"] = load_average();
 
   if (json) {
@@ -417,9 +419,12 @@ int run_bench(int argc, char** argv) {
   line("RSS now (anon + file)", human(double(mem.vm_rss), "B") + " (" +
                                     human(double(mem.rss_anon), "B") + " + " +
                                     human(double(mem.rss_file), "B") + ")");
-  line("checkpoint resident (smaps)",
-       human(double(out["memory"]["checkpoint_resident_bytes"].get<uint64_t>()), "B") + " of " +
-           human(double(summary.bytes_total), "B"));
+  line(
+      "checkpoint resident (smaps)",
+      human(double(out["memory"]["checkpoint_resident_bytes"].get<uint64_t>()), "B") + " of " +
+          human(double(summary.bytes_total), "B") + " (" +
+          human(double(out["memory"]["checkpoint_resident_2mib_page_bytes"].get<uint64_t>()), "B") +
+          " of it in 2 MiB pages)");
   if (res.budget)
     line("resident budget", human(double(res.budget), "B") + ", " + std::to_string(res.trims) +
                                 " trims, max file RSS seen " +

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <istream>
 #include <string>
 
 #include "model/config.h"
@@ -60,6 +61,13 @@ bool reset_peak_rss();
 // Resident bytes (smaps "Rss") of this process's mappings of files inside
 // `dir` (the checkpoint's shards).
 uint64_t mapped_resident_bytes(const std::string& dir);
+// The part of it mapped in 2 MiB pages (smaps FilePmdMapped): a checkpoint read fresh from
+// disk lands in 2 MiB page-cache folios on current kernels; one just written (dsv4 synth) or
+// read long ago may sit in 4 KiB pages, which stream about 8 % slower (docs/performance.md).
+uint64_t mapped_huge_page_bytes(const std::string& dir);
+// The sum of a kB-valued smaps field ("Rss:", "FilePmdMapped:") over the mappings in `smaps`
+// (the text of /proc/PID/smaps) whose path starts with `root` (ending in '/').
+uint64_t smaps_bytes_under(std::istream& smaps, const std::string& root, const std::string& field);
 
 // Bytes the sequence state holds. `growing`: the parts that grow with the
 // context (compressed KV rows and indexer keys of every main layer), as

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -96,6 +97,29 @@ TEST(Roofline, MemoryStatusIsReadAndCheckpointMappingsAreFound) {
   EXPECT_LE(resident, m.rss_file);
   EXPECT_LE(resident, model.checkpoint().total_bytes() + (1u << 20) * 3);
   EXPECT_EQ(mapped_resident_bytes("/nonexistent-dsv4-dir"), 0u);
+}
+
+TEST(Roofline, SmapsFieldsAreSummedOverTheFolderMappingsOnly) {
+  std::istringstream smaps(
+      "7f0000000000-7f0000400000 r--s 00000000 fe:01 12 /m/model/a.safetensors\n"
+      "Size:               4096 kB\n"
+      "Rss:                3072 kB\n"
+      "FilePmdMapped:      2048 kB\n"
+      "7f0000400000-7f0000600000 rw-p 00000000 00:00 0 \n"
+      "Rss:                 512 kB\n"
+      "7f0000600000-7f0000800000 r--s 00000000 fe:01 13 /m/model-b/x.safetensors\n"
+      "Rss:                 256 kB\n"
+      "FilePmdMapped:      2048 kB\n"
+      "7f0000800000-7f0000a00000 r--s 00400000 fe:01 12 /m/model/a.safetensors\n"
+      "Rss:                   8 kB\n"
+      "FilePmdMapped:         0 kB\n");
+  EXPECT_EQ(smaps_bytes_under(smaps, "/m/model/", "Rss:"), (3072u + 8u) * 1024u);
+  smaps.clear();
+  smaps.seekg(0);
+  EXPECT_EQ(smaps_bytes_under(smaps, "/m/model/", "FilePmdMapped:"), 2048u * 1024u);
+  // The live process: the 2 MiB-page part never exceeds the resident bytes.
+  EXPECT_LE(mapped_huge_page_bytes(kTiny), mapped_resident_bytes(kTiny));
+  EXPECT_EQ(mapped_huge_page_bytes("/nonexistent-dsv4-dir"), 0u);
 }
 
 TEST(Roofline, ResidentBudgetDropsWeightPagesAndTheyReadBackUnchanged) {
