@@ -841,19 +841,19 @@ DSV4_VNNI inline void fp4_vec_row(const Fp4VecActs& a, const uint8_t* wr, const 
   }
 }
 
-// Whether every tile of a row with these scale bytes scales exactly in fp32 (then the row
-// needs no per-tile check): e ≤ 2^125 and u − 1 + e within [1, 223] for every unit u − 1 of
-// the call.
-DSV4_VNNI inline bool fp4_row_scales_fit(const Fp4VecActs& a, const uint8_t* sr) {
+// Whether every tile of the rows whose scale bytes are the `count` bytes at sr scales exactly
+// in fp32 (then those rows need no per-tile check): e ≤ 2^125 and u − 1 + e within [1, 223]
+// for every unit u − 1 of the call.
+DSV4_VNNI inline bool fp4_scales_fit(const Fp4VecActs& a, const uint8_t* sr, int64_t count) {
   __m512i lo = _mm512_set1_epi8(static_cast<char>(0xFF)), hi = _mm512_setzero_si512();
   int64_t k = 0;
-  for (; k + 64 <= a.tiles; k += 64) {
+  for (; k + 64 <= count; k += 64) {
     const __m512i v = _mm512_loadu_si512(sr + k);
     lo = _mm512_min_epu8(lo, v);
     hi = _mm512_max_epu8(hi, v);
   }
-  if (k < a.tiles) {
-    const __mmask64 m = (__mmask64{1} << (a.tiles - k)) - 1;
+  if (k < count) {
+    const __mmask64 m = (__mmask64{1} << (count - k)) - 1;
     lo = _mm512_mask_min_epu8(lo, m, lo, _mm512_maskz_loadu_epi8(m, sr + k));
     hi = _mm512_max_epu8(hi, _mm512_maskz_loadu_epi8(m, sr + k));
   }
@@ -879,14 +879,18 @@ DSV4_VNNI void gemv_fp4_vec_rows(const LinearTask& t, int64_t r, int n, float* b
   __mmask16 tail_valid = 0;
   for (int k = 0; k < tail_tiles; ++k) tail_valid |= static_cast<__mmask16>(1u << vec_lane(k));
   uint32_t unfit_rows = 0;
+  // One check for the block's scales (they are contiguous); the rows of a block that fails it
+  // are checked one by one.
+  const uint8_t* scales = static_cast<const uint8_t*>(w.scale) + r * a.tiles;
+  const bool block_fits = fp4_scales_fit(a, scales, n * a.tiles);
   for (int i = 0; i < n; ++i) {
     const uint8_t* wr = static_cast<const uint8_t*>(w.data) + (r + i) * row_bytes;
-    const uint8_t* sr = static_cast<const uint8_t*>(w.scale) + (r + i) * a.tiles;
-    // The scale bytes are a second, slower stream: fetch them some rows ahead.
+    const uint8_t* sr = scales + i * a.tiles;
+    // The scale bytes are a second, slower stream: fetch the next block's before its check.
     for (int64_t k = 0; k < a.tiles; k += 64)
-      _mm_prefetch(reinterpret_cast<const char*>(sr + 8 * a.tiles + k), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(sr + kVecRows * a.tiles + k), _MM_HINT_T0);
     __mmask16 unfit = 0;
-    if (fp4_row_scales_fit(a, sr))
+    if (block_fits || fp4_scales_fit(a, sr, a.tiles))
       fp4_vec_row<false>(a, wr, sr, full, tail_bytes, scale_mask, tail_valid, &unfit,
                          buf + i * groups * 16);
     else

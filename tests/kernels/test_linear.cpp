@@ -203,13 +203,21 @@ TEST(QuantLinear, SimdMatchesScalarWithHugeScales) {
   TestWeight w4l = make_weight(WeightFormat::kFP4, out, 1056, 82);
   for (size_t i = kMisalign; i < w4l.scale.size(); ++i)
     w4l.scale[i] = static_cast<uint8_t>(i % 7 == 0 ? 250 + rng() % 5 : 120 + rng() % 8);
+  // Ordinary scales except one huge scale in row 9 (mid-block: the VNNI kernel checks each
+  // block of 16 rows' scales at once, then row by row) and one in row 37 (the partial last
+  // block).
+  TestWeight w4m = make_weight(WeightFormat::kFP4, 40, 512, 83);
+  for (size_t i = kMisalign; i < w4m.scale.size(); ++i)
+    w4m.scale[i] = static_cast<uint8_t>(120 + rng() % 8);
+  w4m.scale[kMisalign + 9 * 16 + 5] = 252;
+  w4m.scale[kMisalign + 37 * 16] = 253;
   // FP8 with all codes and scales up to 2^127: 448·2^127 overflows to inf in the scalar decode
   // (the fast FP8 paths stop folding at 2^119).
   TestWeight w8 = make_weight(WeightFormat::kFP8, out, in, 81);
   for (int64_t i = 0; i < 2 * scale_cols; ++i)
     w8.scale[kMisalign + i] = static_cast<uint8_t>(i % 2 ? 250 + rng() % 5 : 120 + rng() % 8);
   for (int64_t m : {1, 3, 17})
-    for (const TestWeight* tw : {&w, &w4, &w4l, &w8}) {
+    for (const TestWeight* tw : {&w, &w4, &w4l, &w4m, &w8}) {
       const std::vector<float> x = make_activations(m, tw->ref.in, 79 + static_cast<uint32_t>(m));
       const std::vector<float> want = run_quant(Isa::kScalar, x, m, tw->ref);
       for (Isa isa : simd_isas())
@@ -217,6 +225,7 @@ TEST(QuantLinear, SimdMatchesScalarWithHugeScales) {
                           std::string("huge scales ") + isa_name(isa) + " m=" + std::to_string(m) +
                               (tw == &w4    ? " fp4"
                                : tw == &w4l ? " fp4 long rows"
+                               : tw == &w4m ? " fp4 one huge scale per block"
                                : tw == &w8  ? " fp8 overflowing"
                                             : " fp8"));
     }
