@@ -25,13 +25,15 @@ struct Fp4BatchActs {
 // Activations of an FP4 matrix-vector product prepared for the AVX512-VNNI integer kernel
 // (linear_avx512.cpp): per chunk of 128 elements, three planes of signed digits (even elements,
 // then odd ones, 64 bytes each); per group of 16 tiles, the planes used and, in the kernel's
-// lane order, each tile's power-of-two unit u − 1 and the bias 12·ΣX.
+// lane order, each tile's power-of-two unit u − 1 and the bias 12·ΣX; per chunk, whether it
+// needs the third plane.
 struct Fp4VecActs {
   int64_t tiles = 0, groups = 0;
   int8_t* digits = nullptr;            // [groups * 4][3][2][64], 64-byte aligned
   int32_t* unit = nullptr;             // [groups][16]
   int32_t* bias = nullptr;             // [groups][16]
   uint8_t* planes = nullptr;           // [groups]
+  uint8_t* third = nullptr;            // [groups * 4]: 1 where a chunk needs three planes
   int32_t unit_min = 0, unit_max = 0;  // extremes of u − 1 over the tiles
 };
 
