@@ -706,13 +706,23 @@ DSV4_VNNI bool prepare_fp4_vec_impl(const float* x, int64_t in, Fp4VecActs* a, u
   return true;
 }
 
+// A weight row that starts `delta` bytes past a 64-byte boundary (checkpoint tensors sit at
+// any offset the safetensors header leaves): a 64-byte load from it spans two cache lines,
+// which made the kernel 1.2x slower (2048×4096, in cache, one thread: 0.139 ms at offset 20,
+// 0.115 at 0). With delta a multiple of 4, kShift reads whole lines instead and joins each pair
+// with one two-source dword permute (idx: delta / 4 + 0..15).
+struct RowShift {
+  int64_t delta = 0;
+  __m512i idx;
+};
+
 // Σ X·(2q + 12) of one 128-element chunk (64 weight bytes at w; kTail: only `bytes` of them
 // belong to the row) for NP digit planes; 128-bit lane t holds tile t of the chunk. The planes
 // run as independent chains, joined by shifts at the end. NP = 3: the third plane only where
 // `third` (a group needs three planes for its widest tile, and few tiles are that wide).
-template <int NP, bool kTail>
-DSV4_VNNI inline __m512i fp4_vec_chunk(const uint8_t* w, const int8_t* d, int64_t bytes,
-                                       bool third) {
+template <int NP, bool kTail, bool kShift>
+DSV4_VNNI inline __m512i fp4_vec_chunk(const uint8_t* w, const int8_t* d, int64_t bytes, bool third,
+                                       const RowShift& shift) {
   const __m512i table =
       _mm512_broadcast_i32x4(_mm_loadu_si128(reinterpret_cast<const __m128i*>(kFp4TwicePlus12)));
   const __m512i low4 = _mm512_set1_epi8(0x0F);
@@ -720,6 +730,11 @@ DSV4_VNNI inline __m512i fp4_vec_chunk(const uint8_t* w, const int8_t* d, int64_
   if constexpr (kTail) {
     const int64_t n = std::clamp<int64_t>(bytes, 0, 64);
     raw = _mm512_maskz_loadu_epi8(n == 64 ? ~__mmask64{0} : (__mmask64{1} << n) - 1, w);
+  } else if constexpr (kShift) {
+    _mm_prefetch(reinterpret_cast<const char*>(w + kVecPrefetch), _MM_HINT_T0);
+    const uint8_t* line = w - shift.delta;
+    raw =
+        _mm512_permutex2var_epi32(_mm512_load_si512(line), shift.idx, _mm512_load_si512(line + 64));
   } else {
     _mm_prefetch(reinterpret_cast<const char*>(w + kVecPrefetch), _MM_HINT_T0);
     raw = _mm512_loadu_si512(w);
@@ -744,15 +759,16 @@ DSV4_VNNI inline __m512i fp4_vec_chunk(const uint8_t* w, const int8_t* d, int64_
 // `valid` their lanes). kCheck: `unfit` gets the lanes whose scale is NaN, past 2^125 or takes
 // the tile sum outside the range where the fp32 scaling is exact (rows whose scales are all
 // inside it skip the check).
-template <int NP, int NG, bool kTail, bool kCheck>
+template <int NP, int NG, bool kTail, bool kCheck, bool kShift>
 DSV4_VNNI inline void fp4_vec_groups(const uint8_t* w, const uint8_t* s, const Fp4VecActs& a,
                                      int64_t g, int64_t tail_bytes, __mmask16 scale_mask,
-                                     __mmask16 valid, __mmask16* unfit, float* out) {
+                                     __mmask16 valid, const RowShift& shift, __mmask16* unfit,
+                                     float* out) {
   // All chunks of the NG groups first: 4·NG independent chains in flight.
   __m512i acc[4 * NG];
   for (int c = 0; c < 4 * NG; ++c)
-    acc[c] = fp4_vec_chunk<NP, kTail>(w + 64 * c, a.digits + (g * 4 + c) * kVecChunkBytes,
-                                      tail_bytes - 64 * c, a.third[g * 4 + c] != 0);
+    acc[c] = fp4_vec_chunk<NP, kTail, kShift>(w + 64 * c, a.digits + (g * 4 + c) * kVecChunkBytes,
+                                              tail_bytes - 64 * c, a.third[g * 4 + c] != 0, shift);
   // The scale bytes in lane order: lane 4t + j takes tile 4j + t.
   const __m128i order = _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   for (int h = 0; h < NG; ++h) {
@@ -806,47 +822,49 @@ DSV4_VNNI inline void transpose16(__m512 r[16]) {
 }
 
 // NG whole groups from group g with the planes they need.
-template <int NG, bool kCheck>
+template <int NG, bool kCheck, bool kShift>
 DSV4_VNNI inline void fp4_vec_full_groups(const Fp4VecActs& a, const uint8_t* wr, const uint8_t* sr,
-                                          int64_t g, __mmask16* unfit, float* out) {
+                                          int64_t g, const RowShift& shift, __mmask16* unfit,
+                                          float* out) {
   const uint8_t* w = wr + g * (kVecGroup / 2);
   uint8_t planes = a.planes[g];
   for (int h = 1; h < NG; ++h) planes = std::max(planes, a.planes[g + h]);
   switch (planes) {
     case 1:
-      return fp4_vec_groups<1, NG, false, kCheck>(w, sr + g * 16, a, g, 0, 0, 0xFFFF, unfit,
-                                                  out + g * 16);
+      return fp4_vec_groups<1, NG, false, kCheck, kShift>(w, sr + g * 16, a, g, 0, 0, 0xFFFF, shift,
+                                                          unfit, out + g * 16);
     case 2:
-      return fp4_vec_groups<2, NG, false, kCheck>(w, sr + g * 16, a, g, 0, 0, 0xFFFF, unfit,
-                                                  out + g * 16);
+      return fp4_vec_groups<2, NG, false, kCheck, kShift>(w, sr + g * 16, a, g, 0, 0, 0xFFFF, shift,
+                                                          unfit, out + g * 16);
     default:
-      return fp4_vec_groups<3, NG, false, kCheck>(w, sr + g * 16, a, g, 0, 0, 0xFFFF, unfit,
-                                                  out + g * 16);
+      return fp4_vec_groups<3, NG, false, kCheck, kShift>(w, sr + g * 16, a, g, 0, 0, 0xFFFF, shift,
+                                                          unfit, out + g * 16);
   }
 }
 
 // One row's tile values: groups in pairs (eight chunk chains in flight: measured 1.3x faster
 // than one group at a time), then the rest.
-template <bool kCheck>
+template <bool kCheck, bool kShift>
 DSV4_VNNI inline void fp4_vec_row(const Fp4VecActs& a, const uint8_t* wr, const uint8_t* sr,
                                   int64_t full, int64_t tail_bytes, __mmask16 scale_mask,
-                                  __mmask16 tail_valid, __mmask16* unfit, float* out) {
+                                  __mmask16 tail_valid, const RowShift& shift, __mmask16* unfit,
+                                  float* out) {
   int64_t g = 0;
   for (; g + kVecPair <= full; g += kVecPair)
-    fp4_vec_full_groups<kVecPair, kCheck>(a, wr, sr, g, unfit, out);
-  for (; g < full; ++g) fp4_vec_full_groups<1, kCheck>(a, wr, sr, g, unfit, out);
+    fp4_vec_full_groups<kVecPair, kCheck, kShift>(a, wr, sr, g, shift, unfit, out);
+  for (; g < full; ++g) fp4_vec_full_groups<1, kCheck, kShift>(a, wr, sr, g, shift, unfit, out);
   if (g < a.groups) {  // the partial last group
     const uint8_t* w = wr + g * (kVecGroup / 2);
     switch (a.planes[g]) {
       case 1:
-        return fp4_vec_groups<1, 1, true, true>(w, sr + g * 16, a, g, tail_bytes, scale_mask,
-                                                tail_valid, unfit, out + g * 16);
+        return fp4_vec_groups<1, 1, true, true, false>(w, sr + g * 16, a, g, tail_bytes, scale_mask,
+                                                       tail_valid, shift, unfit, out + g * 16);
       case 2:
-        return fp4_vec_groups<2, 1, true, true>(w, sr + g * 16, a, g, tail_bytes, scale_mask,
-                                                tail_valid, unfit, out + g * 16);
+        return fp4_vec_groups<2, 1, true, true, false>(w, sr + g * 16, a, g, tail_bytes, scale_mask,
+                                                       tail_valid, shift, unfit, out + g * 16);
       default:
-        return fp4_vec_groups<3, 1, true, true>(w, sr + g * 16, a, g, tail_bytes, scale_mask,
-                                                tail_valid, unfit, out + g * 16);
+        return fp4_vec_groups<3, 1, true, true, false>(w, sr + g * 16, a, g, tail_bytes, scale_mask,
+                                                       tail_valid, shift, unfit, out + g * 16);
     }
   }
 }
@@ -900,12 +918,26 @@ DSV4_VNNI void gemv_fp4_vec_rows(const LinearTask& t, int64_t r, int n, float* b
     for (int64_t k = 0; k < a.tiles; k += 64)
       _mm_prefetch(reinterpret_cast<const char*>(sr + kVecRows * a.tiles + k), _MM_HINT_T0);
     __mmask16 unfit = 0;
-    if (block_fits || fp4_scales_fit(a, sr, a.tiles))
-      fp4_vec_row<false>(a, wr, sr, full, tail_bytes, scale_mask, tail_valid, &unfit,
-                         buf + i * groups * 16);
+    RowShift shift;
+    shift.delta = static_cast<int64_t>(reinterpret_cast<uintptr_t>(wr) % 64);
+    shift.idx =
+        _mm512_add_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                         _mm512_set1_epi32(static_cast<int>(shift.delta / 4)));
+    const bool shifted = shift.delta != 0 && shift.delta % 4 == 0;
+    float* out = buf + i * groups * 16;
+    const bool fits = block_fits || fp4_scales_fit(a, sr, a.tiles);
+    if (fits && shifted)
+      fp4_vec_row<false, true>(a, wr, sr, full, tail_bytes, scale_mask, tail_valid, shift, &unfit,
+                               out);
+    else if (fits)
+      fp4_vec_row<false, false>(a, wr, sr, full, tail_bytes, scale_mask, tail_valid, shift, &unfit,
+                                out);
+    else if (shifted)
+      fp4_vec_row<true, true>(a, wr, sr, full, tail_bytes, scale_mask, tail_valid, shift, &unfit,
+                              out);
     else
-      fp4_vec_row<true>(a, wr, sr, full, tail_bytes, scale_mask, tail_valid, &unfit,
-                        buf + i * groups * 16);
+      fp4_vec_row<true, false>(a, wr, sr, full, tail_bytes, scale_mask, tail_valid, shift, &unfit,
+                               out);
     if (unfit != 0) unfit_rows |= 1u << i;
   }
   for (int i = n; i < kVecRows; ++i)
@@ -1579,10 +1611,22 @@ DSV4_BF16 inline __m512 pairs_tree8x(const __m512* s) {
 }
 
 // One row against one activation row, decoding as it goes (m = 1); `scale` from tile_scales.
+template <bool kShift>
 DSV4_BF16 float fp8_row_bf16(const Fp8Task& t, int64_t r, const double* scale) {
   const Fp8Bf16 k = load_fp8_bf16();
   const int64_t in = t.w->in, tiles = (in + 127) / 128;
   const uint8_t* row = static_cast<const uint8_t*>(t.w->data) + r * in;
+  // kShift: the row starts `delta` bytes past a cache line; whole lines are loaded and each
+  // pair joined with one two-source byte permute (a 64-byte load across two lines cost 12 %
+  // from memory, one thread: docs/kernels.md).
+  const int64_t delta = static_cast<int64_t>(reinterpret_cast<uintptr_t>(row) % 64);
+  const uint8_t* lines = row - delta;
+  const __m512i shift = _mm512_add_epi8(
+      _mm512_set_epi8(63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48, 47, 46, 45,
+                      44, 43, 42, 41, 40, 39, 38, 37, 36, 35, 34, 33, 32, 31, 30, 29, 28, 27, 26,
+                      25, 24, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5,
+                      4, 3, 2, 1, 0),
+      _mm512_set1_epi8(static_cast<char>(delta)));
   float acc = 0;
   int64_t b = 0;
   // Four whole tiles at a time: four independent dot-product chains in flight (one chain per
@@ -1593,7 +1637,9 @@ DSV4_BF16 float fp8_row_bf16(const Fp8Task& t, int64_t r, const double* scale) {
     for (int h = 0; h < 2; ++h)
       for (int q = 0; q < 4; ++q) {
         const int64_t k0 = 128 * (b + q) + 64 * h;
-        const __m512i c = _mm512_loadu_si512(row + k0);
+        const __m512i c = kShift ? _mm512_permutex2var_epi8(_mm512_load_si512(lines + k0), shift,
+                                                            _mm512_load_si512(lines + k0 + 64))
+                                 : _mm512_loadu_si512(row + k0);
         prefetch_weights(row + k0);
         __m512i wa, wb;
         fp8_to_bf16(k, c, &wa, &wb);
@@ -1701,7 +1747,10 @@ DSV4_BF16 void fp8_rows_bf16(const Fp8Task& t, int64_t r0, int64_t r1) {
     double* scale = thread_scratch(tiles, 1);
     for (int64_t r = r0; r < r1; ++r) {
       if (r == r0 || r % 128 == 0) tile_scales(t, 0, r, tiles, scale);
-      const float v = fp8_row_bf16(t, r, scale);
+      const float v =
+          reinterpret_cast<uintptr_t>(static_cast<const uint8_t*>(t.w->data) + r * in) % 64 != 0
+              ? fp8_row_bf16<true>(t, r, scale)
+              : fp8_row_bf16<false>(t, r, scale);
       t.y[r - t.row_begin] = t.round_bf16 ? bf16_round(v) : v;
     }
     return;

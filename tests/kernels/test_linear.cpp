@@ -231,6 +231,39 @@ TEST(QuantLinear, SimdMatchesScalarWithHugeScales) {
     }
 }
 
+// Checkpoint tensors start at any byte offset. Weights placed at every offset within a cache
+// line: the VNNI FP4 kernel reads rows that start at a multiple of 4 bytes past a line with
+// whole-line loads joined by a permute, and other rows with unaligned loads. Rows of 528 bytes
+// (1056 elements: two whole groups and a partial one) start at a different offset each; rows
+// of 1024 bytes all at the same one.
+TEST(QuantLinear, QuantizedWeightsAtEveryAlignment) {
+  IsaGuard guard;
+  uint32_t seed = 300;
+  for (WeightFormat format : {WeightFormat::kFP4, WeightFormat::kFP8})
+    for (int64_t in : {1056, 2048}) {
+      const TestWeight w = make_weight(format, 20, in, seed++);
+      const size_t data_bytes = w.data.size() - kMisalign, scale_bytes = w.scale.size() - kMisalign;
+      const std::vector<float> x = make_activations(1, in, seed++);
+      const std::vector<float> want = run_quant(Isa::kScalar, x, 1, w.ref);
+      std::vector<uint8_t> buffer(data_bytes + 128), scales(scale_bytes + 128);
+      uint8_t* base = buffer.data() + (64 - reinterpret_cast<uintptr_t>(buffer.data()) % 64);
+      uint8_t* sbase = scales.data() + (64 - reinterpret_cast<uintptr_t>(scales.data()) % 64);
+      for (int64_t offset = 0; offset < 64; ++offset) {
+        std::memset(buffer.data(), 0xEE, buffer.size());
+        std::memcpy(base + offset, w.data.data() + kMisalign, data_bytes);
+        std::memcpy(sbase + offset % 7, w.scale.data() + kMisalign, scale_bytes);
+        WeightRef ref = w.ref;
+        ref.data = base + offset;
+        ref.scale = sbase + offset % 7;
+        for (Isa isa : simd_isas())
+          expect_bits_equal(want, run_quant(isa, x, 1, ref),
+                            std::string(format == WeightFormat::kFP4 ? "fp4" : "fp8") +
+                                " in=" + std::to_string(in) + " offset " + std::to_string(offset) +
+                                " " + isa_name(isa));
+      }
+    }
+}
+
 TEST(QuantLinear, SimdMatchesScalarBitForBitFp4) {
   IsaGuard guard;
   const int64_t shapes[][2] = {{1, 32}, {5, 96}, {19, 320}, {70, 2048}};
