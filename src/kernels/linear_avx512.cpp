@@ -1747,10 +1747,9 @@ DSV4_BF16 void fp8_rows_bf16(const Fp8Task& t, int64_t r0, int64_t r1) {
     double* scale = thread_scratch(tiles, 1);
     for (int64_t r = r0; r < r1; ++r) {
       if (r == r0 || r % 128 == 0) tile_scales(t, 0, r, tiles, scale);
-      const float v =
-          reinterpret_cast<uintptr_t>(static_cast<const uint8_t*>(t.w->data) + r * in) % 64 != 0
-              ? fp8_row_bf16<true>(t, r, scale)
-              : fp8_row_bf16<false>(t, r, scale);
+      const uint8_t* row = static_cast<const uint8_t*>(t.w->data) + r * in;
+      const bool off_line = reinterpret_cast<uintptr_t>(row) % 64 != 0;
+      const float v = off_line ? fp8_row_bf16<true>(t, r, scale) : fp8_row_bf16<false>(t, r, scale);
       t.y[r - t.row_begin] = t.round_bf16 ? bf16_round(v) : v;
     }
     return;
