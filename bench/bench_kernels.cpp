@@ -145,10 +145,12 @@ struct WeightSet {
 // matrix-matrix cases).
 // Checkpoint tensors start wherever the safetensors header leaves them: the weights sit this
 // many bytes past a 64-byte boundary (DSV4_BENCH_WEIGHT_OFFSET, default 20: the offset of the
-// routed experts in the Flash-shaped synth checkpoint; 0 measures aligned weights).
+// routed experts in the Flash-shaped synth checkpoint; 0 measures aligned weights). Rounded
+// down to even: fill() writes BF16 values as byte pairs from the buffer's start, and a checkpoint
+// never places a 2-byte tensor at an odd offset.
 size_t weight_offset() {
   const char* env = std::getenv("DSV4_BENCH_WEIGHT_OFFSET");
-  return env ? static_cast<size_t>(std::atoll(env)) % 64 : 20;
+  return env ? static_cast<size_t>(std::atoll(env)) % 64 / 2 * 2 : 20;
 }
 
 std::unique_ptr<WeightSet> make_weights(const Shape& s, bool big_working_set) {
