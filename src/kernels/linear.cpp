@@ -179,13 +179,19 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
     c.xd = xd.get();
     detail::Fp4BatchActs batch;
     detail::Fp4VecActs vec;
-    const bool fp4_e8m0 = isa == Isa::kAvx512 && t.tile > 0 && t.w->format == WeightFormat::kFP4 &&
-                          !t.w->scale_is_f32;
-    if (fp4_e8m0 && c.m > 1 && detail::fp4_batch_available() && prepare_fp4_batch(c, &batch))
+    detail::Fp4WordActs words;
+    const bool fp4_e8m0 = t.tile > 0 && t.w->format == WeightFormat::kFP4 && !t.w->scale_is_f32;
+    const bool avx512 = isa == Isa::kAvx512;
+    if (avx512 && fp4_e8m0 && c.m > 1 && detail::fp4_batch_available() &&
+        prepare_fp4_batch(c, &batch))
       c.fp4_batch = &batch;
-    if (fp4_e8m0 && c.m == 1 && detail::fp4_vec_available() &&
+    if (avx512 && fp4_e8m0 && c.m == 1 && detail::fp4_vec_available() &&
         detail::prepare_fp4_vec(c.x, in, &vec, call_layout_buffer(detail::fp4_vec_bytes(in))))
       c.fp4_vec = &vec;
+    // Without VNNI (AVX2 CPUs, AVX-512 ones that lack it): the AVX2 word kernel.
+    if (fp4_e8m0 && c.m == 1 && c.fp4_vec == nullptr &&
+        detail::prepare_fp4_words(c.x, in, &words, call_layout_buffer(detail::fp4_words_bytes(in))))
+      c.fp4_words = &words;
     rows(c);
   }
 }

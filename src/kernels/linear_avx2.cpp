@@ -497,6 +497,10 @@ void quant_gemm_e8m0(const LinearTask& t, int64_t r0, int64_t r1) {
 
 }  // namespace
 
+void gemv_fp4_e8m0_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
+  gemv_fp4_e8m0(t, r0, r1);
+}
+
 void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
   const WeightFormat format = t.w->format;
   const bool quantized = format == WeightFormat::kFP8 || format == WeightFormat::kFP4;
@@ -505,6 +509,7 @@ void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
       case WeightFormat::kFP8:  // quant_linear's FP8 weights run in fp8_rows_avx2 instead
         break;
       case WeightFormat::kFP4:
+        if (t.fp4_words != nullptr) return gemv_fp4_words(t, r0, r1);
         if (!t.w->scale_is_f32) return gemv_fp4_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP4>(t, r0, r1);
       case WeightFormat::kBF16:

@@ -1427,6 +1427,7 @@ void linear_rows_avx512(const LinearTask& t, int64_t r0, int64_t r1) {
         break;
       case WeightFormat::kFP4:
         if (t.fp4_vec != nullptr) return gemv_fp4_vec(t, r0, r1);
+        if (t.fp4_words != nullptr) return gemv_fp4_words(t, r0, r1);
         if (!t.w->scale_is_f32 && use_vbmi()) return gemv_fp4_e8m0(t, r0, r1);
         return gemv<WeightFormat::kFP4>(t, r0, r1);
       case WeightFormat::kBF16:

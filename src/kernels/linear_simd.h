@@ -37,6 +37,21 @@ struct Fp4VecActs {
   int32_t unit_min = 0, unit_max = 0;  // extremes of u − 1 over the tiles
 };
 
+// Activations of an FP4 matrix-vector product prepared for the AVX2 word kernel
+// (fp4_words_avx2.cpp): per chunk of 64 elements (two tiles), two planes of 64 words (X's low
+// 16 bits as a signed word, then (X − low) / 2^16), in the kernel's word order; per group of 8
+// tiles, in its lane order, each tile's power-of-two unit u − 1 and the bias 12·ΣX; per chunk
+// and per group, whether the second plane is needed (some |X| ≥ 2^15).
+struct Fp4WordActs {
+  int64_t tiles = 0, groups = 0;
+  int16_t* words = nullptr;            // [groups * 4][2][64], 64-byte aligned
+  int32_t* unit = nullptr;             // [groups][8]
+  int32_t* bias = nullptr;             // [groups][8]
+  uint8_t* wide = nullptr;             // [groups * 4]
+  uint8_t* group_wide = nullptr;       // [groups]
+  int32_t unit_min = 0, unit_max = 0;  // extremes of u − 1 over the tiles
+};
+
 // One linear over weight rows; the kernels compute rows [r0, r1) of it.
 struct LinearTask {
   const WeightRef* w = nullptr;
@@ -57,6 +72,8 @@ struct LinearTask {
   const Fp4BatchActs* fp4_batch = nullptr;
   // Set when the FP4 matrix-vector product runs on the VNNI integer kernel.
   const Fp4VecActs* fp4_vec = nullptr;
+  // Set when the FP4 matrix-vector product runs on the AVX2 word kernel.
+  const Fp4WordActs* fp4_words = nullptr;
 };
 
 // w.in rounded up to whole 16-element groups.
@@ -90,6 +107,16 @@ int64_t fp4_vec_bytes(int64_t in);
 // Lays out one activation row x (fake-quantized, `in` a multiple of 32) in `buffer`; false if
 // a value does not fit the integer kernel.
 bool prepare_fp4_vec(const float* x, int64_t in, Fp4VecActs* a, uint8_t* buffer);
+
+// The AVX2 FP4 matrix-vector word kernel (any x86-64-v3 CPU): bytes of the buffer
+// prepare_fp4_words needs for rows of `in` elements; the layout of one activation row x
+// (fake-quantized, `in` a multiple of 32), false if a value does not fit the kernel; rows
+// [r0, r1) of t (t.fp4_words set).
+int64_t fp4_words_bytes(int64_t in);
+bool prepare_fp4_words(const float* x, int64_t in, Fp4WordActs* a, uint8_t* buffer);
+void gemv_fp4_words(const LinearTask& t, int64_t r0, int64_t r1);
+// The AVX2 double-path FP4 (E8M0) matrix-vector rows, exact for any scale.
+void gemv_fp4_e8m0_avx2(const LinearTask& t, int64_t r0, int64_t r1);
 
 // One fp32_bf16_linear call. Activation row i is split into its odd and even
 // elements per group of 32 (xo[i * ldp + 16g + j] = x[i, 32g + 2j + 1], xe the

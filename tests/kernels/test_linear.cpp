@@ -417,6 +417,37 @@ TEST(QuantLinear, Fp4IntegerPathScalesOutsideFloatRange) {
     }
 }
 
+TEST(QuantLinear, Fp4TilesAddInFp32InAscendingK) {
+  // The integer kernels compute tile sums out of order and then add them in fp32; the order of
+  // those adds is part of the contract. Per row three tiles a < b < c hold 1, 2^24 and −2^24:
+  // ascending K gives (1 + 2^24) − 2^24 = 0 in fp32, any other order 1. Rows of 33 tiles (the
+  // last in a partial group of every kernel), tiles anywhere in the row, 20 rows (a partial
+  // block of rows), m = 1 and 3.
+  IsaGuard guard;
+  const int64_t in = 1056, out = 20, tiles = in / 32;
+  TestWeight w = make_weight(WeightFormat::kFP4, out, in, 77);
+  std::fill(w.data.begin() + kMisalign, w.data.end(), uint8_t{0});
+  std::fill(w.scale.begin() + kMisalign, w.scale.end(), uint8_t{127});
+  for (int64_t r = 0; r < out; ++r) {
+    const int64_t a = r % 5, b = a + 1 + (r * 7) % 20, c = r % 2 ? tiles - 1 : b + 1 + r % 3;
+    uint8_t* row = w.data.data() + kMisalign + r * in / 2;
+    uint8_t* scale = w.scale.data() + kMisalign + r * tiles;
+    row[a * 16] = 0x02;  // element 0 of the tile: code 2 = 1.0
+    row[b * 16] = 0x02;
+    row[c * 16] = 0x0A;  // −1.0
+    scale[b] = scale[c] = 127 + 24;
+  }
+  for (int64_t m : {int64_t{1}, int64_t{3}}) {
+    std::vector<float> x(m * in, 0.0f);
+    for (int64_t k = 0; k < m * in; k += 32) x[k] = 1.0f;
+    const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+    for (int64_t i = 0; i < m * out; ++i) ASSERT_EQ(want[i], 0.0f) << "scalar, output " << i;
+    for (Isa isa : simd_isas())
+      expect_bits_equal(want, run_quant(isa, x, m, w.ref),
+                        std::string("fp4 tile order ") + isa_name(isa) + " m=" + std::to_string(m));
+  }
+}
+
 TEST(QuantLinear, ScalarMatchesIndependentExactSumsFp4) {
   IsaGuard guard;
   uint32_t seed = 200;
