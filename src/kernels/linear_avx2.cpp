@@ -659,11 +659,85 @@ inline float fp8_tile_fma(const float* xo, const float* xe, int64_t g0, int64_t 
   return pairs_tree8(lo, hi);
 }
 
+// m = 1, four whole tiles of a row at once: 32 weights per load become fp16 bits of value × 2^-8
+// (odd bytes: one arithmetic shift and a mask; even ones moved to the high bytes first by a
+// vpshufb, which keeps them off the single vector-shift port of Zen 1), four vcvtph2ps, then
+// linear_dot_pairs_f32's two FMAs per lane. The four tiles' chains (8 accumulators) run side
+// by side — one tile at a time left each group behind two dependent FMAs — and their trees
+// reduce together: the tile sums of tiles b0 .. b0 + 3.
+inline __m128 fp8_quad_sums(const uint8_t* row, const float* xo, const float* xe, int64_t b0) {
+  const __m256i keep = _mm256_set1_epi16(static_cast<short>(0xBF80));
+  const __m256i even_high =
+      _mm256_setr_epi8(-1, 0, -1, 2, -1, 4, -1, 6, -1, 8, -1, 10, -1, 12, -1, 14, -1, 0, -1, 2, -1,
+                       4, -1, 6, -1, 8, -1, 10, -1, 12, -1, 14);
+  __m256 lo[4], hi[4];
+  for (int q = 0; q < 4; ++q) lo[q] = hi[q] = _mm256_setzero_ps();
+  for (int g = 0; g < 4; ++g)
+    for (int q = 0; q < 4; ++q) {
+      const int64_t gg = 4 * (b0 + q) + g;
+      const uint8_t* p = row + 32 * gg;
+      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+      const __m256i odd = _mm256_and_si256(_mm256_srai_epi16(v, 1), keep);
+      const __m256i even =
+          _mm256_and_si256(_mm256_srai_epi16(_mm256_shuffle_epi8(v, even_high), 1), keep);
+      lo[q] = _mm256_fmadd_ps(_mm256_load_ps(xo + 16 * gg),
+                              _mm256_cvtph_ps(_mm256_castsi256_si128(odd)), lo[q]);
+      lo[q] = _mm256_fmadd_ps(_mm256_load_ps(xe + 16 * gg),
+                              _mm256_cvtph_ps(_mm256_castsi256_si128(even)), lo[q]);
+      hi[q] = _mm256_fmadd_ps(_mm256_load_ps(xo + 16 * gg + 8),
+                              _mm256_cvtph_ps(_mm256_extracti128_si256(odd, 1)), hi[q]);
+      hi[q] = _mm256_fmadd_ps(_mm256_load_ps(xe + 16 * gg + 8),
+                              _mm256_cvtph_ps(_mm256_extracti128_si256(even, 1)), hi[q]);
+    }
+  // pairs_tree8 of each tile: w_j = v_j + v_(j+4) with v = lo + hi, then (w0+w2) + (w1+w3),
+  // four tiles at once after a transpose.
+  __m128 w[4];
+  for (int q = 0; q < 4; ++q) {
+    const __m256 v = _mm256_add_ps(lo[q], hi[q]);
+    w[q] = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  }
+  _MM_TRANSPOSE4_PS(w[0], w[1], w[2], w[3]);
+  return _mm_add_ps(_mm_add_ps(w[0], w[2]), _mm_add_ps(w[1], w[3]));
+}
+
 }  // namespace
 
 void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
   const WeightRef& w = *t.w;
   const int64_t in = w.in, tiles = (in + 127) / 128, groups = t.ldq / 32, half = t.ldq / 2;
+  if (t.m == 1) {
+    // Both block scales of a tile as one double factor, per block of 128 weight rows.
+    double* factor = thread_scratch(tiles, 0);
+    const int64_t quads = in / 512;  // whole 4-tile steps
+    for (int64_t r = r0; r < r1; ++r) {
+      if (r == r0 || r % 128 == 0)
+        for (int64_t b = 0; b < tiles; ++b)
+          factor[b] = static_cast<double>(t.scales[b]) *
+                      static_cast<double>(weight_block_scale(w, (r / 128) * tiles + b));
+      const uint8_t* row = static_cast<const uint8_t*>(w.data) + r * in;
+      float acc = 0;
+      for (int64_t qd = 0; qd < quads; ++qd) {
+        const __m128 sums = fp8_quad_sums(row, t.xo, t.xe, 4 * qd);
+        alignas(16) float f[4];
+        _mm_store_ps(f, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(sums),
+                                                      _mm256_loadu_pd(factor + 4 * qd))));
+        acc += f[0];
+        acc += f[1];
+        acc += f[2];
+        acc += f[3];
+      }
+      for (int64_t b = 4 * quads; b < tiles; ++b) {  // the rest, a tile at a time
+        const float sum = fp8_tile_fma(t.xo, t.xe, 4 * b, std::min(groups, 4 * b + 4),
+                                       [&](int64_t g, __m256 wo[2], __m256 we[2]) {
+                                         fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
+                                       });
+        acc += static_cast<float>(static_cast<double>(sum) * factor[b]);
+      }
+      t.y[r - t.row_begin] = t.round_bf16 ? bf16_round(acc) : acc;
+    }
+    return;
+  }
   // m > 1: each row decoded once (64 floats per group: odd 0..15, even 16..31 of each half).
   float* buf = t.m > 1 ? reinterpret_cast<float*>(thread_scratch(groups * 32, 0)) : nullptr;
   for (int64_t r = r0; r < r1; ++r) {
