@@ -491,7 +491,8 @@ void fp32_bf16_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w
   t.m = m;
   t.ldp = (in + 31) / 32 * 16;
   const int64_t n = std::max<int64_t>(1, m * t.ldp);
-  auto* pairs = reinterpret_cast<float*>(call_layout_buffer(2 * n * 4));
+  // xo, xe, and room for the bf16 copy (AVX2).
+  auto* pairs = reinterpret_cast<float*>(call_layout_buffer(3 * n * 4));
   for (int64_t i = 0; i < m; ++i)
     for (int64_t p = 0; p < t.ldp; ++p) {
       const int64_t g = p / 16, j = p % 16, odd = 32 * g + 2 * j + 1, even = odd - 1;
@@ -500,6 +501,23 @@ void fp32_bf16_linear(const float* x, int64_t m, int64_t ldx, const WeightRef& w
     }
   t.xo = pairs;
   t.xe = pairs + n;
+  if (isa == Isa::kAvx2) {
+    bool bf16_values = true;
+    for (int64_t i = 0; i < m && bf16_values; ++i)
+      for (int64_t k = 0; k < in; ++k)
+        if ((float_bits(x[i * ldx + k]) & 0xFFFF) != 0) {
+          bf16_values = false;
+          break;
+        }
+    if (bf16_values) {
+      auto* bits = reinterpret_cast<uint16_t*>(pairs + 2 * n);  // 2·ldp bf16 per row
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t k = 0; k < 2 * t.ldp; ++k)
+          bits[i * 2 * t.ldp + k] =
+              k < in ? static_cast<uint16_t>(float_bits(x[i * ldx + k]) >> 16) : uint16_t{0};
+      t.xb = bits;
+    }
+  }
   t.y = y;
   t.ldy = ldy;
   t.row_begin = row_begin;

@@ -550,39 +550,80 @@ inline float pairs_tree(__m256 lo, __m256 hi) {
   return pairs_tree_f32(s);
 }
 
+// 32 bytes of a weight row at p. kAlign > 0: p sits kAlign bytes past a 16-byte boundary, and
+// two 16-byte-aligned loads joined by vpalignr replace the load that would cross a cache line
+// every fourth 16-byte half (Zen 1 splits 32-byte loads in two): the head's rows, at a
+// checkpoint offset of 44, read 10.0 GB/s with straddling loads and 11.1–11.4 joined (one
+// thread, one row stream).
+template <int kAlign>
+inline __m256i row_bytes32(const uint8_t* p) {
+  if constexpr (kAlign == 0) {
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  } else {
+    const uint8_t* line = p - kAlign;
+    return _mm256_alignr_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(line + 16)),
+                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(line)), kAlign);
+  }
+}
+
+// kBf16: the activations come as t.xb (bf16 pairs in the weights' layout), split like the
+// weights — odd elements are the high halves, even ones move up by a byte shuffle (off the
+// single vector-shift port of Zen 1).
+template <bool kBf16, int kAlign>
 inline void pair_row_bf16(const PairTask& t, int64_t r) {
   const int64_t in = t.w->in, groups = (in + 31) / 32;
   const uint8_t* row = static_cast<const uint8_t*>(t.w->data) + r * in * 2;
   const __m256i high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m256i low_up = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 4, 5, -1, -1, 8, 9, -1, -1, 12, 13,
+                                          -1, -1, 0, 1, -1, -1, 4, 5, -1, -1, 8, 9, -1, -1, 12, 13);
   alignas(32) uint8_t tail[64];
   for (int64_t i = 0; i < t.m; ++i) {
     const float* xo = t.xo + i * t.ldp;
     const float* xe = t.xe + i * t.ldp;
+    const uint8_t* xb = reinterpret_cast<const uint8_t*>(t.xb + i * 2 * t.ldp);
     __m256 acc[4][2];
     for (int c = 0; c < 4; ++c) acc[c][0] = acc[c][1] = _mm256_setzero_ps();
-    const auto group = [&](__m256* a, int64_t g) {
+    const auto group = [&](__m256* a, int64_t g, auto whole) {
       const uint8_t* src = row + 64 * g;
       _mm_prefetch(reinterpret_cast<const char*>(src + 2048), _MM_HINT_T0);
-      const int64_t n = std::min<int64_t>(32, in - 32 * g);
-      if (n < 32) {  // the last group: zero-padded copy (+0 weights, as the scalar pads)
-        std::memset(tail, 0, 64);
-        std::memcpy(tail, src, static_cast<size_t>(n) * 2);
-        src = tail;
-      }
       for (int h = 0; h < 2; ++h) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 32 * h));
-        const __m256 o = _mm256_load_ps(xo + 16 * g + 8 * h),
-                     e = _mm256_load_ps(xe + 16 * g + 8 * h);
-        a[h] = _mm256_fmadd_ps(o, _mm256_castsi256_ps(_mm256_and_si256(v, high)), a[h]);
-        a[h] = _mm256_fmadd_ps(e, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)), a[h]);
+        __m256i v;
+        if constexpr (decltype(whole)::value) {
+          v = row_bytes32<kAlign>(src + 32 * h);
+        } else {  // the last group: zero-padded copy (+0 weights, as the scalar pads)
+          const int64_t n = std::min<int64_t>(32, in - 32 * g);
+          std::memset(tail, 0, 64);
+          std::memcpy(tail, src, static_cast<size_t>(n) * 2);
+          v = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail + 32 * h));
+        }
+        __m256 o, e;
+        if constexpr (kBf16) {
+          const __m256i x =
+              _mm256_load_si256(reinterpret_cast<const __m256i*>(xb + 64 * g + 32 * h));
+          o = _mm256_castsi256_ps(_mm256_and_si256(x, high));
+          e = _mm256_castsi256_ps(_mm256_shuffle_epi8(x, low_up));
+        } else {
+          o = _mm256_load_ps(xo + 16 * g + 8 * h);
+          e = _mm256_load_ps(xe + 16 * g + 8 * h);
+        }
+        const __m256 wo = _mm256_castsi256_ps(_mm256_and_si256(v, high));
+        const __m256 we =
+            _mm256_castsi256_ps(kBf16 ? _mm256_shuffle_epi8(v, low_up) : _mm256_slli_epi32(v, 16));
+        a[h] = _mm256_fmadd_ps(o, wo, a[h]);
+        a[h] = _mm256_fmadd_ps(e, we, a[h]);
       }
     };
+    const std::true_type whole;
+    const int64_t full = in / 32;  // groups wholly inside the row
     int64_t g = 0;
-    for (; g + 4 <= groups; g += 4)
-      for (int c = 0; c < 4; ++c) group(acc[c], g + c);
-    if (g < groups) group(acc[0], g++);  // the last one to three groups, still in turn
-    if (g < groups) group(acc[1], g++);
-    if (g < groups) group(acc[2], g++);
+    for (; g + 4 <= full; g += 4)
+      for (int c = 0; c < 4; ++c) group(acc[c], g + c, whole);
+    for (; g < groups; ++g) {  // the last one to three groups, still in turn
+      if (g < full)
+        group(acc[g % 4], g, whole);
+      else
+        group(acc[g % 4], g, std::false_type{});
+    }
     __m256 lane[2];
     for (int h = 0; h < 2; ++h)
       lane[h] =
@@ -591,12 +632,37 @@ inline void pair_row_bf16(const PairTask& t, int64_t r) {
   }
 }
 
+template <bool kBf16>
+void pair_rows(const PairTask& t, int64_t r0, int64_t r1) {
+  // One row at a time: a thread then reads one stream in address order, which this machine
+  // serves ~1.3x faster than four interleaved row streams (docs/kernels.md, "Row order").
+  // Rows are in·2 bytes apart: their offset within 16 bytes is the tensor's for even `in`.
+  for (int64_t r = r0; r < r1; ++r) {
+    const auto address = reinterpret_cast<uintptr_t>(t.w->data) +
+                         static_cast<uintptr_t>(r) * static_cast<uintptr_t>(t.w->in) * 2;
+    switch (address % 16) {
+      case 4:
+        pair_row_bf16<kBf16, 4>(t, r);
+        break;
+      case 8:
+        pair_row_bf16<kBf16, 8>(t, r);
+        break;
+      case 12:
+        pair_row_bf16<kBf16, 12>(t, r);
+        break;
+      default:
+        pair_row_bf16<kBf16, 0>(t, r);
+    }
+  }
+}
+
 }  // namespace
 
 void pair_rows_avx2(const PairTask& t, int64_t r0, int64_t r1) {
-  // One row at a time: a thread then reads one stream in address order, which this machine
-  // serves ~1.3x faster than four interleaved row streams (docs/kernels.md, "Row order").
-  for (int64_t r = r0; r < r1; ++r) pair_row_bf16(t, r);
+  if (t.xb != nullptr)
+    pair_rows<true>(t, r0, r1);
+  else
+    pair_rows<false>(t, r0, r1);
 }
 
 }  // namespace dsv4::kernels::detail

@@ -820,6 +820,61 @@ TEST(Fp32Bf16Linear, SimdMatchesScalarBitForBit) {
   }
 }
 
+TEST(Fp32Bf16Linear, WeightsAtEveryAlignmentWithBf16Activations) {
+  // The AVX2 kernel joins aligned 16-byte loads for rows 4, 8 or 12 bytes past a 16-byte
+  // boundary and takes bf16-valued activations in the weights' own pair layout: every offset
+  // (odd `in` staggers the rows' offsets within one call), activations bf16-valued or not,
+  // and a cancelling 2^30 pair that makes the lanes' order show.
+  IsaGuard guard;
+  uint32_t seed = 960;
+  for (int64_t in : {int64_t{100}, int64_t{1057}}) {
+    TestWeight w = make_weight(WeightFormat::kBF16, 11, in, seed++);
+    tie_columns(w, kBig1, kBig2);
+    // Lane 2 of set 0 (rows of 1057): weights 1 at columns 4, 5, 132, 133 (see below).
+    const int64_t odd_first[4] = {5, 4, 133, 132};
+    if (in > 256)
+      for (int64_t o = 0; o < w.ref.out; ++o)
+        for (int64_t k : odd_first) {
+          const uint16_t one = float_to_bf16_bits(1.0f);
+          std::memcpy(w.data.data() + kMisalign + (o * in + k) * 2, &one, 2);
+        }
+    const size_t bytes = static_cast<size_t>(w.ref.out * in * 2);
+    std::vector<uint8_t> storage(bytes + 64);
+    const uintptr_t base = (reinterpret_cast<uintptr_t>(storage.data()) + 15) & ~uintptr_t{15};
+    for (int64_t m : {int64_t{1}, int64_t{3}}) {
+      std::vector<float> x = make_activations(m, in, seed++);
+      for (int rounded = 0; rounded < 2; ++rounded) {
+        std::vector<float> xr = x;
+        if (rounded != 0)
+          for (float& v : xr) v = bf16_round(v);
+        for (int64_t i = 0; i < m; ++i) {
+          xr[i * in + kBig1] = std::ldexp(1.0f, 30);
+          xr[i * in + kBig2] = -std::ldexp(1.0f, 30);
+          // Odd element before even (LinearDotPairs4): 2^20, 2^-4, 2^-4, -2^20 leave 0 in
+          // lane 2 of set 0; the even element first would leave 2^-4. Nothing else in that lane.
+          if (in > 256) {
+            const float values[4] = {std::ldexp(1.0f, 20), std::ldexp(1.0f, -4),
+                                     std::ldexp(1.0f, -4), -std::ldexp(1.0f, 20)};
+            for (int q = 0; q < 4; ++q) xr[i * in + odd_first[q]] = values[q];
+            for (int64_t k = 256; k + 5 < in; k += 128) xr[i * in + k + 4] = xr[i * in + k + 5] = 0;
+          }
+        }
+        for (uintptr_t offset = 0; offset < 16; ++offset) {
+          auto* data = reinterpret_cast<uint8_t*>(base + offset);
+          std::memcpy(data, w.ref.data, bytes);
+          WeightRef ref = w.ref;
+          ref.data = data;
+          expect_paths_agree(
+              m, ref.out, ref.out,
+              [&](float* y) { fp32_bf16_linear(xr.data(), m, in, ref, 0, ref.out, y, ref.out); },
+              "fp32_bf16 in=" + std::to_string(in) + " offset " + std::to_string(offset) +
+                  (rounded != 0 ? " bf16 activations" : ""));
+        }
+      }
+    }
+  }
+}
+
 TEST(Fp32Bf16Linear, RejectsOtherFormats) {
   const TestWeight w = make_weight(WeightFormat::kF32, 2, 8, 950);
   std::vector<float> x(8, 1.0f), y(2);
