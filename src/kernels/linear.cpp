@@ -340,6 +340,20 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
     });
     t.xo = split.data();
     t.xe = split.data() + n;
+    if (m == 1) {
+      // The four-tile step's layout (linear_simd.h): ×2^104 more, pairs in its lane order.
+      static constexpr int kPair[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
+      split.resize(4 * n);
+      for (int64_t p = 0; p < half; ++p) {
+        const int64_t base = p / 16 * 16, from = base + kPair[p % 16];
+        split[2 * n + p] = std::ldexp(split[from], 104);
+        split[3 * n + p] = std::ldexp(split[n + from], 104);
+      }
+      t.xo = split.data();
+      t.xe = split.data() + n;
+      t.xo_q = split.data() + 2 * n;
+      t.xe_q = split.data() + 3 * n;
+    }
   }
   parallel_for(
       row_end - row_begin,

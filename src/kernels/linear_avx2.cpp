@@ -725,17 +725,31 @@ inline float fp8_tile_fma(const float* xo, const float* xe, int64_t g0, int64_t 
   return pairs_tree8(lo, hi);
 }
 
-// m = 1, four whole tiles of a row at once: 32 weights per load become fp16 bits of value × 2^-8
-// (odd bytes: one arithmetic shift and a mask; even ones moved to the high bytes first by a
-// vpshufb, which keeps them off the single vector-shift port of Zen 1), four vcvtph2ps, then
-// linear_dot_pairs_f32's two FMAs per lane. The four tiles' chains (8 accumulators) run side
-// by side — one tile at a time left each group behind two dependent FMAs — and their trees
-// reduce together: the tile sums of tiles b0 .. b0 + 3.
+// m = 1, four whole tiles of a row at once. 32 weights per load become floats of value × 2^-120
+// without a conversion instruction (vcvtph2ps costs two cycles per 8 on Zen 1, on the FMA
+// ports): the float's top byte (sign, exponent bits 3..1) is a table lookup of the code's high
+// nibble, the next byte (exponent bit 0, mantissa) one of its low nibble (two vpshufb for 32
+// codes, subnormal codes landing on fp32 subnormals with the same factor); unpacking the two
+// byte vectors gives each weight's bf16 bits in element order, whose odd elements are the
+// dwords' high halves and even ones move up by a byte shuffle. Lanes then hold pairs 0-3 and
+// 8-11 (first vector), 4-7 and 12-15 (second): the activations come in that order, × 2^112,
+// so every product is the exact FP8 product × 2^-8 and each FMA rounds what the scalar
+// one rounds, scaled by 2^-8 (no result comes near the subnormal range: products ≥ 2^-26).
+// Then linear_dot_pairs_f32's two FMAs per lane. The four tiles' chains (8 accumulators) run
+// side by side — one tile at a time left each group behind two dependent FMAs — and their
+// trees reduce together: the tile sums × 2^-8 of tiles b0 .. b0 + 3.
 inline __m128 fp8_quad_sums(const uint8_t* row, const float* xo, const float* xe, int64_t b0) {
-  const __m256i keep = _mm256_set1_epi16(static_cast<short>(0xBF80));
-  const __m256i even_high =
-      _mm256_setr_epi8(-1, 0, -1, 2, -1, 4, -1, 6, -1, 8, -1, 10, -1, 12, -1, 14, -1, 0, -1, 2, -1,
-                       4, -1, 6, -1, 8, -1, 10, -1, 12, -1, 14);
+  const __m256i low4 = _mm256_set1_epi8(0x0F),
+                high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  // Byte 2 of the float: low nibble << 4; byte 3: sign and exponent bits 3..1 (high nibble).
+  const __m256i byte2 =
+      _mm256_setr_epi8(0, 16, 32, 48, 64, 80, 96, 112, -128, -112, -96, -80, -64, -48, -32, -16, 0,
+                       16, 32, 48, 64, 80, 96, 112, -128, -112, -96, -80, -64, -48, -32, -16);
+  const __m256i byte3 =
+      _mm256_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, -128, -127, -126, -125, -124, -123, -122, -121, 0, 1,
+                       2, 3, 4, 5, 6, 7, -128, -127, -126, -125, -124, -123, -122, -121);
+  const __m256i low_up = _mm256_setr_epi8(-1, -1, 0, 1, -1, -1, 4, 5, -1, -1, 8, 9, -1, -1, 12, 13,
+                                          -1, -1, 0, 1, -1, -1, 4, 5, -1, -1, 8, 9, -1, -1, 12, 13);
   __m256 lo[4], hi[4];
   for (int q = 0; q < 4; ++q) lo[q] = hi[q] = _mm256_setzero_ps();
   for (int g = 0; g < 4; ++g)
@@ -744,25 +758,25 @@ inline __m128 fp8_quad_sums(const uint8_t* row, const float* xo, const float* xe
       const uint8_t* p = row + 32 * gg;
       _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-      const __m256i odd = _mm256_and_si256(_mm256_srai_epi16(v, 1), keep);
-      const __m256i even =
-          _mm256_and_si256(_mm256_srai_epi16(_mm256_shuffle_epi8(v, even_high), 1), keep);
+      const __m256i b2 = _mm256_shuffle_epi8(byte2, _mm256_and_si256(v, low4));
+      const __m256i b3 =
+          _mm256_shuffle_epi8(byte3, _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
+      const __m256i w0 = _mm256_unpacklo_epi8(b2, b3), w1 = _mm256_unpackhi_epi8(b2, b3);
       lo[q] = _mm256_fmadd_ps(_mm256_load_ps(xo + 16 * gg),
-                              _mm256_cvtph_ps(_mm256_castsi256_si128(odd)), lo[q]);
+                              _mm256_castsi256_ps(_mm256_and_si256(w0, high)), lo[q]);
       lo[q] = _mm256_fmadd_ps(_mm256_load_ps(xe + 16 * gg),
-                              _mm256_cvtph_ps(_mm256_castsi256_si128(even)), lo[q]);
+                              _mm256_castsi256_ps(_mm256_shuffle_epi8(w0, low_up)), lo[q]);
       hi[q] = _mm256_fmadd_ps(_mm256_load_ps(xo + 16 * gg + 8),
-                              _mm256_cvtph_ps(_mm256_extracti128_si256(odd, 1)), hi[q]);
+                              _mm256_castsi256_ps(_mm256_and_si256(w1, high)), hi[q]);
       hi[q] = _mm256_fmadd_ps(_mm256_load_ps(xe + 16 * gg + 8),
-                              _mm256_cvtph_ps(_mm256_extracti128_si256(even, 1)), hi[q]);
+                              _mm256_castsi256_ps(_mm256_shuffle_epi8(w1, low_up)), hi[q]);
     }
-  // pairs_tree8 of each tile: w_j = v_j + v_(j+4) with v = lo + hi, then (w0+w2) + (w1+w3),
-  // four tiles at once after a transpose.
+  // pairs_tree8 of each tile: v_j = s_j + s_(j+8) is lo's halves added (j < 4) or hi's (j ≥ 4),
+  // w_j = v_j + v_(j+4), then (w0+w2) + (w1+w3), four tiles at once after a transpose.
   __m128 w[4];
-  for (int q = 0; q < 4; ++q) {
-    const __m256 v = _mm256_add_ps(lo[q], hi[q]);
-    w[q] = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  }
+  for (int q = 0; q < 4; ++q)
+    w[q] = _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(lo[q]), _mm256_extractf128_ps(lo[q], 1)),
+                      _mm_add_ps(_mm256_castps256_ps128(hi[q]), _mm256_extractf128_ps(hi[q], 1)));
   _MM_TRANSPOSE4_PS(w[0], w[1], w[2], w[3]);
   return _mm_add_ps(_mm_add_ps(w[0], w[2]), _mm_add_ps(w[1], w[3]));
 }
@@ -772,22 +786,26 @@ inline __m128 fp8_quad_sums(const uint8_t* row, const float* xo, const float* xe
 void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
   const WeightRef& w = *t.w;
   const int64_t in = w.in, tiles = (in + 127) / 128, groups = t.ldq / 32, half = t.ldq / 2;
-  if (t.m == 1) {
-    // Both block scales of a tile as one double factor, per block of 128 weight rows.
-    double* factor = thread_scratch(tiles, 0);
+  if (t.m == 1 && t.xo_q != nullptr) {
+    // Both block scales of a tile as one double factor, per block of 128 weight rows (× 2^8 for
+    // the four-tile step's sums, which come × 2^-8: exact, as is their conversion to double).
+    double* factor = thread_scratch(2 * tiles, 0);
+    double* factor_q = factor + tiles;
     const int64_t quads = in / 512;  // whole 4-tile steps
     for (int64_t r = r0; r < r1; ++r) {
       if (r == r0 || r % 128 == 0)
-        for (int64_t b = 0; b < tiles; ++b)
+        for (int64_t b = 0; b < tiles; ++b) {
           factor[b] = static_cast<double>(t.scales[b]) *
                       static_cast<double>(weight_block_scale(w, (r / 128) * tiles + b));
+          factor_q[b] = factor[b] * 256.0;
+        }
       const uint8_t* row = static_cast<const uint8_t*>(w.data) + r * in;
       float acc = 0;
       for (int64_t qd = 0; qd < quads; ++qd) {
-        const __m128 sums = fp8_quad_sums(row, t.xo, t.xe, 4 * qd);
+        const __m128 sums = fp8_quad_sums(row, t.xo_q, t.xe_q, 4 * qd);
         alignas(16) float f[4];
         _mm_store_ps(f, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(sums),
-                                                      _mm256_loadu_pd(factor + 4 * qd))));
+                                                      _mm256_loadu_pd(factor_q + 4 * qd))));
         acc += f[0];
         acc += f[1];
         acc += f[2];

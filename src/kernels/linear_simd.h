@@ -144,10 +144,15 @@ void pair_rows_avx512(const PairTask& t, int64_t r0, int64_t r1);
 struct Fp8Task {
   const WeightRef* w = nullptr;
   int64_t m = 0;
-  int64_t ldq = 0;                // values per activation row: in rounded up to 32
-  const uint16_t* xb = nullptr;   // [m][ldq] bf16 bits (AVX512-BF16 kernel)
-  const float* xo = nullptr;      // [m][ldq / 2] odd elements × 2^8 (FMA kernels: the FP8
-  const float* xe = nullptr;      // decode yields value × 2^-8), xe the even ones
+  int64_t ldq = 0;               // values per activation row: in rounded up to 32
+  const uint16_t* xb = nullptr;  // [m][ldq] bf16 bits (AVX512-BF16 kernel)
+  const float* xo = nullptr;     // [m][ldq / 2] odd elements × 2^8 (FMA kernels: the FP8
+  const float* xe = nullptr;     // decode yields value × 2^-8), xe the even ones
+  // m = 1 (FMA kernel): the same odd and even elements × 2^112 in the lane order of its
+  // four-tile step, which decodes weights to value × 2^-120 (per group of 32, lanes
+  // 0..7 take pairs 0-3 and 8-11, lanes 8..15 pairs 4-7 and 12-15).
+  const float* xo_q = nullptr;
+  const float* xe_q = nullptr;
   const float* scales = nullptr;  // [m][tiles] activation block scales (tiles of 128)
   float* y = nullptr;             // y[i * ldy + (r - row_begin)]
   int64_t ldy = 0, row_begin = 0;
