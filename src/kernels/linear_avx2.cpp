@@ -781,11 +781,119 @@ inline __m128 fp8_quad_sums(const uint8_t* row, const float* xo, const float* xe
   return _mm_add_ps(_mm_add_ps(w[0], w[2]), _mm_add_ps(w[1], w[3]));
 }
 
+// m > 1 (prefill, batched decode): a register block of MI activation rows × NR weight rows,
+// one tile (ng groups) at a time. Per half of a group only 2·MI + 2·NR vectors are loaded for
+// 4·MI·NR FMAs (the MI·NR lane chains keep linear_dot_pairs_f32's order: odd, then even), and
+// the chains of one half fit the 16 registers. One activation row at a time against one
+// decoded row was bound by its two dependent FMA chains (~3 of 8 products per cycle).
+template <int MI, int NR>
+inline void fp8_block_tile(const float* w, int64_t wstride, const float* xo, const float* xe,
+                           int64_t xstride, int64_t ng, float* out) {
+  __m256 acc[2][MI][NR];
+  for (int h = 0; h < 2; ++h)
+    for (int i = 0; i < MI; ++i)
+      for (int j = 0; j < NR; ++j) acc[h][i][j] = _mm256_setzero_ps();
+  for (int64_t g = 0; g < ng; ++g)
+    for (int h = 0; h < 2; ++h) {
+      __m256 wo[NR], we[NR];
+      for (int j = 0; j < NR; ++j) {
+        wo[j] = _mm256_load_ps(w + j * wstride + 32 * g + 8 * h);
+        we[j] = _mm256_load_ps(w + j * wstride + 32 * g + 16 + 8 * h);
+      }
+      for (int i = 0; i < MI; ++i) {
+        const __m256 o = _mm256_load_ps(xo + i * xstride + 16 * g + 8 * h);
+        const __m256 e = _mm256_load_ps(xe + i * xstride + 16 * g + 8 * h);
+        for (int j = 0; j < NR; ++j) {
+          acc[h][i][j] = _mm256_fmadd_ps(o, wo[j], acc[h][i][j]);
+          acc[h][i][j] = _mm256_fmadd_ps(e, we[j], acc[h][i][j]);
+        }
+      }
+    }
+  for (int i = 0; i < MI; ++i)
+    for (int j = 0; j < NR; ++j) out[i * NR + j] = pairs_tree8(acc[0][i][j], acc[1][i][j]);
+}
+
+// Weight rows per decoded block and tiles per K chunk: the block's floats (64 × 256 × 4 B =
+// 64 KB) stay in L2 while every activation row pair meets them, and one chunk of all
+// activation rows (2048 × 256 × 4 B = 2 MB) stays in the last-level cache while every block
+// of weight rows is decoded once.
+constexpr int64_t kFp8BlockRows = 64, kFp8ChunkTiles = 2;
+
+void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
+  const WeightRef& w = *t.w;
+  const int64_t in = w.in, tiles = (in + 127) / 128, groups = t.ldq / 32, half = t.ldq / 2;
+  constexpr int64_t kTileFloats = 4 * 32;  // odd/even halves of 4 groups
+  float* wbuf = reinterpret_cast<float*>(thread_scratch(
+      kFp8BlockRows * kFp8ChunkTiles * kTileFloats / 2 + kFp8BlockRows * kFp8ChunkTiles, 0));
+  double* ws = reinterpret_cast<double*>(wbuf + kFp8BlockRows * kFp8ChunkTiles * kTileFloats);
+  for (int64_t i = 0; i < t.m; ++i)
+    for (int64_t r = r0; r < r1; ++r) t.y[i * t.ldy + (r - t.row_begin)] = 0.0f;
+  for (int64_t c0 = 0; c0 < tiles; c0 += kFp8ChunkTiles) {
+    const int64_t nc = std::min(kFp8ChunkTiles, tiles - c0);
+    for (int64_t rb = r0; rb < r1; rb += kFp8BlockRows) {
+      const int64_t nb = std::min(kFp8BlockRows, r1 - rb);
+      // Row j, tile c0 + c: kTileFloats at wbuf + (j * kFp8ChunkTiles + c) * kTileFloats.
+      for (int64_t j = 0; j < nb; ++j) {
+        const uint8_t* row = static_cast<const uint8_t*>(w.data) + (rb + j) * in;
+        for (int64_t c = 0; c < nc; ++c) {
+          const int64_t b = c0 + c;
+          ws[j * kFp8ChunkTiles + c] =
+              static_cast<double>(weight_block_scale(w, ((rb + j) / 128) * tiles + b));
+          float* dst = wbuf + (j * kFp8ChunkTiles + c) * kTileFloats;
+          for (int64_t g = 4 * b; g < std::min(groups, 4 * b + 4); ++g, dst += 32) {
+            __m256 wo[2], we[2];
+            fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
+            _mm256_store_ps(dst, wo[0]);
+            _mm256_store_ps(dst + 8, wo[1]);
+            _mm256_store_ps(dst + 16, we[0]);
+            _mm256_store_ps(dst + 24, we[1]);
+          }
+        }
+      }
+      const int64_t wstride = kFp8ChunkTiles * kTileFloats;
+      for (int64_t i = 0; i < t.m; i += 2) {
+        const int mi = static_cast<int>(std::min<int64_t>(2, t.m - i));
+        for (int64_t j = 0; j < nb; j += 2) {
+          const int nr = static_cast<int>(std::min<int64_t>(2, nb - j));
+          for (int64_t c = 0; c < nc; ++c) {
+            const int64_t b = c0 + c, ng = std::min(groups, 4 * b + 4) - 4 * b;
+            const float* wt = wbuf + (j * kFp8ChunkTiles + c) * kTileFloats;
+            const float* xo = t.xo + i * half + 64 * b;
+            const float* xe = t.xe + i * half + 64 * b;
+            float sums[4];
+            if (mi == 2 && nr == 2)
+              fp8_block_tile<2, 2>(wt, wstride, xo, xe, half, ng, sums);
+            else if (mi == 2)
+              fp8_block_tile<2, 1>(wt, wstride, xo, xe, half, ng, sums);
+            else if (nr == 2)
+              fp8_block_tile<1, 2>(wt, wstride, xo, xe, half, ng, sums);
+            else
+              fp8_block_tile<1, 1>(wt, wstride, xo, xe, half, ng, sums);
+            for (int ii = 0; ii < mi; ++ii)
+              for (int jj = 0; jj < nr; ++jj) {
+                const double scale = static_cast<double>(t.scales[(i + ii) * tiles + b]) *
+                                     ws[(j + jj) * kFp8ChunkTiles + c];
+                t.y[(i + ii) * t.ldy + (rb + j + jj - t.row_begin)] +=
+                    static_cast<float>(static_cast<double>(sums[ii * nr + jj]) * scale);
+              }
+          }
+        }
+      }
+    }
+  }
+  if (t.round_bf16)
+    for (int64_t i = 0; i < t.m; ++i)
+      for (int64_t r = r0; r < r1; ++r) {
+        float& v = t.y[i * t.ldy + (r - t.row_begin)];
+        v = bf16_round(v);
+      }
+}
+
 }  // namespace
 
 void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
   const WeightRef& w = *t.w;
-  const int64_t in = w.in, tiles = (in + 127) / 128, groups = t.ldq / 32, half = t.ldq / 2;
+  const int64_t in = w.in, tiles = (in + 127) / 128, groups = t.ldq / 32;
   if (t.m == 1 && t.xo_q != nullptr) {
     // Both block scales of a tile as one double factor, per block of 128 weight rows (× 2^8 for
     // the four-tile step's sums, which come × 2^-8: exact, as is their conversion to double).
@@ -822,45 +930,23 @@ void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
     }
     return;
   }
-  // m > 1: each row decoded once (64 floats per group: odd 0..15, even 16..31 of each half).
-  float* buf = t.m > 1 ? reinterpret_cast<float*>(thread_scratch(groups * 32, 0)) : nullptr;
+  if (t.m > 1) return fp8_gemm(t, r0, r1);
+  // m = 1 without the four-tile layout: a tile at a time.
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = static_cast<const uint8_t*>(w.data) + r * in;
-    if (buf != nullptr)
-      for (int64_t g = 0; g < groups; ++g) {
-        __m256 wo[2], we[2];
-        fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
-        _mm256_store_ps(buf + 64 * g, wo[0]);
-        _mm256_store_ps(buf + 64 * g + 8, wo[1]);
-        _mm256_store_ps(buf + 64 * g + 16, we[0]);
-        _mm256_store_ps(buf + 64 * g + 24, we[1]);
-      }
-    for (int64_t i = 0; i < t.m; ++i) {
-      const float* xo = t.xo + i * half;
-      const float* xe = t.xe + i * half;
-      float acc = 0;
-      for (int64_t b = 0; b < tiles; ++b) {
-        const int64_t g0 = 4 * b, g1 = std::min(groups, g0 + 4);
-        float sum;
-        if (buf != nullptr) {
-          sum = fp8_tile_fma(xo, xe, g0, g1, [&](int64_t g, __m256 wo[2], __m256 we[2]) {
-            wo[0] = _mm256_load_ps(buf + 64 * g);
-            wo[1] = _mm256_load_ps(buf + 64 * g + 8);
-            we[0] = _mm256_load_ps(buf + 64 * g + 16);
-            we[1] = _mm256_load_ps(buf + 64 * g + 24);
-          });
-        } else {
-          sum = fp8_tile_fma(xo, xe, g0, g1, [&](int64_t g, __m256 wo[2], __m256 we[2]) {
+    float acc = 0;
+    for (int64_t b = 0; b < tiles; ++b) {
+      const float sum = fp8_tile_fma(
+          t.xo, t.xe, 4 * b, std::min(groups, 4 * b + 4),
+          [&](int64_t g, __m256 wo[2], __m256 we[2]) {
             _mm_prefetch(reinterpret_cast<const char*>(row + 32 * g + 2048), _MM_HINT_T0);
             fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
           });
-        }
-        const double scale = static_cast<double>(t.scales[i * tiles + b]) *
-                             static_cast<double>(weight_block_scale(w, (r / 128) * tiles + b));
-        acc += static_cast<float>(static_cast<double>(sum) * scale);
-      }
-      t.y[i * t.ldy + (r - t.row_begin)] = t.round_bf16 ? bf16_round(acc) : acc;
+      const double scale = static_cast<double>(t.scales[b]) *
+                           static_cast<double>(weight_block_scale(w, (r / 128) * tiles + b));
+      acc += static_cast<float>(static_cast<double>(sum) * scale);
     }
+    t.y[r - t.row_begin] = t.round_bf16 ? bf16_round(acc) : acc;
   }
 }
 
