@@ -501,6 +501,10 @@ void gemv_fp4_e8m0_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
   gemv_fp4_e8m0(t, r0, r1);
 }
 
+void quant_gemm_e8m0_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
+  quant_gemm_e8m0(t, r0, r1);
+}
+
 void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
   const WeightFormat format = t.w->format;
   const bool quantized = format == WeightFormat::kFP8 || format == WeightFormat::kFP4;
@@ -518,6 +522,7 @@ void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
         return gemv<WeightFormat::kF32>(t, r0, r1);
     }
   }
+  if (t.fp4_f32 != nullptr) return fp4_gemm_f32(t, r0, r1);
   if (t.tile > 0 && !t.w->scale_is_f32) return quant_gemm_e8m0(t, r0, r1);
   // Plain linears and F32-scale quantized ones keep linear_dot_f64's lanes.
   const int64_t in = t.w->in;

@@ -52,6 +52,15 @@ struct Fp4WordActs {
   int32_t unit_min = 0, unit_max = 0;  // extremes of u − 1 over the tiles
 };
 
+// Activations of an FP4 matrix-matrix product for the AVX2 fp32 kernel (fp4_gemm_avx2.cpp):
+// per row and tile, 1 where fp32 sums are not exact for it; the extremes of the other tiles'
+// units u (lowest set bits), INT32_MAX / INT32_MIN if there are none.
+struct Fp4F32Acts {
+  int64_t tiles = 0;
+  const uint8_t* wide = nullptr;  // [m][tiles]
+  int32_t u_lo = 0, u_hi = 0;
+};
+
 // One linear over weight rows; the kernels compute rows [r0, r1) of it.
 struct LinearTask {
   const WeightRef* w = nullptr;
@@ -74,6 +83,8 @@ struct LinearTask {
   const Fp4VecActs* fp4_vec = nullptr;
   // Set when the FP4 matrix-vector product runs on the AVX2 word kernel.
   const Fp4WordActs* fp4_words = nullptr;
+  // Set when the FP4 matrix-matrix product runs on the AVX2 fp32 kernel.
+  const Fp4F32Acts* fp4_f32 = nullptr;
 };
 
 // w.in rounded up to whole 16-element groups.
@@ -117,6 +128,11 @@ bool prepare_fp4_words(const float* x, int64_t in, Fp4WordActs* a, uint8_t* buff
 void gemv_fp4_words(const LinearTask& t, int64_t r0, int64_t r1);
 // The AVX2 double-path FP4 (E8M0) matrix-vector rows, exact for any scale.
 void gemv_fp4_e8m0_avx2(const LinearTask& t, int64_t r0, int64_t r1);
+// The AVX2 FP4 (E8M0) matrix-matrix kernels: the fp32 one (t.fp4_f32 from prepare_fp4_f32,
+// which needs m·tiles bytes at `wide`) and the double one, exact for any scale.
+void prepare_fp4_f32(const LinearTask& t, Fp4F32Acts* a, uint8_t* wide);
+void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1);
+void quant_gemm_e8m0_avx2(const LinearTask& t, int64_t r0, int64_t r1);
 
 // One fp32_bf16_linear call. Activation row i is split into its odd and even
 // elements per group of 32 (xo[i * ldp + 16g + j] = x[i, 32g + 2j + 1], xe the

@@ -417,6 +417,36 @@ TEST(QuantLinear, Fp4IntegerPathScalesOutsideFloatRange) {
     }
 }
 
+TEST(QuantLinear, Fp4WideTilesSumExactly) {
+  // The AVX2 matrix-matrix kernel sums tiles in fp32, exact only while the activations span
+  // less than 2^15 of their lowest set bit; wider tiles (FP8 values of 448 beside an FP8
+  // subnormal) must take the exact double sum. Per tile, elements k, 8 + k, 16 + k, 24 + k
+  // share an fp32 lane: lane 0 holds 4·2688, lane 1 3·2688 + 2^-10, lanes 2 and 3 the same
+  // negated without the 2^-10. Lanes 0 + 1 round the 2^-10 away (a tie, to even), so fp32
+  // gives 0 where the exact sum is 2^-10.
+  IsaGuard guard;
+  const int64_t in = 64, out = 5, m = 3;
+  TestWeight w = make_weight(WeightFormat::kFP4, out, in, 81);
+  std::fill(w.data.begin() + kMisalign, w.data.end(), uint8_t{0});
+  std::fill(w.scale.begin() + kMisalign, w.scale.end(), uint8_t{127});
+  std::vector<uint8_t> codes(in, 0);  // e2m1: 7 = 6, 15 = -6, 1 = 0.5
+  std::vector<float> row_x(in, 0.0f);
+  for (int k : {0, 8, 16, 24, 1, 9, 17}) codes[k] = 7, row_x[k] = 448.0f;
+  for (int k : {2, 10, 18, 26, 3, 11, 19}) codes[k] = 15, row_x[k] = 448.0f;
+  codes[25] = 1;
+  row_x[25] = std::ldexp(1.0f, -9);
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t k = 0; k < in; k += 2)
+      w.data[kMisalign + r * in / 2 + k / 2] = static_cast<uint8_t>(codes[k] | codes[k + 1] << 4);
+  std::vector<float> x;
+  for (int64_t i = 0; i < m; ++i) x.insert(x.end(), row_x.begin(), row_x.end());
+  const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+  for (float v : want) ASSERT_EQ(v, std::ldexp(1.0f, -10));
+  for (Isa isa : simd_isas())
+    expect_bits_equal(want, run_quant(isa, x, m, w.ref),
+                      std::string("fp4 wide tiles ") + isa_name(isa));
+}
+
 TEST(QuantLinear, Fp4TilesAddInFp32InAscendingK) {
   // The integer kernels compute tile sums out of order and then add them in fp32; the order of
   // those adds is part of the contract. Per row three tiles a < b < c hold 1, 2^24 and −2^24:
