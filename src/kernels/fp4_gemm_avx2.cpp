@@ -68,6 +68,36 @@ inline __m256 lane_sums8(const __m256 a[8]) {
   return _mm256_add_ps(lo, hi);
 }
 
+// The 8 pairs' tile sums in double (exact for FP4 tiles with E8M0 scales, any order), as
+// floats in lane ii·4 + jj: for tiles whose activations span too much for fp32.
+inline __m256 wide_tile_sums(const float* xa, int64_t ldx, int mi, const float* wt, int nr) {
+  __m256d acc[kMI][kNR];
+  for (int ii = 0; ii < kMI; ++ii)
+    for (int jj = 0; jj < kNR; ++jj) acc[ii][jj] = _mm256_setzero_pd();
+  for (int k = 0; k < 32; k += 4) {
+    __m256d wv[kNR];
+    for (int jj = 0; jj < kNR; ++jj)
+      wv[jj] = jj < nr ? _mm256_cvtps_pd(_mm_load_ps(wt + jj * kChunkTiles * 32 + k))
+                       : _mm256_setzero_pd();
+    for (int ii = 0; ii < kMI; ++ii) {
+      const __m256d xv =
+          ii < mi ? _mm256_cvtps_pd(_mm_loadu_ps(xa + ii * ldx + k)) : _mm256_setzero_pd();
+      for (int jj = 0; jj < kNR; ++jj) acc[ii][jj] = _mm256_fmadd_pd(xv, wv[jj], acc[ii][jj]);
+    }
+  }
+  // Horizontal sums: pairs (0, 1), (2, 3) per activation row, then the halves.
+  __m128 out[kMI];
+  for (int ii = 0; ii < kMI; ++ii) {
+    const __m256d h01 = _mm256_hadd_pd(acc[ii][0], acc[ii][1]);  // 0a 1a 0b 1b
+    const __m256d h23 = _mm256_hadd_pd(acc[ii][2], acc[ii][3]);
+    const __m256d lo = _mm256_insertf128_pd(h01, _mm256_castpd256_pd128(h23), 1);
+    const __m256d hi = _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm256_extractf128_pd(h01, 1)),
+                                            _mm256_extractf128_pd(h23, 1), 1);
+    out[ii] = _mm256_cvtpd_ps(_mm256_add_pd(lo, hi));  // sums of weight rows 0..3
+  }
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(out[0]), out[1], 1);
+}
+
 }  // namespace
 
 void prepare_fp4_f32(const LinearTask& t, Fp4F32Acts* a, uint8_t* wide) {
@@ -156,16 +186,7 @@ void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1) {
             const bool wide =
                 acts.wide[i * tiles + b] != 0 || (mi == 2 && acts.wide[(i + 1) * tiles + b] != 0);
             if (wide) {  // exact double sums (docs/kernels.md: any order is exact)
-              alignas(32) float sums[8] = {};
-              for (int ii = 0; ii < mi; ++ii)
-                for (int jj = 0; jj < nr; ++jj) {
-                  double s = 0;
-                  for (int k = 0; k < 32; ++k)
-                    s += static_cast<double>(xa[ii * t.ldx + k]) *
-                         static_cast<double>(wt[jj * kChunkTiles * 32 + k]);
-                  sums[ii * 4 + jj] = static_cast<float>(s);
-                }
-              acc_run = _mm256_add_ps(acc_run, _mm256_load_ps(sums));
+              acc_run = _mm256_add_ps(acc_run, wide_tile_sums(xa, t.ldx, mi, wt, nr));
               continue;
             }
             __m256 acc[8];
