@@ -29,7 +29,7 @@ namespace {
 
 constexpr int64_t kBlockRows = 64;  // weight rows decoded per block
 constexpr int64_t kChunkTiles = 8;  // tiles per K chunk: 64 rows × 256 floats = 64 KB (L2)
-constexpr int kMI = 2, kNR = 4;     // register block: 8 (activation row, weight row) pairs
+constexpr int kRowsPerStep = 4;     // activation rows per pass over a decoded chunk
 
 // Lowest set bit exponent of a nonzero finite float (value = odd integer × 2^lsb).
 inline int lowest_bit(uint32_t bits) {
@@ -57,45 +57,76 @@ inline bool tile_unit(const float* a, int* u) {
   return lo != INT32_MAX && top - lo > 14;
 }
 
-// Sum of the 8 lanes of each of a[0..7], as one vector (lane p: a[p]); exact inputs, any order.
-inline __m256 lane_sums8(const __m256 a[8]) {
-  const __m256 h01 = _mm256_hadd_ps(a[0], a[1]), h23 = _mm256_hadd_ps(a[2], a[3]);
-  const __m256 h45 = _mm256_hadd_ps(a[4], a[5]), h67 = _mm256_hadd_ps(a[6], a[7]);
-  const __m256 q0 = _mm256_hadd_ps(h01, h23), q1 = _mm256_hadd_ps(h45, h67);
-  const __m256 lo = _mm256_insertf128_ps(q0, _mm256_castps256_ps128(q1), 1);
-  const __m256 hi = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_extractf128_ps(q0, 1)),
-                                         _mm256_extractf128_ps(q1, 1), 1);
-  return _mm256_add_ps(lo, hi);
+// The 8 × 8 floats r[i] transposed in place: r[j] becomes column j.
+inline void transpose8(__m256 r[8]) {
+  __m256 t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int b = 0; b < 2; ++b) {
+    u[4 * b] = _mm256_shuffle_ps(t[4 * b], t[4 * b + 2], 0x44);
+    u[4 * b + 1] = _mm256_shuffle_ps(t[4 * b], t[4 * b + 2], 0xEE);
+    u[4 * b + 2] = _mm256_shuffle_ps(t[4 * b + 1], t[4 * b + 3], 0x44);
+    u[4 * b + 3] = _mm256_shuffle_ps(t[4 * b + 1], t[4 * b + 3], 0xEE);
+  }
+  for (int c = 0; c < 4; ++c) {
+    r[c] = _mm256_insertf128_ps(u[c], _mm256_castps256_ps128(u[4 + c]), 1);
+    r[4 + c] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_extractf128_ps(u[c], 1)),
+                                    _mm256_extractf128_ps(u[4 + c], 1), 1);
+  }
 }
 
-// The 8 pairs' tile sums in double (exact for FP4 tiles with E8M0 scales, any order), as
-// floats in lane ii·4 + jj: for tiles whose activations span too much for fp32.
-inline __m256 wide_tile_sums(const float* xa, int64_t ldx, int mi, const float* wt, int nr) {
-  __m256d acc[kMI][kNR];
-  for (int ii = 0; ii < kMI; ++ii)
-    for (int jj = 0; jj < kNR; ++jj) acc[ii][jj] = _mm256_setzero_pd();
-  for (int k = 0; k < 32; k += 4) {
-    __m256d wv[kNR];
-    for (int jj = 0; jj < kNR; ++jj)
-      wv[jj] = jj < nr ? _mm256_cvtps_pd(_mm_load_ps(wt + jj * kChunkTiles * 32 + k))
-                       : _mm256_setzero_pd();
-    for (int ii = 0; ii < kMI; ++ii) {
-      const __m256d xv =
-          ii < mi ? _mm256_cvtps_pd(_mm_loadu_ps(xa + ii * ldx + k)) : _mm256_setzero_pd();
-      for (int jj = 0; jj < kNR; ++jj) acc[ii][jj] = _mm256_fmadd_pd(xv, wv[jj], acc[ii][jj]);
+// Activation rows i .. i + MI − 1 against the 8 weight rows at r (nr of them real) whose
+// chunk of tiles c0 .. c0 + nc − 1 is decoded, transposed, at wt: lane j of a vector is weight
+// row r + j, so one broadcast activation times one vector of weights advances 8 tile sums and
+// a tile needs no horizontal reduction. The running fp32 sums live in y.
+template <int MI>
+inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* wt, int64_t i,
+                      int64_t r, int nr, int64_t c0, int64_t nc) {
+  const int64_t tiles = acts.tiles;
+  alignas(32) float tmp[MI][8] = {};
+  __m256 run[MI];
+  for (int ii = 0; ii < MI; ++ii) {
+    float* y = t.y + (i + ii) * t.ldy + (r - t.row_begin);
+    for (int j = 0; j < nr; ++j) tmp[ii][j] = y[j];
+    run[ii] = _mm256_load_ps(tmp[ii]);
+  }
+  for (int64_t c = 0; c < nc; ++c) {
+    const int64_t b = c0 + c;
+    const float* w = wt + c * 256;
+    bool wide = false;
+    for (int ii = 0; ii < MI; ++ii) wide = wide || acts.wide[(i + ii) * tiles + b] != 0;
+    if (!wide) {
+      __m256 acc[MI];
+      for (int ii = 0; ii < MI; ++ii) acc[ii] = _mm256_setzero_ps();
+      for (int k = 0; k < 32; ++k) {
+        const __m256 wv = _mm256_load_ps(w + 8 * k);
+        for (int ii = 0; ii < MI; ++ii)
+          acc[ii] = _mm256_fmadd_ps(_mm256_broadcast_ss(t.x + (i + ii) * t.ldx + 32 * b + k), wv,
+                                    acc[ii]);
+      }
+      for (int ii = 0; ii < MI; ++ii) run[ii] = _mm256_add_ps(run[ii], acc[ii]);
+      continue;
+    }
+    // Some row's tile spans too much for fp32: exact double sums (any order) for the block.
+    for (int ii = 0; ii < MI; ++ii) {
+      __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+      for (int k = 0; k < 32; ++k) {
+        const __m256d xv = _mm256_set1_pd(static_cast<double>(t.x[(i + ii) * t.ldx + 32 * b + k]));
+        lo = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k)), lo);
+        hi = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k + 4)), hi);
+      }
+      const __m256 sums =
+          _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
+      run[ii] = _mm256_add_ps(run[ii], sums);
     }
   }
-  // Horizontal sums: pairs (0, 1), (2, 3) per activation row, then the halves.
-  __m128 out[kMI];
-  for (int ii = 0; ii < kMI; ++ii) {
-    const __m256d h01 = _mm256_hadd_pd(acc[ii][0], acc[ii][1]);  // 0a 1a 0b 1b
-    const __m256d h23 = _mm256_hadd_pd(acc[ii][2], acc[ii][3]);
-    const __m256d lo = _mm256_insertf128_pd(h01, _mm256_castpd256_pd128(h23), 1);
-    const __m256d hi = _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm256_extractf128_pd(h01, 1)),
-                                            _mm256_extractf128_pd(h23, 1), 1);
-    out[ii] = _mm256_cvtpd_ps(_mm256_add_pd(lo, hi));  // sums of weight rows 0..3
+  for (int ii = 0; ii < MI; ++ii) {
+    _mm256_store_ps(tmp[ii], run[ii]);
+    float* y = t.y + (i + ii) * t.ldy + (r - t.row_begin);
+    for (int j = 0; j < nr; ++j) y[j] = tmp[ii][j];
   }
-  return _mm256_insertf128_ps(_mm256_castps128_ps256(out[0]), out[1], 1);
 }
 
 }  // namespace
@@ -126,7 +157,7 @@ void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1) {
   const int64_t in = w.in, tiles = in / 32;
   const auto* scales = static_cast<const uint8_t*>(w.scale);
   const __m256 magnitudes = _mm256_loadu_ps(fp4_e2m1_table());
-  // [row j][tile c of the chunk][32 floats]
+  // [group of 8 rows][tile c of the chunk][32 elements][8 rows]
   auto* wbuf = reinterpret_cast<float*>(thread_scratch(kBlockRows * kChunkTiles * 32 / 2, 0));
   for (int64_t rb = r0; rb < r1; rb += kBlockRows) {
     const int64_t nb = std::min(kBlockRows, r1 - rb);
@@ -146,69 +177,59 @@ void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1) {
       for (int64_t j = 0; j < nb; ++j) t.y[i * t.ldy + (rb + j - t.row_begin)] = 0.0f;
     for (int64_t c0 = 0; c0 < tiles; c0 += kChunkTiles) {
       const int64_t nc = std::min(kChunkTiles, tiles - c0);
-      for (int64_t j = 0; j < nb; ++j) {  // decode: exact floats (e ≤ 252)
-        const uint8_t* row = static_cast<const uint8_t*>(w.data) + (rb + j) * (in / 2);
+      // Decode, transposed: per group of 8 rows and tile, element k of the 8 rows at
+      // wbuf + ((jg · kChunkTiles + c) · 32 + k) · 8 (rows past the block are +0).
+      for (int64_t jg = 0; jg < nb; jg += 8) {
         for (int64_t c = 0; c < nc; ++c) {
           const int64_t b = c0 + c;
-          uint32_t sbits = static_cast<uint32_t>(scales[(rb + j) * tiles + b]) << 23;
-          float s;
-          std::memcpy(&s, &sbits, 4);
-          if (sbits == 0) s = std::ldexp(1.0f, -127);
-          const __m256 sv = _mm256_set1_ps(s);
-          float* dst = wbuf + (j * kChunkTiles + c) * 32;
+          __m256 v[4][8];
+          for (int j = 0; j < 8; ++j) {
+            if (jg + j >= nb) {
+              for (int q = 0; q < 4; ++q) v[q][j] = _mm256_setzero_ps();
+              continue;
+            }
+            const uint8_t* row = static_cast<const uint8_t*>(w.data) + (rb + jg + j) * (in / 2);
+            uint32_t sbits = static_cast<uint32_t>(scales[(rb + jg + j) * tiles + b]) << 23;
+            float s;
+            std::memcpy(&s, &sbits, 4);
+            if (sbits == 0) s = std::ldexp(1.0f, -127);
+            const __m256 sv = _mm256_set1_ps(s);
+            for (int q = 0; q < 4; ++q) {
+              uint32_t bytes;
+              std::memcpy(&bytes, row + b * 16 + q * 4, 4);
+              const __m128i bv = _mm_cvtsi32_si128(static_cast<int>(bytes));
+              const __m256i idx = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_unpacklo_epi8(bv, bv)),
+                                                    _mm256_set_epi32(4, 0, 4, 0, 4, 0, 4, 0));
+              const __m256 mag = _mm256_permutevar8x32_ps(magnitudes, idx);
+              const __m256i sign =
+                  _mm256_slli_epi32(_mm256_and_si256(idx, _mm256_set1_epi32(8)), 28);
+              v[q][j] = _mm256_mul_ps(_mm256_xor_ps(mag, _mm256_castsi256_ps(sign)), sv);
+            }
+          }
+          float* dst = wbuf + ((jg / 8) * kChunkTiles + c) * 256;
           for (int q = 0; q < 4; ++q) {
-            uint32_t bytes;
-            std::memcpy(&bytes, row + b * 16 + q * 4, 4);
-            const __m128i bv = _mm_cvtsi32_si128(static_cast<int>(bytes));
-            const __m256i idx = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_unpacklo_epi8(bv, bv)),
-                                                  _mm256_set_epi32(4, 0, 4, 0, 4, 0, 4, 0));
-            const __m256 mag = _mm256_permutevar8x32_ps(magnitudes, idx);
-            const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(idx, _mm256_set1_epi32(8)), 28);
-            _mm256_store_ps(dst + 8 * q,
-                            _mm256_mul_ps(_mm256_xor_ps(mag, _mm256_castsi256_ps(sign)), sv));
+            transpose8(v[q]);  // v[q][k]: element 8q + k of the 8 rows
+            for (int k = 0; k < 8; ++k) _mm256_store_ps(dst + (8 * q + k) * 8, v[q][k]);
           }
         }
       }
-      for (int64_t i = 0; i < t.m; i += kMI) {
-        const int mi = static_cast<int>(std::min<int64_t>(kMI, t.m - i));
-        for (int64_t j = 0; j < nb; j += kNR) {
-          const int nr = static_cast<int>(std::min<int64_t>(kNR, nb - j));
-          // Running fp32 sums of the 8 pairs (lane ii·4 + jj), tiles in ascending K.
-          alignas(32) float run[8] = {};
-          for (int ii = 0; ii < mi; ++ii)
-            for (int jj = 0; jj < nr; ++jj)
-              run[ii * 4 + jj] = t.y[(i + ii) * t.ldy + (rb + j + jj - t.row_begin)];
-          __m256 acc_run = _mm256_load_ps(run);
-          for (int64_t c = 0; c < nc; ++c) {
-            const int64_t b = c0 + c;
-            const float* wt = wbuf + (j * kChunkTiles + c) * 32;
-            const float* xa = t.x + i * t.ldx + 32 * b;
-            const bool wide =
-                acts.wide[i * tiles + b] != 0 || (mi == 2 && acts.wide[(i + 1) * tiles + b] != 0);
-            if (wide) {  // exact double sums (docs/kernels.md: any order is exact)
-              acc_run = _mm256_add_ps(acc_run, wide_tile_sums(xa, t.ldx, mi, wt, nr));
-              continue;
-            }
-            __m256 acc[8];
-            for (int p = 0; p < 8; ++p) acc[p] = _mm256_setzero_ps();
-            for (int q = 0; q < 4; ++q) {
-              __m256 wv[kNR];
-              for (int jj = 0; jj < kNR; ++jj)
-                wv[jj] = jj < nr ? _mm256_load_ps(wt + jj * kChunkTiles * 32 + 8 * q)
-                                 : _mm256_setzero_ps();
-              for (int ii = 0; ii < kMI; ++ii) {
-                const __m256 xv =
-                    ii < mi ? _mm256_loadu_ps(xa + ii * t.ldx + 8 * q) : _mm256_setzero_ps();
-                for (int jj = 0; jj < kNR; ++jj)
-                  acc[ii * 4 + jj] = _mm256_fmadd_ps(xv, wv[jj], acc[ii * 4 + jj]);
-              }
-            }
-            acc_run = _mm256_add_ps(acc_run, lane_sums8(acc));
+      for (int64_t i = 0; i < t.m; i += kRowsPerStep) {
+        const int mi = static_cast<int>(std::min<int64_t>(kRowsPerStep, t.m - i));
+        for (int64_t jg = 0; jg < nb; jg += 8) {
+          const int nr = static_cast<int>(std::min<int64_t>(8, nb - jg));
+          switch (mi) {
+            case 1:
+              rows_step<1>(t, acts, wbuf + (jg / 8) * kChunkTiles * 256, i, rb + jg, nr, c0, nc);
+              break;
+            case 2:
+              rows_step<2>(t, acts, wbuf + (jg / 8) * kChunkTiles * 256, i, rb + jg, nr, c0, nc);
+              break;
+            case 3:
+              rows_step<3>(t, acts, wbuf + (jg / 8) * kChunkTiles * 256, i, rb + jg, nr, c0, nc);
+              break;
+            default:
+              rows_step<4>(t, acts, wbuf + (jg / 8) * kChunkTiles * 256, i, rb + jg, nr, c0, nc);
           }
-          _mm256_store_ps(run, acc_run);
-          for (int ii = 0; ii < mi; ++ii)
-            for (int jj = 0; jj < nr; ++jj)
-              t.y[(i + ii) * t.ldy + (rb + j + jj - t.row_begin)] = run[ii * 4 + jj];
         }
       }
     }

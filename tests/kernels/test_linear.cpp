@@ -420,10 +420,11 @@ TEST(QuantLinear, Fp4IntegerPathScalesOutsideFloatRange) {
 TEST(QuantLinear, Fp4WideTilesSumExactly) {
   // The AVX2 matrix-matrix kernel sums tiles in fp32, exact only while the activations span
   // less than 2^15 of their lowest set bit; wider tiles (FP8 values of 448 beside an FP8
-  // subnormal) must take the exact double sum. Per tile, elements k, 8 + k, 16 + k, 24 + k
-  // share an fp32 lane: lane 0 holds 4·2688, lane 1 3·2688 + 2^-10, lanes 2 and 3 the same
-  // negated without the 2^-10. Lanes 0 + 1 round the 2^-10 away (a tie, to even), so fp32
-  // gives 0 where the exact sum is 2^-10.
+  // subnormal) must take the exact double sum. Two tiles, each exactly 2^-10, which fp32 loses
+  // in one summation order each. Tile 0 (elements k, 8 + k, 16 + k, 24 + k in one lane): lane
+  // 0 holds 4·2688, lane 1 3·2688 + 2^-10, lanes 2 and 3 the same negated without the 2^-10,
+  // and lanes 0 + 1 round the 2^-10 away (a tie, to even). Tile 1 (elements in order): seven
+  // products of 2688, then 2^-10 (lost the same way), then seven of −2688.
   IsaGuard guard;
   const int64_t in = 64, out = 5, m = 3;
   TestWeight w = make_weight(WeightFormat::kFP4, out, in, 81);
@@ -435,13 +436,19 @@ TEST(QuantLinear, Fp4WideTilesSumExactly) {
   for (int k : {2, 10, 18, 26, 3, 11, 19}) codes[k] = 15, row_x[k] = 448.0f;
   codes[25] = 1;
   row_x[25] = std::ldexp(1.0f, -9);
+  for (int k = 32; k < 39; ++k) codes[k] = 7, row_x[k] = 448.0f;
+  codes[39] = 1;
+  row_x[39] = std::ldexp(1.0f, -9);
+  for (int k = 40; k < 47; ++k) codes[k] = 15, row_x[k] = 448.0f;
   for (int64_t r = 0; r < out; ++r)
     for (int64_t k = 0; k < in; k += 2)
       w.data[kMisalign + r * in / 2 + k / 2] = static_cast<uint8_t>(codes[k] | codes[k + 1] << 4);
-  std::vector<float> x;
-  for (int64_t i = 0; i < m; ++i) x.insert(x.end(), row_x.begin(), row_x.end());
+  // Row 0 all zero (a tile that fits fp32) in the same block of rows as the wide ones.
+  std::vector<float> x(in, 0.0f);
+  for (int64_t i = 1; i < m; ++i) x.insert(x.end(), row_x.begin(), row_x.end());
   const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
-  for (float v : want) ASSERT_EQ(v, std::ldexp(1.0f, -10));
+  for (int64_t k = 0; k < m * out; ++k)
+    ASSERT_EQ(want[k], k < out ? 0.0f : std::ldexp(1.0f, -9)) << k;
   for (Isa isa : simd_isas())
     expect_bits_equal(want, run_quant(isa, x, m, w.ref),
                       std::string("fp4 wide tiles ") + isa_name(isa));
