@@ -95,31 +95,28 @@ inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* 
   for (int64_t c = 0; c < nc; ++c) {
     const int64_t b = c0 + c;
     const float* w = wt + c * 256;
-    bool wide = false;
-    for (int ii = 0; ii < MI; ++ii) wide = wide || acts.wide[(i + ii) * tiles + b] != 0;
-    if (!wide) {
-      __m256 acc[MI];
-      for (int ii = 0; ii < MI; ++ii) acc[ii] = _mm256_setzero_ps();
-      for (int k = 0; k < 32; ++k) {
-        const __m256 wv = _mm256_load_ps(w + 8 * k);
-        for (int ii = 0; ii < MI; ++ii)
-          acc[ii] = _mm256_fmadd_ps(_mm256_broadcast_ss(t.x + (i + ii) * t.ldx + 32 * b + k), wv,
-                                    acc[ii]);
-      }
-      for (int ii = 0; ii < MI; ++ii) run[ii] = _mm256_add_ps(run[ii], acc[ii]);
-      continue;
+    __m256 acc[MI];
+    for (int ii = 0; ii < MI; ++ii) acc[ii] = _mm256_setzero_ps();
+    for (int k = 0; k < 32; ++k) {
+      const __m256 wv = _mm256_load_ps(w + 8 * k);
+      for (int ii = 0; ii < MI; ++ii)
+        acc[ii] =
+            _mm256_fmadd_ps(_mm256_broadcast_ss(t.x + (i + ii) * t.ldx + 32 * b + k), wv, acc[ii]);
     }
-    // Some row's tile spans too much for fp32: exact double sums (any order) for the block.
     for (int ii = 0; ii < MI; ++ii) {
-      __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
-      for (int k = 0; k < 32; ++k) {
-        const __m256d xv = _mm256_set1_pd(static_cast<double>(t.x[(i + ii) * t.ldx + 32 * b + k]));
-        lo = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k)), lo);
-        hi = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k + 4)), hi);
+      // A tile that spans too much for fp32: its exact double sums (any order) instead.
+      if (acts.wide[(i + ii) * tiles + b] != 0) {
+        __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+        for (int k = 0; k < 32; ++k) {
+          const __m256d xv =
+              _mm256_set1_pd(static_cast<double>(t.x[(i + ii) * t.ldx + 32 * b + k]));
+          lo = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k)), lo);
+          hi = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k + 4)), hi);
+        }
+        acc[ii] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)),
+                                       _mm256_cvtpd_ps(hi), 1);
       }
-      const __m256 sums =
-          _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
-      run[ii] = _mm256_add_ps(run[ii], sums);
+      run[ii] = _mm256_add_ps(run[ii], acc[ii]);
     }
   }
   for (int ii = 0; ii < MI; ++ii) {
