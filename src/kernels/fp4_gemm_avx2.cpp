@@ -19,6 +19,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/avx2_helpers.h"
 #include "kernels/linear_simd.h"
 #include "kernels/numerics.h"
 #include "util/threadpool.h"
@@ -55,26 +56,6 @@ inline bool tile_unit(const float* a, int* u) {
   *u = lo == INT32_MAX ? 0 : lo;
   // |X| = |a| / 2^u < 2^(top + 1 − u): below 2^15 when top − u ≤ 14.
   return lo != INT32_MAX && top - lo > 14;
-}
-
-// The 8 × 8 floats r[i] transposed in place: r[j] becomes column j.
-inline void transpose8(__m256 r[8]) {
-  __m256 t[8], u[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int b = 0; b < 2; ++b) {
-    u[4 * b] = _mm256_shuffle_ps(t[4 * b], t[4 * b + 2], 0x44);
-    u[4 * b + 1] = _mm256_shuffle_ps(t[4 * b], t[4 * b + 2], 0xEE);
-    u[4 * b + 2] = _mm256_shuffle_ps(t[4 * b + 1], t[4 * b + 3], 0x44);
-    u[4 * b + 3] = _mm256_shuffle_ps(t[4 * b + 1], t[4 * b + 3], 0xEE);
-  }
-  for (int c = 0; c < 4; ++c) {
-    r[c] = _mm256_insertf128_ps(u[c], _mm256_castps256_ps128(u[4 + c]), 1);
-    r[4 + c] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_extractf128_ps(u[c], 1)),
-                                    _mm256_extractf128_ps(u[4 + c], 1), 1);
-  }
 }
 
 // Activation rows i .. i + MI − 1 against the 8 weight rows at r (nr of them real) whose
@@ -191,17 +172,8 @@ void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1) {
             std::memcpy(&s, &sbits, 4);
             if (sbits == 0) s = std::ldexp(1.0f, -127);
             const __m256 sv = _mm256_set1_ps(s);
-            for (int q = 0; q < 4; ++q) {
-              uint32_t bytes;
-              std::memcpy(&bytes, row + b * 16 + q * 4, 4);
-              const __m128i bv = _mm_cvtsi32_si128(static_cast<int>(bytes));
-              const __m256i idx = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_unpacklo_epi8(bv, bv)),
-                                                    _mm256_set_epi32(4, 0, 4, 0, 4, 0, 4, 0));
-              const __m256 mag = _mm256_permutevar8x32_ps(magnitudes, idx);
-              const __m256i sign =
-                  _mm256_slli_epi32(_mm256_and_si256(idx, _mm256_set1_epi32(8)), 28);
-              v[q][j] = _mm256_mul_ps(_mm256_xor_ps(mag, _mm256_castsi256_ps(sign)), sv);
-            }
+            for (int q = 0; q < 4; ++q)
+              v[q][j] = _mm256_mul_ps(fp4_values(row + b * 16 + q * 4, magnitudes), sv);
           }
           float* dst = wbuf + ((jg / 8) * kChunkTiles + c) * 256;
           for (int q = 0; q < 4; ++q) {

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/avx2_helpers.h"
 #include "kernels/linear_simd.h"
 #include "kernels/numerics.h"
 
@@ -239,27 +240,6 @@ inline bool scales_fit(const Fp4WordActs& a, const uint8_t* sr, int64_t count) {
     emax = std::max<int>(emax, sr[k]);
   }
   return emax <= kMaxFoldedScale && a.unit_min + emin >= 1 && a.unit_max + emax <= 127 + 96;
-}
-
-// The 8 × 8 floats r[i] (row i) transposed in place: r[j] becomes column j.
-inline void transpose8(__m256 r[8]) {
-  __m256 t[8], s[8];
-  for (int i = 0; i < 4; ++i) {
-    t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int b = 0; b < 2; ++b) {
-    s[4 * b] = _mm256_shuffle_ps(t[4 * b], t[4 * b + 2], 0x44);
-    s[4 * b + 1] = _mm256_shuffle_ps(t[4 * b], t[4 * b + 2], 0xEE);
-    s[4 * b + 2] = _mm256_shuffle_ps(t[4 * b + 1], t[4 * b + 3], 0x44);
-    s[4 * b + 3] = _mm256_shuffle_ps(t[4 * b + 1], t[4 * b + 3], 0xEE);
-  }
-  // 128-bit halves joined with inserts (vperm2f128 is slow on Zen 1).
-  for (int c = 0; c < 4; ++c) {
-    r[c] = _mm256_insertf128_ps(s[c], _mm256_castps256_ps128(s[4 + c]), 1);
-    r[4 + c] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_extractf128_ps(s[c], 1)),
-                                    _mm256_extractf128_ps(s[4 + c], 1), 1);
-  }
 }
 
 // Rows [r, r + n) (n ≤ 8) of the call; buf holds 8 rows of per-group tile values.

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/avx2_helpers.h"
 #include "kernels/linear_simd.h"
 #include "kernels/numerics.h"
 
@@ -37,19 +38,6 @@ inline __m256 fp8_values(const uint8_t* p) {
 inline __m256 fp8_times_scale(__m256 v_2m8, float scale) {
   if (std::isfinite(scale * 256.0f)) return _mm256_mul_ps(v_2m8, _mm256_set1_ps(scale * 256.0f));
   return _mm256_mul_ps(_mm256_mul_ps(v_2m8, _mm256_set1_ps(256.0f)), _mm256_set1_ps(scale));
-}
-
-// 8 FP4 e2m1 values from 4 packed bytes: magnitude from an 8-entry permute,
-// sign from bit 3.
-inline __m256 fp4_values(const uint8_t* p, __m256 magnitudes) {
-  uint32_t bytes;
-  std::memcpy(&bytes, p, 4);
-  const __m128i b = _mm_cvtsi32_si128(static_cast<int>(bytes));
-  const __m256i idx = _mm256_srlv_epi32(_mm256_cvtepu8_epi32(_mm_unpacklo_epi8(b, b)),
-                                        _mm256_set_epi32(4, 0, 4, 0, 4, 0, 4, 0));
-  const __m256 mag = _mm256_permutevar8x32_ps(magnitudes, idx);
-  const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(idx, _mm256_set1_epi32(8)), 28);
-  return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
 }
 
 inline __m256 bf16_values(const uint8_t* p) {
