@@ -30,7 +30,7 @@ namespace {
 
 constexpr int64_t kBlockRows = 64;  // weight rows decoded per block
 constexpr int64_t kChunkTiles = 8;  // tiles per K chunk: 64 rows × 256 floats = 64 KB (L2)
-constexpr int kRowsPerStep = 4;     // activation rows per pass over a decoded chunk
+constexpr int kRowsPerStep = 6;     // activation rows per pass over a decoded chunk
 
 // Lowest set bit exponent of a nonzero finite float (value = odd integer × 2^lsb).
 inline int lowest_bit(uint32_t bits) {
@@ -58,52 +58,91 @@ inline bool tile_unit(const float* a, int* u) {
   return lo != INT32_MAX && top - lo > 14;
 }
 
-// Activation rows i .. i + MI − 1 against the 8 weight rows at r (nr of them real) whose
-// chunk of tiles c0 .. c0 + nc − 1 is decoded, transposed, at wt: lane j of a vector is weight
-// row r + j, so one broadcast activation times one vector of weights advances 8 tile sums and
-// a tile needs no horizontal reduction. The running fp32 sums live in y.
-template <int MI>
+// The 8 weight rows' exact tile sums in double, rounded to fp32 (a tile too wide for fp32).
+[[gnu::noinline]] __m256 wide_tile_sums(const float* x, const float* w) {
+  __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+  for (int k = 0; k < 32; ++k) {
+    const __m256d xv = _mm256_set1_pd(static_cast<double>(x[k]));
+    lo = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k)), lo);
+    hi = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k + 4)), hi);
+  }
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
+}
+
+// Activation rows i .. i + MI − 1 against the 8·NV weight rows at r (nr of them real) whose
+// chunk of tiles c0 .. c0 + nc − 1 is decoded, transposed, at wt (vector v of a tile
+// kChunkTiles·256 floats after vector v − 1): lane j of a vector is weight row r + 8v + j, so
+// one broadcast activation times one vector of weights advances 8 tile sums and a tile needs
+// no horizontal reduction. MI·NV independent chains cover the FMA latency (Zen 1: 5 cycles at
+// one 256-bit FMA per cycle), and per K step MI broadcasts and NV loads feed MI·NV FMAs. The
+// running fp32 sums live in `run` (L1) between tiles.
+template <int MI, int NV>
 inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* wt, int64_t i,
                       int64_t r, int nr, int64_t c0, int64_t nc) {
   const int64_t tiles = acts.tiles;
-  alignas(32) float tmp[MI][8] = {};
-  __m256 run[MI];
+  alignas(32) float run[MI][8 * NV];
   for (int ii = 0; ii < MI; ++ii) {
-    float* y = t.y + (i + ii) * t.ldy + (r - t.row_begin);
-    for (int j = 0; j < nr; ++j) tmp[ii][j] = y[j];
-    run[ii] = _mm256_load_ps(tmp[ii]);
+    const float* y = t.y + (i + ii) * t.ldy + (r - t.row_begin);
+    if (nr == 8 * NV) {  // (a variable-length copy is a slow `rep movs` here)
+      for (int v = 0; v < NV; ++v) _mm256_store_ps(run[ii] + 8 * v, _mm256_loadu_ps(y + 8 * v));
+    } else {
+      for (int j = 0; j < 8 * NV; ++j) run[ii][j] = j < nr ? y[j] : 0.0f;
+    }
   }
+  const float* x[MI];
+  for (int ii = 0; ii < MI; ++ii) x[ii] = t.x + (i + ii) * t.ldx + 32 * c0;
   for (int64_t c = 0; c < nc; ++c) {
     const int64_t b = c0 + c;
     const float* w = wt + c * 256;
-    __m256 acc[MI];
-    for (int ii = 0; ii < MI; ++ii) acc[ii] = _mm256_setzero_ps();
+    __m256 acc[MI][NV];
+    for (int ii = 0; ii < MI; ++ii)
+      for (int v = 0; v < NV; ++v) acc[ii][v] = _mm256_setzero_ps();
     for (int k = 0; k < 32; ++k) {
-      const __m256 wv = _mm256_load_ps(w + 8 * k);
-      for (int ii = 0; ii < MI; ++ii)
-        acc[ii] =
-            _mm256_fmadd_ps(_mm256_broadcast_ss(t.x + (i + ii) * t.ldx + 32 * b + k), wv, acc[ii]);
+      __m256 wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = _mm256_load_ps(w + v * kChunkTiles * 256 + 8 * k);
+      for (int ii = 0; ii < MI; ++ii) {
+        const __m256 xv = _mm256_broadcast_ss(x[ii] + 32 * c + k);
+        for (int v = 0; v < NV; ++v) acc[ii][v] = _mm256_fmadd_ps(xv, wv[v], acc[ii][v]);
+      }
     }
     for (int ii = 0; ii < MI; ++ii) {
       // A tile that spans too much for fp32: its exact double sums (any order) instead.
-      if (acts.wide[(i + ii) * tiles + b] != 0) {
-        __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
-        for (int k = 0; k < 32; ++k) {
-          const __m256d xv =
-              _mm256_set1_pd(static_cast<double>(t.x[(i + ii) * t.ldx + 32 * b + k]));
-          lo = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k)), lo);
-          hi = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k + 4)), hi);
-        }
-        acc[ii] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)),
-                                       _mm256_cvtpd_ps(hi), 1);
+      const bool wide = acts.wide[(i + ii) * tiles + b] != 0;
+      for (int v = 0; v < NV; ++v) {
+        float* run_v = run[ii] + 8 * v;
+        const __m256 sum =
+            wide ? wide_tile_sums(x[ii] + 32 * c, w + v * kChunkTiles * 256) : acc[ii][v];
+        _mm256_store_ps(run_v, _mm256_add_ps(_mm256_load_ps(run_v), sum));
       }
-      run[ii] = _mm256_add_ps(run[ii], acc[ii]);
     }
   }
   for (int ii = 0; ii < MI; ++ii) {
-    _mm256_store_ps(tmp[ii], run[ii]);
     float* y = t.y + (i + ii) * t.ldy + (r - t.row_begin);
-    for (int j = 0; j < nr; ++j) y[j] = tmp[ii][j];
+    if (nr == 8 * NV) {
+      for (int v = 0; v < NV; ++v) _mm256_storeu_ps(y + 8 * v, _mm256_load_ps(run[ii] + 8 * v));
+    } else {
+      for (int j = 0; j < nr; ++j) y[j] = run[ii][j];
+    }
+  }
+}
+
+// rows_step for 1 .. kRowsPerStep activation rows.
+template <int NV>
+inline void rows_step_any(int mi, const LinearTask& t, const Fp4F32Acts& acts, const float* wt,
+                          int64_t i, int64_t r, int nr, int64_t c0, int64_t nc) {
+  switch (mi) {
+    case 1:
+      return rows_step<1, NV>(t, acts, wt, i, r, nr, c0, nc);
+    case 2:
+      return rows_step<2, NV>(t, acts, wt, i, r, nr, c0, nc);
+    case 3:
+      return rows_step<3, NV>(t, acts, wt, i, r, nr, c0, nc);
+    case 4:
+      return rows_step<4, NV>(t, acts, wt, i, r, nr, c0, nc);
+    case 5:
+      return rows_step<5, NV>(t, acts, wt, i, r, nr, c0, nc);
+    default:
+      return rows_step<6, NV>(t, acts, wt, i, r, nr, c0, nc);
   }
 }
 
@@ -184,21 +223,13 @@ void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1) {
       }
       for (int64_t i = 0; i < t.m; i += kRowsPerStep) {
         const int mi = static_cast<int>(std::min<int64_t>(kRowsPerStep, t.m - i));
-        for (int64_t jg = 0; jg < nb; jg += 8) {
-          const int nr = static_cast<int>(std::min<int64_t>(8, nb - jg));
-          switch (mi) {
-            case 1:
-              rows_step<1>(t, acts, wbuf + (jg / 8) * kChunkTiles * 256, i, rb + jg, nr, c0, nc);
-              break;
-            case 2:
-              rows_step<2>(t, acts, wbuf + (jg / 8) * kChunkTiles * 256, i, rb + jg, nr, c0, nc);
-              break;
-            case 3:
-              rows_step<3>(t, acts, wbuf + (jg / 8) * kChunkTiles * 256, i, rb + jg, nr, c0, nc);
-              break;
-            default:
-              rows_step<4>(t, acts, wbuf + (jg / 8) * kChunkTiles * 256, i, rb + jg, nr, c0, nc);
-          }
+        for (int64_t jg = 0; jg < nb; jg += 16) {
+          const float* wt = wbuf + (jg / 8) * kChunkTiles * 256;
+          const int nr = static_cast<int>(std::min<int64_t>(16, nb - jg));
+          if (nr > 8)
+            rows_step_any<2>(mi, t, acts, wt, i, rb + jg, nr, c0, nc);
+          else
+            rows_step_any<1>(mi, t, acts, wt, i, rb + jg, nr, c0, nc);
         }
       }
     }

@@ -266,7 +266,7 @@ TEST(QuantLinear, QuantizedWeightsAtEveryAlignment) {
 
 TEST(QuantLinear, SimdMatchesScalarBitForBitFp4) {
   IsaGuard guard;
-  const int64_t shapes[][2] = {{1, 32}, {5, 96}, {19, 320}, {70, 2048}};
+  const int64_t shapes[][2] = {{1, 32}, {5, 96}, {19, 320}, {27, 64}, {70, 2048}};
   uint32_t seed = 100;
   for (const auto& s : shapes) {
     const TestWeight w = make_weight(WeightFormat::kFP4, s[0], s[1], seed++);
