@@ -774,101 +774,192 @@ inline __m128 fp8_quad_sums(const uint8_t* row, const float* xo, const float* xe
   return _mm_add_ps(_mm_add_ps(w[0], w[2]), _mm_add_ps(w[1], w[3]));
 }
 
-// m > 1 (prefill, batched decode): a register block of MI activation rows × NR weight rows,
-// one tile (ng groups) at a time. Per half of a group only 2·MI + 2·NR vectors are loaded for
-// 4·MI·NR FMAs (the MI·NR lane chains keep linear_dot_pairs_f32's order: odd, then even), and
-// the chains of one half fit the 16 registers. One activation row at a time against one
-// decoded row was bound by its two dependent FMA chains (~3 of 8 products per cycle).
-template <int MI, int NR>
-inline void fp8_block_tile(const float* w, int64_t wstride, const float* xo, const float* xe,
-                           int64_t xstride, int64_t ng, float* out) {
-  __m256 acc[2][MI][NR];
-  for (int h = 0; h < 2; ++h)
-    for (int i = 0; i < MI; ++i)
-      for (int j = 0; j < NR; ++j) acc[h][i][j] = _mm256_setzero_ps();
-  for (int64_t g = 0; g < ng; ++g)
-    for (int h = 0; h < 2; ++h) {
-      __m256 wo[NR], we[NR];
-      for (int j = 0; j < NR; ++j) {
-        wo[j] = _mm256_load_ps(w + j * wstride + 32 * g + 8 * h);
-        we[j] = _mm256_load_ps(w + j * wstride + 32 * g + 16 + 8 * h);
-      }
-      for (int i = 0; i < MI; ++i) {
-        const __m256 o = _mm256_load_ps(xo + i * xstride + 16 * g + 8 * h);
-        const __m256 e = _mm256_load_ps(xe + i * xstride + 16 * g + 8 * h);
-        for (int j = 0; j < NR; ++j) {
-          acc[h][i][j] = _mm256_fmadd_ps(o, wo[j], acc[h][i][j]);
-          acc[h][i][j] = _mm256_fmadd_ps(e, we[j], acc[h][i][j]);
+// m > 1 (prefill, batched decode). Weight rows sit in the lanes: a block of weight rows is
+// decoded once per chunk of tiles, transposed, so that one vector holds one element of 8
+// weight rows, and a broadcast activation times it advances 8 (activation row, weight row)
+// pairs. linear_dot_pairs_f32's order is per pair sixteen lane chains (lane j: per group the
+// odd element 2j+1, then the even one 2j) and a fixed tree over them; here each of those
+// chains runs in the vector lanes — a register block of MI activation rows × NV vectors of
+// weight rows keeps MI·NV chains of lane j in flight (per step MI broadcasts and NV loads
+// feed MI·NV FMAs, where pairing activation and weight vectors needed one load per FMA) —
+// and the finished lane sums go to L1 until the tree adds them, vector by vector as the scalar
+// tree adds numbers.
+
+// Weight rows per decoded block and tiles per K chunk: 64 rows × 2 tiles of floats (64 KB)
+// stay in L2 while every activation row meets them; one chunk of all activation rows
+// (2048 × 256 × 4 B = 2 MB) stays in the last-level cache while every block is decoded once.
+constexpr int64_t kFp8BlockRows = 64, kFp8ChunkTiles = 2;
+// Floats per decoded tile of 8 weight rows: [lane j][group g][odd, even][8 rows].
+constexpr int64_t kFp8TileFloats = 16 * 4 * 2 * 8;
+
+constexpr int kFp8RowsPerStep = 6;  // activation rows per register block
+
+// The decoded tile of MI activation rows, packed at xp (lane j, group g, h = 0 odd / 1 even,
+// row ii at ((j·4 + g)·2 + h)·kFp8RowsPerStep + ii: one base pointer, and no 4 KB-aliased row
+// strides in L1), against NV vectors of 8 weight rows (wt, vectors vstride floats apart), ng
+// groups; then per pair y += float(tile sum · (xs[ii] · ws[8v + lane])) as the scalar path
+// rounds it, into y (rows ldy apart; only nr weight rows are real).
+template <int MI, int NV>
+inline void fp8_lanes_tile(const float* wt, int64_t vstride, const float* xp, int64_t ng,
+                           const double* xs, const double* ws, float* y, int64_t ldy, int nr) {
+  alignas(32) float lane[16][MI * NV * 8];
+  for (int j = 0; j < 16; ++j) {
+    __m256 acc[MI][NV];
+    for (int ii = 0; ii < MI; ++ii)
+      for (int v = 0; v < NV; ++v) acc[ii][v] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; ++g)
+      for (int h = 0; h < 2; ++h) {  // the odd element, then the even one
+        const int64_t step = (j * 4 + g) * 2 + h;
+        __m256 wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = _mm256_load_ps(wt + v * vstride + step * 8);
+        for (int ii = 0; ii < MI; ++ii) {
+          const __m256 xv = _mm256_broadcast_ss(xp + step * kFp8RowsPerStep + ii);
+          for (int v = 0; v < NV; ++v) acc[ii][v] = _mm256_fmadd_ps(xv, wv[v], acc[ii][v]);
         }
       }
+    for (int ii = 0; ii < MI; ++ii)
+      for (int v = 0; v < NV; ++v) _mm256_store_ps(lane[j] + (ii * NV + v) * 8, acc[ii][v]);
+  }
+  for (int ii = 0; ii < MI; ++ii) {
+    const __m256d xsv = _mm256_set1_pd(xs[ii]);
+    for (int v = 0; v < NV; ++v) {
+      // pairs_tree_f32, a vector at a time.
+      const int q = ii * NV + v;
+      __m256 s[8];
+      for (int j = 0; j < 8; ++j)
+        s[j] = _mm256_add_ps(_mm256_load_ps(lane[j] + 8 * q), _mm256_load_ps(lane[j + 8] + 8 * q));
+      const __m256 sum =
+          _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s[0], s[4]), _mm256_add_ps(s[2], s[6])),
+                        _mm256_add_ps(_mm256_add_ps(s[1], s[5]), _mm256_add_ps(s[3], s[7])));
+      const __m128 lo =
+          _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(sum)),
+                                        _mm256_mul_pd(xsv, _mm256_load_pd(ws + 8 * v))));
+      const __m128 hi =
+          _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(sum, 1)),
+                                        _mm256_mul_pd(xsv, _mm256_load_pd(ws + 8 * v + 4))));
+      const __m256 add = _mm256_set_m128(hi, lo);
+      float* yv = y + ii * ldy + 8 * v;
+      if (v < NV - 1 || nr == 8 * NV) {
+        _mm256_storeu_ps(yv, _mm256_add_ps(_mm256_loadu_ps(yv), add));
+      } else {
+        alignas(32) float a8[8];
+        _mm256_store_ps(a8, add);
+        for (int l = 0; l < nr - 8 * v; ++l) yv[l] += a8[l];
+      }
     }
-  for (int i = 0; i < MI; ++i)
-    for (int j = 0; j < NR; ++j) out[i * NR + j] = pairs_tree8(acc[0][i][j], acc[1][i][j]);
+  }
 }
 
-// Weight rows per decoded block and tiles per K chunk: the block's floats (64 × 256 × 4 B =
-// 64 KB) stay in L2 while every activation row pair meets them, and one chunk of all
-// activation rows (2048 × 256 × 4 B = 2 MB) stays in the last-level cache while every block
-// of weight rows is decoded once.
-constexpr int64_t kFp8BlockRows = 64, kFp8ChunkTiles = 2;
+template <int NV>
+inline void fp8_lanes_tile_any(int mi, const float* wt, int64_t vstride, const float* xp,
+                               int64_t ng, const double* xs, const double* ws, float* y,
+                               int64_t ldy, int nr) {
+  switch (mi) {
+    case 1:
+      return fp8_lanes_tile<1, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
+    case 2:
+      return fp8_lanes_tile<2, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
+    case 3:
+      return fp8_lanes_tile<3, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
+    case 4:
+      return fp8_lanes_tile<4, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
+    case 5:
+      return fp8_lanes_tile<5, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
+    default:
+      return fp8_lanes_tile<6, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
+  }
+}
 
 void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
   const WeightRef& w = *t.w;
   const int64_t in = w.in, tiles = (in + 127) / 128, groups = t.ldq / 32, half = t.ldq / 2;
-  constexpr int64_t kTileFloats = 4 * 32;  // odd/even halves of 4 groups
+  constexpr int64_t kVectors = kFp8BlockRows / 8;
+  // [vector of 8 rows][tile c][kFp8TileFloats], then the rows' weight scales [row][c] (double).
   float* wbuf = reinterpret_cast<float*>(thread_scratch(
-      kFp8BlockRows * kFp8ChunkTiles * kTileFloats / 2 + kFp8BlockRows * kFp8ChunkTiles, 0));
-  double* ws = reinterpret_cast<double*>(wbuf + kFp8BlockRows * kFp8ChunkTiles * kTileFloats);
+      kVectors * kFp8ChunkTiles * kFp8TileFloats / 2 + kFp8BlockRows * kFp8ChunkTiles, 0));
+  double* ws = reinterpret_cast<double*>(wbuf + kVectors * kFp8ChunkTiles * kFp8TileFloats);
+  const int64_t vstride = kFp8ChunkTiles * kFp8TileFloats;
+  constexpr int64_t kFp8PackFloats = 128 * kFp8RowsPerStep;
+  const int64_t row_blocks = (t.m + kFp8RowsPerStep - 1) / kFp8RowsPerStep;
+  float* xpack =
+      reinterpret_cast<float*>(thread_scratch(row_blocks * kFp8ChunkTiles * kFp8PackFloats / 2, 1));
   for (int64_t i = 0; i < t.m; ++i)
     for (int64_t r = r0; r < r1; ++r) t.y[i * t.ldy + (r - t.row_begin)] = 0.0f;
   for (int64_t c0 = 0; c0 < tiles; c0 += kFp8ChunkTiles) {
     const int64_t nc = std::min(kFp8ChunkTiles, tiles - c0);
-    for (int64_t rb = r0; rb < r1; rb += kFp8BlockRows) {
-      const int64_t nb = std::min(kFp8BlockRows, r1 - rb);
-      // Row j, tile c0 + c: kTileFloats at wbuf + (j * kFp8ChunkTiles + c) * kTileFloats.
-      for (int64_t j = 0; j < nb; ++j) {
-        const uint8_t* row = static_cast<const uint8_t*>(w.data) + (rb + j) * in;
-        for (int64_t c = 0; c < nc; ++c) {
-          const int64_t b = c0 + c;
-          ws[j * kFp8ChunkTiles + c] =
-              static_cast<double>(weight_block_scale(w, ((rb + j) / 128) * tiles + b));
-          float* dst = wbuf + (j * kFp8ChunkTiles + c) * kTileFloats;
-          for (int64_t g = 4 * b; g < std::min(groups, 4 * b + 4); ++g, dst += 32) {
-            __m256 wo[2], we[2];
-            fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
-            _mm256_store_ps(dst, wo[0]);
-            _mm256_store_ps(dst + 8, wo[1]);
-            _mm256_store_ps(dst + 16, we[0]);
-            _mm256_store_ps(dst + 24, we[1]);
-          }
+    // The chunk's activations packed per block of kFp8RowsPerStep rows and tile (rows past m
+    // are +0): [row block][tile c][lane j][group g][odd, even][row].
+    for (int64_t i = 0; i < t.m; i += kFp8RowsPerStep)
+      for (int64_t c = 0; c < nc; ++c) {
+        float* dst = xpack + ((i / kFp8RowsPerStep) * kFp8ChunkTiles + c) * kFp8PackFloats;
+        for (int64_t ii = 0; ii < kFp8RowsPerStep; ++ii) {
+          const bool real = i + ii < t.m;
+          const float* xo = t.xo + (i + ii) * half + 64 * (c0 + c);
+          const float* xe = t.xe + (i + ii) * half + 64 * (c0 + c);
+          const int64_t ng = std::min(groups, 4 * (c0 + c) + 4) - 4 * (c0 + c);
+          for (int64_t g = 0; g < ng; ++g)
+            for (int j = 0; j < 16; ++j) {
+              const int64_t step = (j * 4 + g) * 2;
+              dst[step * kFp8RowsPerStep + ii] = real ? xo[16 * g + j] : 0.0f;
+              dst[(step + 1) * kFp8RowsPerStep + ii] = real ? xe[16 * g + j] : 0.0f;
+            }
         }
       }
-      const int64_t wstride = kFp8ChunkTiles * kTileFloats;
-      for (int64_t i = 0; i < t.m; i += 2) {
-        const int mi = static_cast<int>(std::min<int64_t>(2, t.m - i));
-        for (int64_t j = 0; j < nb; j += 2) {
-          const int nr = static_cast<int>(std::min<int64_t>(2, nb - j));
+    for (int64_t rb = r0; rb < r1; rb += kFp8BlockRows) {
+      const int64_t nb = std::min(kFp8BlockRows, r1 - rb);
+      for (int64_t c = 0; c < nc; ++c)
+        for (int64_t j = 0; j < kFp8BlockRows; ++j)
+          ws[c * kFp8BlockRows + j] =
+              j < nb ? static_cast<double>(weight_block_scale(w, ((rb + j) / 128) * tiles + c0 + c))
+                     : 0.0;
+      // Decode, transposed (rows past the block are +0).
+      for (int64_t v = 0; v * 8 < nb; ++v)
+        for (int64_t c = 0; c < nc; ++c) {
+          const int64_t b = c0 + c;
+          float* dst = wbuf + v * vstride + c * kFp8TileFloats;
+          for (int64_t g = 4 * b; g < std::min(groups, 4 * b + 4); ++g) {
+            __m256 part[4][8];  // wo[0], wo[1], we[0], we[1] of 8 rows
+            for (int rr = 0; rr < 8; ++rr) {
+              const int64_t r = rb + 8 * v + rr;
+              if (r >= rb + nb) {
+                for (int q = 0; q < 4; ++q) part[q][rr] = _mm256_setzero_ps();
+                continue;
+              }
+              __m256 wo[2], we[2];
+              fp8_group_odd_even(static_cast<const uint8_t*>(w.data) + r * in + 32 * g, in - 32 * g,
+                                 wo, we);
+              part[0][rr] = wo[0];
+              part[1][rr] = wo[1];
+              part[2][rr] = we[0];
+              part[3][rr] = we[1];
+            }
+            for (int q = 0; q < 4; ++q) transpose8(part[q]);  // part[q][l]: lane l (+8) of the rows
+            const int64_t gl = g - 4 * b;
+            for (int l = 0; l < 8; ++l)
+              for (int q = 0; q < 4; ++q) {
+                const int64_t j = l + 8 * (q % 2), h = q / 2;
+                _mm256_store_ps(dst + ((j * 4 + gl) * 2 + h) * 8, part[q][l]);
+              }
+          }
+        }
+      for (int64_t i = 0; i < t.m; i += kFp8RowsPerStep) {
+        const int mi = static_cast<int>(std::min<int64_t>(kFp8RowsPerStep, t.m - i));
+        for (int64_t v = 0; v * 8 < nb; v += 2) {
+          const int nv = (v + 1) * 8 < nb ? 2 : 1;
           for (int64_t c = 0; c < nc; ++c) {
             const int64_t b = c0 + c, ng = std::min(groups, 4 * b + 4) - 4 * b;
-            const float* wt = wbuf + (j * kFp8ChunkTiles + c) * kTileFloats;
-            const float* xo = t.xo + i * half + 64 * b;
-            const float* xe = t.xe + i * half + 64 * b;
-            float sums[4];
-            if (mi == 2 && nr == 2)
-              fp8_block_tile<2, 2>(wt, wstride, xo, xe, half, ng, sums);
-            else if (mi == 2)
-              fp8_block_tile<2, 1>(wt, wstride, xo, xe, half, ng, sums);
-            else if (nr == 2)
-              fp8_block_tile<1, 2>(wt, wstride, xo, xe, half, ng, sums);
-            else
-              fp8_block_tile<1, 1>(wt, wstride, xo, xe, half, ng, sums);
+            const float* wt = wbuf + v * vstride + c * kFp8TileFloats;
+            const float* xp = xpack + ((i / kFp8RowsPerStep) * kFp8ChunkTiles + c) * kFp8PackFloats;
+            alignas(32) double xs[kFp8RowsPerStep];
             for (int ii = 0; ii < mi; ++ii)
-              for (int jj = 0; jj < nr; ++jj) {
-                const double scale = static_cast<double>(t.scales[(i + ii) * tiles + b]) *
-                                     ws[(j + jj) * kFp8ChunkTiles + c];
-                t.y[(i + ii) * t.ldy + (rb + j + jj - t.row_begin)] +=
-                    static_cast<float>(static_cast<double>(sums[ii * nr + jj]) * scale);
-              }
+              xs[ii] = static_cast<double>(t.scales[(i + ii) * tiles + b]);
+            const int nr = static_cast<int>(std::min<int64_t>(8 * nv, nb - 8 * v));
+            float* y = t.y + i * t.ldy + (rb + 8 * v - t.row_begin);
+            const double* wsv = ws + c * kFp8BlockRows + 8 * v;
+            if (nv == 2)
+              fp8_lanes_tile_any<2>(mi, wt, vstride, xp, ng, xs, wsv, y, t.ldy, nr);
+            else
+              fp8_lanes_tile_any<1>(mi, wt, vstride, xp, ng, xs, wsv, y, t.ldy, nr);
           }
         }
       }
