@@ -3,13 +3,14 @@
 // The contract (docs/kernels.md) is each tile's exact dot product, rounded once to fp32, the
 // tiles added in fp32 in ascending K. A tile's activations are X·2^u (X integers, u their
 // lowest set bit) and its weights 2q·2^(e−128) (2q ∈ [−12, 12] integers, e the E8M0 byte), so
-// every product and every partial sum, in any order, is an integer multiple of 2^(u+e−128);
-// while |X| < 2^15 their magnitudes stay below 32·12·2^15 < 2^24 such units, so fp32 holds
-// them exactly whenever that unit is at least 2^-149 (u + e ≥ −21) and 2^24 of it stays below
-// 2^127 (u + e ≤ 231). Then fp32 FMAs, eight products per instruction where the double path
-// has four, compute the exact tile sum, and its rounding is itself. Tiles whose activations
-// span more (|X| ≥ 2^15: rare for fake-quantized activations) take an exact double sum; weight
-// blocks whose scales leave the range take the double kernel.
+// every product and every partial sum, in any order, is an integer multiple of 2^(u+e−128) of
+// magnitude at most 12·Σ|X| such units; while that is ≤ 2^24, fp32 holds them all exactly
+// whenever the unit is at least 2^-149 (u + e ≥ −21) and 2^24 of it stays below 2^127
+// (u + e ≤ 231). Then fp32 FMAs, eight products per instruction where the double path has
+// four, compute the exact tile sum, and its rounding is itself. A tile that spans more (an
+// FP8 activation of 448 beside a subnormal one) is split into two parts that each fit, and
+// the two exact part sums are added once (tile_kind); weight blocks whose scales leave the
+// range take the double kernel.
 //
 #include <immintrin.h>
 
@@ -39,23 +40,58 @@ inline int lowest_bit(uint32_t bits) {
   return (exp != 0 ? exp : 1) - 150 + __builtin_ctz(mant);
 }
 
-// One activation tile: true if fp32 is not exact for it (|X| may reach 2^15, or a value is not
-// finite); else its u (0 for an all-zero tile, which fits any scale).
-inline bool tile_unit(const float* a, int* u) {
-  int lo = INT32_MAX, top = INT32_MIN;
+// Over the nonzero values of a tile whose exponents floor(log2 |v|) lie in [e_lo, e_hi] (fp32
+// subnormals count as −127): their lowest set bit, largest exponent, and whether fp32 sums
+// them exactly against any FP4 weights: with u that lowest bit, every product is an integer
+// multiple of the unit 2^(u+e−128) (see the top) of magnitude ≤ 12·|X|, X = v / 2^u, so every
+// partial sum in any order stays within 12·Σ|X| units, exact in fp32 while that is ≤ 2^24
+// (the sum itself is exact in double: 32 values). False if there is no such value.
+inline bool tile_span(const float* a, int e_lo, int e_hi, int* low, int* top, bool* exact) {
+  int lo = INT32_MAX, hi = INT32_MIN;
+  double sum = 0;
   for (int k = 0; k < 32; ++k) {
     uint32_t bits;
     std::memcpy(&bits, a + k, 4);
     bits &= 0x7FFFFFFF;
     if (bits == 0) continue;
-    if ((bits >> 23) == 0xFF) return true;
+    const int e = std::max(static_cast<int>(bits >> 23), 0) - 127;
+    if (e < e_lo || e > e_hi) continue;
     lo = std::min(lo, lowest_bit(bits));
-    // floor(log2 |a|), or −127 (an upper bound) for fp32 subnormals.
-    top = std::max(top, std::max(static_cast<int>(bits >> 23), 0) - 127);
+    hi = std::max(hi, e);
+    sum += std::fabs(static_cast<double>(a[k]));
   }
-  *u = lo == INT32_MAX ? 0 : lo;
-  // |X| = |a| / 2^u < 2^(top + 1 − u): below 2^15 when top − u ≤ 14.
-  return lo != INT32_MAX && top - lo > 14;
+  *low = lo;
+  *top = hi;
+  *exact = lo != INT32_MAX && 12.0 * sum <= std::ldexp(1.0, 24 + lo);
+  return lo != INT32_MAX;
+}
+
+// How fp4_gemm_f32 sums one activation tile, and the lowest set bits of its parts (u[0], and
+// u[1] for a split tile). fp32 where that is exact (tile_span). Else the tile is cut at 2^cut
+// into the values ≥ 2^cut and those below, where both parts are exact (FP8 activations, 4
+// significant bits spanning at most 2^17, always are): each part's sum is exact in fp32 and
+// their one fp32 addition rounds the exact tile sum once, as the contract does. Else (or for
+// non-finite values) the tile is summed in double.
+inline uint8_t tile_kind(const float* a, int* cut, int u[2]) {
+  for (int k = 0; k < 32; ++k)
+    if (!std::isfinite(a[k])) return kFp4TileDouble;
+  int lo = 0, top = 0;
+  bool exact = false;
+  if (!tile_span(a, -1000, 1000, &lo, &top, &exact)) {
+    u[0] = 0;  // all zero: fits any scale
+    return kFp4TileF32;
+  }
+  u[0] = lo;
+  if (exact) return kFp4TileF32;
+  *cut = top - 11;  // the high part: 12 exponents, X < 2^15 for 4 significant bits
+  int lo_h = 0, top_h = 0, lo_l = 0, top_l = 0;
+  bool exact_h = false, exact_l = false;
+  if (!tile_span(a, *cut, 1000, &lo_h, &top_h, &exact_h) ||
+      !tile_span(a, -1000, *cut - 1, &lo_l, &top_l, &exact_l) || !exact_h || !exact_l)
+    return kFp4TileDouble;
+  u[0] = lo_h;
+  u[1] = lo_l;
+  return kFp4TileSplit;
 }
 
 // The 8 weight rows' exact tile sums in double, rounded to fp32 (a tile too wide for fp32).
@@ -67,6 +103,15 @@ inline bool tile_unit(const float* a, int* u) {
     hi = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k + 4)), hi);
   }
   return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm256_cvtpd_ps(lo)), _mm256_cvtpd_ps(hi), 1);
+}
+
+// The 8 weight rows' sums of a split tile's low part (exact in fp32 in any order: four chains).
+[[gnu::noinline]] __m256 low_tile_sums(const float* x, const float* w) {
+  __m256 s[4];
+  for (int q = 0; q < 4; ++q) s[q] = _mm256_setzero_ps();
+  for (int k = 0; k < 32; ++k)
+    s[k % 4] = _mm256_fmadd_ps(_mm256_broadcast_ss(x + k), _mm256_load_ps(w + 8 * k), s[k % 4]);
+  return _mm256_add_ps(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]));
 }
 
 // Activation rows i .. i + MI − 1 against the 8·NV weight rows at r (nr of them real) whose
@@ -89,8 +134,9 @@ inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* 
       for (int j = 0; j < 8 * NV; ++j) run[ii][j] = j < nr ? y[j] : 0.0f;
     }
   }
+  const int64_t in = t.w->in;
   const float* x[MI];
-  for (int ii = 0; ii < MI; ++ii) x[ii] = t.x + (i + ii) * t.ldx + 32 * c0;
+  for (int ii = 0; ii < MI; ++ii) x[ii] = acts.x_hi + (i + ii) * in + 32 * c0;
   for (int64_t c = 0; c < nc; ++c) {
     const int64_t b = c0 + c;
     const float* w = wt + c * 256;
@@ -105,13 +151,21 @@ inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* 
         for (int v = 0; v < NV; ++v) acc[ii][v] = _mm256_fmadd_ps(xv, wv[v], acc[ii][v]);
       }
     }
+    // Through memory: the calls below would otherwise keep the accumulators on the stack in
+    // the loop above (every ymm register is caller-saved).
+    alignas(32) float part[MI][NV][8];
+    for (int ii = 0; ii < MI; ++ii)
+      for (int v = 0; v < NV; ++v) _mm256_store_ps(part[ii][v], acc[ii][v]);
     for (int ii = 0; ii < MI; ++ii) {
-      // A tile that spans too much for fp32: its exact double sums (any order) instead.
-      const bool wide = acts.wide[(i + ii) * tiles + b] != 0;
+      const uint8_t kind = acts.kind[(i + ii) * tiles + b];
       for (int v = 0; v < NV; ++v) {
         float* run_v = run[ii] + 8 * v;
-        const __m256 sum =
-            wide ? wide_tile_sums(x[ii] + 32 * c, w + v * kChunkTiles * 256) : acc[ii][v];
+        const float* wv = w + v * kChunkTiles * 256;
+        __m256 sum = _mm256_load_ps(part[ii][v]);
+        if (kind == kFp4TileSplit)  // high part + low part, one rounding
+          sum = _mm256_add_ps(sum, low_tile_sums(acts.x_lo + (i + ii) * in + 32 * b, wv));
+        else if (kind == kFp4TileDouble)  // its exact double sums (any order) instead
+          sum = wide_tile_sums(x[ii] + 32 * c, wv);
         _mm256_store_ps(run_v, _mm256_add_ps(_mm256_load_ps(run_v), sum));
       }
     }
@@ -148,19 +202,41 @@ inline void rows_step_any(int mi, const LinearTask& t, const Fp4F32Acts& acts, c
 
 }  // namespace
 
-void prepare_fp4_f32(const LinearTask& t, Fp4F32Acts* a, uint8_t* wide) {
-  const int64_t tiles = t.w->in / 32;
+int64_t fp4_f32_bytes(int64_t m, int64_t in) {
+  return (m * (in / 32) + 63) / 64 * 64 + 2 * m * in * 4;
+}
+
+void prepare_fp4_f32(const LinearTask& t, Fp4F32Acts* a, uint8_t* buffer) {
+  const int64_t in = t.w->in, tiles = in / 32;
+  uint8_t* kind = buffer;
+  float* x_hi = reinterpret_cast<float*>(buffer + (t.m * tiles + 63) / 64 * 64);
+  float* x_lo = x_hi + t.m * in;
   a->tiles = tiles;
-  a->wide = wide;
+  a->kind = kind;
+  a->x_hi = x_hi;
+  a->x_lo = x_lo;
   std::vector<int> lo(static_cast<size_t>(t.m), INT32_MAX), hi(static_cast<size_t>(t.m), INT32_MIN);
-  parallel_for_rows(t.m, t.w->in, [&](int64_t i) {
+  parallel_for_rows(t.m, in, [&](int64_t i) {
     for (int64_t b = 0; b < tiles; ++b) {
-      int u = 0;
-      const bool w = tile_unit(t.x + i * t.ldx + 32 * b, &u);
-      wide[i * tiles + b] = w ? 1 : 0;
-      if (!w) {
-        lo[i] = std::min(lo[i], u);
-        hi[i] = std::max(hi[i], u);
+      const float* x = t.x + i * t.ldx + 32 * b;
+      float* h = x_hi + i * in + 32 * b;
+      int cut = 0, u[2] = {0, 0};
+      const uint8_t k = tile_kind(x, &cut, u);
+      kind[i * tiles + b] = k;
+      std::memcpy(h, x, 32 * sizeof(float));
+      if (k == kFp4TileDouble) continue;
+      lo[i] = std::min(lo[i], u[0]);
+      hi[i] = std::max(hi[i], u[0]);
+      if (k != kFp4TileSplit) continue;
+      lo[i] = std::min(lo[i], u[1]);
+      hi[i] = std::max(hi[i], u[1]);
+      float* l = x_lo + i * in + 32 * b;
+      for (int q = 0; q < 32; ++q) {
+        uint32_t bits;
+        std::memcpy(&bits, x + q, 4);
+        const bool high = std::max(static_cast<int>((bits & 0x7FFFFFFF) >> 23), 0) - 127 >= cut;
+        h[q] = high ? x[q] : 0.0f;
+        l[q] = high ? 0.0f : x[q];
       }
     }
   });

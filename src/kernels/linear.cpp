@@ -190,7 +190,7 @@ void run_rows(detail::LinearTask t, int64_t row_begin, int64_t row_end) {
       c.fp4_vec = &vec;
     detail::Fp4F32Acts f32_acts;
     if (isa == Isa::kAvx2 && fp4_e8m0 && c.m > 1) {
-      detail::prepare_fp4_f32(c, &f32_acts, call_layout_buffer(c.m * (in / 32)));
+      detail::prepare_fp4_f32(c, &f32_acts, call_layout_buffer(detail::fp4_f32_bytes(c.m, in)));
       c.fp4_f32 = &f32_acts;
     }
     // Without VNNI (AVX2 CPUs, AVX-512 ones that lack it): the AVX2 word kernel.

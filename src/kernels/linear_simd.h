@@ -57,9 +57,13 @@ struct Fp4WordActs {
 // units u (lowest set bits), INT32_MAX / INT32_MIN if there are none.
 struct Fp4F32Acts {
   int64_t tiles = 0;
-  const uint8_t* wide = nullptr;  // [m][tiles]
-  int32_t u_lo = 0, u_hi = 0;
+  const uint8_t* kind = nullptr;  // [m][tiles]: kFp4TileF32 / kFp4TileSplit / kFp4TileDouble
+  // [m][in]: the activations, in split tiles only their high part (the low one is in x_lo).
+  const float* x_hi = nullptr;
+  const float* x_lo = nullptr;
+  int32_t u_lo = 0, u_hi = 0;  // range of the parts' lowest set bits
 };
+enum : uint8_t { kFp4TileF32 = 0, kFp4TileSplit = 1, kFp4TileDouble = 2 };
 
 // One linear over weight rows; the kernels compute rows [r0, r1) of it.
 struct LinearTask {
@@ -129,8 +133,10 @@ void gemv_fp4_words(const LinearTask& t, int64_t r0, int64_t r1);
 // The AVX2 double-path FP4 (E8M0) matrix-vector rows, exact for any scale.
 void gemv_fp4_e8m0_avx2(const LinearTask& t, int64_t r0, int64_t r1);
 // The AVX2 FP4 (E8M0) matrix-matrix kernels: the fp32 one (t.fp4_f32 from prepare_fp4_f32,
-// which needs m·tiles bytes at `wide`) and the double one, exact for any scale.
-void prepare_fp4_f32(const LinearTask& t, Fp4F32Acts* a, uint8_t* wide);
+// which needs fp4_f32_bytes(m, in) at `buffer`, 64-byte aligned) and the double one, exact for
+// any scale.
+int64_t fp4_f32_bytes(int64_t m, int64_t in);
+void prepare_fp4_f32(const LinearTask& t, Fp4F32Acts* a, uint8_t* buffer);
 void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1);
 void quant_gemm_e8m0_avx2(const LinearTask& t, int64_t r0, int64_t r1);
 

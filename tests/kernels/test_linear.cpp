@@ -454,6 +454,66 @@ TEST(QuantLinear, Fp4WideTilesSumExactly) {
                       std::string("fp4 wide tiles ") + isa_name(isa));
 }
 
+// An FP4 weight of `out` equal rows: e2m1 codes per element (7 = 6, 6 = 4, 1 = 0.5, +8
+// negates) and one E8M0 scale byte for every tile.
+TestWeight fp4_equal_rows(int64_t out, const std::vector<uint8_t>& codes, uint8_t scale) {
+  const int64_t in = static_cast<int64_t>(codes.size());
+  TestWeight w = make_weight(WeightFormat::kFP4, out, in, 82);
+  std::fill(w.scale.begin() + kMisalign, w.scale.end(), scale);
+  for (int64_t r = 0; r < out; ++r)
+    for (int64_t k = 0; k < in; k += 2)
+      w.data[kMisalign + r * in / 2 + k / 2] = static_cast<uint8_t>(codes[k] | codes[k + 1] << 4);
+  return w;
+}
+
+TEST(QuantLinear, Fp4SplitTileIsRoundedOnce) {
+  // The AVX2 matrix-matrix kernel sums a tile too wide for fp32 as two parts, each exact in
+  // fp32, and must add their sum to the row's running fp32 sum (one rounding of the exact tile
+  // sum), not the parts one after the other. Scales 2^2. Tile 0: 8·256·(−16) + 64·2 = −32640.
+  // Tile 1: 16·256·16 = 2^16 and 2^-9·2 = 2^-8: the exact sum rounds to 2^16 (a tie, to even),
+  // so the row is −32640 + 2^16 = 32896, bf16 32768; adding the parts in turn gives
+  // 32896 + 2^-8 (exact), bf16 33024.
+  IsaGuard guard;
+  const int64_t in = 64, out = 3, m = 2;
+  std::vector<uint8_t> codes(in, 0);
+  std::vector<float> row_x(in, 0.0f);
+  for (int k = 0; k < 8; ++k) codes[k] = 14, row_x[k] = 256.0f;
+  codes[8] = 1, row_x[8] = 64.0f;
+  for (int k = 32; k < 48; ++k) codes[k] = 6, row_x[k] = 256.0f;
+  codes[48] = 1, row_x[48] = std::ldexp(1.0f, -9);
+  const TestWeight w = fp4_equal_rows(out, codes, 129);
+  std::vector<float> x;
+  for (int64_t i = 0; i < m; ++i) x.insert(x.end(), row_x.begin(), row_x.end());
+  const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+  for (float v : want) ASSERT_EQ(v, 32768.0f);
+  for (Isa isa : simd_isas())
+    expect_bits_equal(want, run_quant(isa, x, m, w.ref),
+                      std::string("fp4 split tile ") + isa_name(isa));
+}
+
+TEST(QuantLinear, Fp4TileExactInFp32OnlyWithinItsBound) {
+  // fp32 sums a tile exactly while 12·Σ|X| ≤ 2^24 units (X the activations over their lowest
+  // set bit). Tile 1 is just past that: sixteen products 256·4 = 2^24 units of 2^-10, then two
+  // of one unit. In fp32 in order the units are lost (ties to even), the exact sum 2^14 + 2^-9
+  // is a float. After tile 0 (128·0.5 = 64) the row is 16448 + 2^-9, bf16 16512; with the
+  // units lost 16448, bf16 16384.
+  IsaGuard guard;
+  const int64_t in = 64, out = 3, m = 2;
+  std::vector<uint8_t> codes(in, 0);
+  std::vector<float> row_x(in, 0.0f);
+  codes[0] = 1, row_x[0] = 128.0f;
+  for (int k = 32; k < 48; ++k) codes[k] = 6, row_x[k] = 256.0f;
+  for (int k : {48, 49}) codes[k] = 1, row_x[k] = std::ldexp(1.0f, -9);
+  const TestWeight w = fp4_equal_rows(out, codes, 127);
+  std::vector<float> x;
+  for (int64_t i = 0; i < m; ++i) x.insert(x.end(), row_x.begin(), row_x.end());
+  const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+  for (float v : want) ASSERT_EQ(v, 16512.0f);
+  for (Isa isa : simd_isas())
+    expect_bits_equal(want, run_quant(isa, x, m, w.ref),
+                      std::string("fp4 fp32 bound ") + isa_name(isa));
+}
+
 TEST(QuantLinear, Fp4TilesAddInFp32InAscendingK) {
   // The integer kernels compute tile sums out of order and then add them in fp32; the order of
   // those adds is part of the contract. Per row three tiles a < b < c hold 1, 2^24 and −2^24:
