@@ -295,6 +295,120 @@ DSV4_ATTN_AVX512 void pv_tile_avx512(double* acc, int64_t nh, int64_t dim, const
 }
 #pragma GCC diagnostic pop
 
+// AVX2 forms of the two inner loops (dim a multiple of 8), the same arithmetic as the scalar
+// ones: register blocks instead of one head's accumulators streamed through L1 per row.
+
+// dot_f64_heads for NR kv rows against NH heads (h0 ..) of the group's queries packed as
+// doubles (qd: row g at g·dim): per (row, head) the same four lane sums in the same order.
+template <int NR, int NH>
+void dot_f64_block_avx2(const double* qd, int64_t dim, int64_t h0, const float* const* b,
+                        double (*out)[16]) {
+  __m256d acc[NR][NH];
+  for (int r = 0; r < NR; ++r)
+    for (int h = 0; h < NH; ++h) acc[r][h] = _mm256_setzero_pd();
+  for (int64_t k = 0; k < dim; k += 4) {
+    __m256d bv[NR];
+    for (int r = 0; r < NR; ++r) bv[r] = _mm256_cvtps_pd(_mm_loadu_ps(b[r] + k));
+    for (int h = 0; h < NH; ++h) {
+      const __m256d qv = _mm256_loadu_pd(qd + (h0 + h) * dim + k);
+      for (int r = 0; r < NR; ++r) acc[r][h] = _mm256_fmadd_pd(qv, bv[r], acc[r][h]);
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int h = 0; h < NH; ++h) {
+      alignas(32) double v[4];
+      _mm256_store_pd(v, acc[r][h]);
+      out[r][h0 + h] = (v[0] + v[1]) + (v[2] + v[3]);
+    }
+}
+
+constexpr int64_t kRowsPerPassAvx2 = 2, kHeadsPerBlockAvx2 = 6;
+
+// dot_f64_heads for two kv rows against all n ≤ 16 heads.
+void dot_f64_heads2_avx2(const double* qd, int64_t dim, int64_t n, const float* const* b,
+                         double (*out)[16]) {
+  for (int64_t h0 = 0; h0 < n; h0 += kHeadsPerBlockAvx2) {
+    switch (std::min(kHeadsPerBlockAvx2, n - h0)) {
+      case 1:
+        dot_f64_block_avx2<2, 1>(qd, dim, h0, b, out);
+        break;
+      case 2:
+        dot_f64_block_avx2<2, 2>(qd, dim, h0, b, out);
+        break;
+      case 3:
+        dot_f64_block_avx2<2, 3>(qd, dim, h0, b, out);
+        break;
+      case 4:
+        dot_f64_block_avx2<2, 4>(qd, dim, h0, b, out);
+        break;
+      case 5:
+        dot_f64_block_avx2<2, 5>(qd, dim, h0, b, out);
+        break;
+      default:
+        dot_f64_block_avx2<2, 6>(qd, dim, h0, b, out);
+        break;
+    }
+  }
+}
+
+// pv_tile_avx512's updates for NG heads (g0 ..) and 8 dims at a time: the rescale as acc is
+// loaded, then acc += p·v for every listed row in order (exact products: each fused add is the
+// scalar loop's add); heads that skip the tile are computed but not stored.
+template <int NG>
+void pv_block_avx2(double* acc, int64_t g0, int64_t dim, const float* const* rows, int64_t n_rows,
+                   const double* p, int64_t ldp, const float* rescale, const bool* active) {
+  for (int64_t d0 = 0; d0 < dim; d0 += 8) {
+    __m256d a[NG][2];
+    for (int g = 0; g < NG; ++g) {
+      const __m256d r = _mm256_set1_pd(rescale[g0 + g]);
+      const double* src = acc + (g0 + g) * dim + d0;
+      a[g][0] = _mm256_mul_pd(_mm256_loadu_pd(src), r);
+      a[g][1] = _mm256_mul_pd(_mm256_loadu_pd(src + 4), r);
+    }
+    for (int64_t e = 0; e < n_rows; ++e) {
+      const __m256d v0 = _mm256_cvtps_pd(_mm_loadu_ps(rows[e] + d0));
+      const __m256d v1 = _mm256_cvtps_pd(_mm_loadu_ps(rows[e] + d0 + 4));
+      for (int g = 0; g < NG; ++g) {
+        const __m256d pb = _mm256_broadcast_sd(p + (g0 + g) * ldp + e);
+        a[g][0] = _mm256_fmadd_pd(pb, v0, a[g][0]);
+        a[g][1] = _mm256_fmadd_pd(pb, v1, a[g][1]);
+      }
+    }
+    for (int g = 0; g < NG; ++g)
+      if (active[g0 + g]) {
+        double* dst = acc + (g0 + g) * dim + d0;
+        _mm256_storeu_pd(dst, a[g][0]);
+        _mm256_storeu_pd(dst + 4, a[g][1]);
+      }
+  }
+}
+
+void pv_tile_avx2(double* acc, int64_t nh, int64_t dim, const float* const* rows, int64_t n_rows,
+                  const double* p, int64_t ldp, const float* rescale, const bool* active) {
+  for (int64_t g0 = 0; g0 < nh; g0 += kHeadsPerBlockAvx2) {
+    switch (std::min(kHeadsPerBlockAvx2, nh - g0)) {
+      case 1:
+        pv_block_avx2<1>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
+        break;
+      case 2:
+        pv_block_avx2<2>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
+        break;
+      case 3:
+        pv_block_avx2<3>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
+        break;
+      case 4:
+        pv_block_avx2<4>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
+        break;
+      case 5:
+        pv_block_avx2<5>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
+        break;
+      default:
+        pv_block_avx2<6>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
+        break;
+    }
+  }
+}
+
 }  // namespace
 
 void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
@@ -308,10 +422,12 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   const int64_t groups = (heads + kGroup - 1) / kGroup;
   const bool avx512 = active_isa() == Isa::kAvx512 && dim % 4 == 0;
+  const bool avx2 = !avx512 && active_isa() != Isa::kScalar && dim % 8 == 0;
+  const bool blocked = avx512 || avx2;  // probabilities first, then the P·V kernel
   parallel_for(m * groups, [&](int64_t t0, int64_t t1, int) {
     std::vector<double> acc(kGroup * dim);
     std::vector<float> z(kGroup * kTile);
-    std::vector<double> qp(avx512 ? kGroup * dim : 0), probs(avx512 ? kGroup * kTile : 0);
+    std::vector<double> qp(blocked ? kGroup * dim : 0), probs(blocked ? kGroup * kTile : 0);
     const float* tile_rows[kTile];
     float run_max[kGroup], denom[kGroup], new_max[kGroup], rescale[kGroup];
     bool active[kGroup];
@@ -322,6 +438,10 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
       std::fill(acc.begin(), acc.begin() + nh * dim, 0.0);
       for (int64_t g = 0; g < nh; ++g) run_max[g] = kNegInf, denom[g] = 0;
       if (avx512) pack_head_pairs(q + (i * heads + h0) * dim, dim, nh, qp.data());
+      if (avx2) {
+        const float* qg = q + (i * heads + h0) * dim;
+        for (int64_t k = 0; k < nh * dim; ++k) qp[k] = qg[k];
+      }
       for (int64_t b0 = 0; b0 < width; b0 += kTile) {
         const int64_t b1 = std::min(width, b0 + kTile);
         if (avx512) {
@@ -348,6 +468,29 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
             if (n == kRowsPerPass) flush();
           }
           if (n > 0) flush();
+        } else if (avx2) {
+          // Two listed rows per pass over the queries (packed as doubles once per task).
+          int64_t listed[kRowsPerPassAvx2], n = 0;
+          const auto flush = [&] {
+            const float* rows2[kRowsPerPassAvx2];
+            for (int64_t j = 0; j < kRowsPerPassAvx2; ++j)
+              rows2[j] = kv_rows[row[listed[j < n ? j : 0]]];
+            double dots[kRowsPerPassAvx2][kGroup];
+            dot_f64_heads2_avx2(qp.data(), dim, nh, rows2, dots);
+            for (int64_t j = 0; j < n; ++j)
+              for (int64_t g = 0; g < nh; ++g)
+                z[g * kTile + listed[j] - b0] = static_cast<float>(dots[j][g]) * scale;
+            n = 0;
+          };
+          for (int64_t e = b0; e < b1; ++e) {
+            if (row[e] < 0) {
+              for (int64_t g = 0; g < nh; ++g) z[g * kTile + e - b0] = kNegInf;
+              continue;
+            }
+            listed[n++] = e;
+            if (n == kRowsPerPassAvx2) flush();
+          }
+          if (n > 0) flush();
         } else {
           for (int64_t e = b0; e < b1; ++e) {
             const float* kr = row[e] >= 0 ? kv_rows[row[e]] : nullptr;
@@ -367,12 +510,12 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
           any = true;
           rescale[g] = run_max[g] == kNegInf ? 0.0f : std::exp(run_max[g] - new_max[g]);
           denom[g] *= rescale[g];
-          if (avx512) continue;  // pv_tile_avx512 rescales as it loads
+          if (blocked) continue;  // the P·V kernels rescale as they load
           double* a = acc.data() + g * dim;
           for (int64_t d = 0; d < dim; ++d) a[d] *= rescale[g];
         }
         if (!any) continue;
-        if (avx512) {
+        if (blocked) {
           // The probabilities first (per head in row order, as below), then all P·V updates.
           int64_t n_rows = 0;
           for (int64_t e = b0; e < b1; ++e) {
@@ -388,7 +531,11 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
             }
             tile_rows[n_rows++] = kv_rows[row[e]];
           }
-          pv_tile_avx512(acc.data(), nh, dim, tile_rows, n_rows, probs.data(), kTile, rescale,
+          if (avx512)
+            pv_tile_avx512(acc.data(), nh, dim, tile_rows, n_rows, probs.data(), kTile, rescale,
+                           active);
+          else
+            pv_tile_avx2(acc.data(), nh, dim, tile_rows, n_rows, probs.data(), kTile, rescale,
                          active);
           for (int64_t g = 0; g < nh; ++g) run_max[g] = new_max[g];
           continue;
