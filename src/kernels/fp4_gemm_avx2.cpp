@@ -95,10 +95,10 @@ inline uint8_t tile_kind(const float* a, int* cut, int u[2]) {
 }
 
 // The 8 weight rows' exact tile sums in double, rounded to fp32 (a tile too wide for fp32).
-[[gnu::noinline]] __m256 wide_tile_sums(const float* x, const float* w) {
+[[gnu::noinline]] __m256 wide_tile_sums(const float* x, int64_t stride, const float* w) {
   __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
   for (int k = 0; k < 32; ++k) {
-    const __m256d xv = _mm256_set1_pd(static_cast<double>(x[k]));
+    const __m256d xv = _mm256_set1_pd(static_cast<double>(x[k * stride]));
     lo = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k)), lo);
     hi = _mm256_fmadd_pd(xv, _mm256_cvtps_pd(_mm_load_ps(w + 8 * k + 4)), hi);
   }
@@ -135,8 +135,8 @@ inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* 
     }
   }
   const int64_t in = t.w->in;
-  const float* x[MI];
-  for (int ii = 0; ii < MI; ++ii) x[ii] = acts.x_hi + (i + ii) * in + 32 * c0;
+  // The packed activations of rows i .. i + kRowsPerStep − 1 (prepare_fp4_f32), from tile c0.
+  const float* xp = acts.x_hi + ((i / kRowsPerStep) * tiles + c0) * 32 * kRowsPerStep;
   for (int64_t c = 0; c < nc; ++c) {
     const int64_t b = c0 + c;
     const float* w = wt + c * 256;
@@ -147,7 +147,7 @@ inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* 
       __m256 wv[NV];
       for (int v = 0; v < NV; ++v) wv[v] = _mm256_load_ps(w + v * kChunkTiles * 256 + 8 * k);
       for (int ii = 0; ii < MI; ++ii) {
-        const __m256 xv = _mm256_broadcast_ss(x[ii] + 32 * c + k);
+        const __m256 xv = _mm256_broadcast_ss(xp + (32 * c + k) * kRowsPerStep + ii);
         for (int v = 0; v < NV; ++v) acc[ii][v] = _mm256_fmadd_ps(xv, wv[v], acc[ii][v]);
       }
     }
@@ -165,7 +165,7 @@ inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* 
         if (kind == kFp4TileSplit)  // high part + low part, one rounding
           sum = _mm256_add_ps(sum, low_tile_sums(acts.x_lo + (i + ii) * in + 32 * b, wv));
         else if (kind == kFp4TileDouble)  // its exact double sums (any order) instead
-          sum = wide_tile_sums(x[ii] + 32 * c, wv);
+          sum = wide_tile_sums(xp + 32 * c * kRowsPerStep + ii, kRowsPerStep, wv);
         _mm256_store_ps(run_v, _mm256_add_ps(_mm256_load_ps(run_v), sum));
       }
     }
@@ -203,14 +203,25 @@ inline void rows_step_any(int mi, const LinearTask& t, const Fp4F32Acts& acts, c
 }  // namespace
 
 int64_t fp4_f32_bytes(int64_t m, int64_t in) {
-  return (m * (in / 32) + 63) / 64 * 64 + 2 * m * in * 4;
+  const int64_t padded = (m + kRowsPerStep - 1) / kRowsPerStep * kRowsPerStep;
+  return (m * (in / 32) + 63) / 64 * 64 + (padded + m) * in * 4;
 }
 
 void prepare_fp4_f32(const LinearTask& t, Fp4F32Acts* a, uint8_t* buffer) {
   const int64_t in = t.w->in, tiles = in / 32;
+  const int64_t padded = (t.m + kRowsPerStep - 1) / kRowsPerStep * kRowsPerStep;
   uint8_t* kind = buffer;
   float* x_hi = reinterpret_cast<float*>(buffer + (t.m * tiles + 63) / 64 * 64);
-  float* x_lo = x_hi + t.m * in;
+  float* x_lo = x_hi + padded * in;
+  // x_hi packed for the register blocks' broadcasts: per block of kRowsPerStep rows and tile,
+  // element k of row i at ((i / kRowsPerStep · tiles + b) · 32 + k) · kRowsPerStep + i mod
+  // kRowsPerStep (one base pointer; rows a multiple of 4 KB apart alias in L1). Rows past m: +0.
+  const auto hi_at = [&](int64_t i, int64_t b, int q) -> float& {
+    return x_hi[((i / kRowsPerStep * tiles + b) * 32 + q) * kRowsPerStep + i % kRowsPerStep];
+  };
+  for (int64_t i = t.m; i < padded; ++i)
+    for (int64_t b = 0; b < tiles; ++b)
+      for (int q = 0; q < 32; ++q) hi_at(i, b, q) = 0.0f;
   a->tiles = tiles;
   a->kind = kind;
   a->x_hi = x_hi;
@@ -219,11 +230,10 @@ void prepare_fp4_f32(const LinearTask& t, Fp4F32Acts* a, uint8_t* buffer) {
   parallel_for_rows(t.m, in, [&](int64_t i) {
     for (int64_t b = 0; b < tiles; ++b) {
       const float* x = t.x + i * t.ldx + 32 * b;
-      float* h = x_hi + i * in + 32 * b;
       int cut = 0, u[2] = {0, 0};
       const uint8_t k = tile_kind(x, &cut, u);
       kind[i * tiles + b] = k;
-      std::memcpy(h, x, 32 * sizeof(float));
+      for (int q = 0; q < 32; ++q) hi_at(i, b, q) = x[q];
       if (k == kFp4TileDouble) continue;
       lo[i] = std::min(lo[i], u[0]);
       hi[i] = std::max(hi[i], u[0]);
@@ -235,7 +245,7 @@ void prepare_fp4_f32(const LinearTask& t, Fp4F32Acts* a, uint8_t* buffer) {
         uint32_t bits;
         std::memcpy(&bits, x + q, 4);
         const bool high = std::max(static_cast<int>((bits & 0x7FFFFFFF) >> 23), 0) - 127 >= cut;
-        h[q] = high ? x[q] : 0.0f;
+        hi_at(i, b, q) = high ? x[q] : 0.0f;
         l[q] = high ? 0.0f : x[q];
       }
     }
