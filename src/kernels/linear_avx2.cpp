@@ -493,6 +493,98 @@ void quant_gemm_e8m0_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
   quant_gemm_e8m0(t, r0, r1);
 }
 
+namespace {
+
+// Plain matrix-matrix (m > 1): weight rows in the lanes. linear_dot_f64's order is per pair
+// sixteen lane chains (lane j: elements k ≡ j mod 16 in ascending k, exact products added in
+// double) and a fixed tree; here a block of 12 weight rows is decoded once, transposed into
+// vectors of 4 rows ([vector][lane j][step][4 rows]), and a register block of kPlainRows
+// activation rows × kPlainVecs vectors runs lane j's chains side by side: per step 3 loads and
+// 3 broadcasts feed 9 FMAs, where pairing rows needed one or two loads per FMA.
+constexpr int kPlainRows = 3, kPlainVecs = 3;
+
+template <int MI, int NV>
+void plain_lanes_block(const LinearTask& t, const double* wt, int64_t steps, int64_t i, int64_t r,
+                       int nr) {
+  const int64_t ldw = 16 * steps;
+  const double* x = t.xd + i * ldw;
+  alignas(32) double lane[16][MI][NV][4];
+  for (int j = 0; j < 16; ++j) {
+    __m256d acc[MI][NV];
+    for (int ii = 0; ii < MI; ++ii)
+      for (int v = 0; v < NV; ++v) acc[ii][v] = _mm256_setzero_pd();
+    const double* wj = wt + j * steps * 4;
+    for (int64_t st = 0; st < steps; ++st) {
+      __m256d wv[NV];
+      for (int v = 0; v < NV; ++v) wv[v] = _mm256_load_pd(wj + v * ldw * 4 + st * 4);
+      for (int ii = 0; ii < MI; ++ii) {
+        const __m256d xv = _mm256_broadcast_sd(x + ii * ldw + 16 * st + j);
+        for (int v = 0; v < NV; ++v) acc[ii][v] = _mm256_fmadd_pd(xv, wv[v], acc[ii][v]);
+      }
+    }
+    for (int ii = 0; ii < MI; ++ii)
+      for (int v = 0; v < NV; ++v) _mm256_store_pd(lane[j][ii][v], acc[ii][v]);
+  }
+  for (int ii = 0; ii < MI; ++ii)
+    for (int v = 0; v < NV; ++v) {
+      __m256d s[8];  // linear_dot_f64's tree, four weight rows at a time
+      for (int j = 0; j < 8; ++j)
+        s[j] = _mm256_add_pd(_mm256_load_pd(lane[j][ii][v]), _mm256_load_pd(lane[j + 8][ii][v]));
+      const __m256d sum =
+          _mm256_add_pd(_mm256_add_pd(_mm256_add_pd(s[0], s[4]), _mm256_add_pd(s[2], s[6])),
+                        _mm256_add_pd(_mm256_add_pd(s[1], s[5]), _mm256_add_pd(s[3], s[7])));
+      alignas(32) double out[4];
+      _mm256_store_pd(out, sum);
+      for (int l = 0; l < 4 && 4 * v + l < nr; ++l) {
+        const float f = static_cast<float>(out[l]);
+        t.y[(i + ii) * t.ldy + (r + 4 * v + l - t.row_begin)] = t.round_bf16 ? bf16_round(f) : f;
+      }
+    }
+}
+
+template <int NV>
+void plain_lanes_any(int mi, const LinearTask& t, const double* wt, int64_t steps, int64_t i,
+                     int64_t r, int nr) {
+  switch (mi) {
+    case 1:
+      return plain_lanes_block<1, NV>(t, wt, steps, i, r, nr);
+    case 2:
+      return plain_lanes_block<2, NV>(t, wt, steps, i, r, nr);
+    default:
+      return plain_lanes_block<3, NV>(t, wt, steps, i, r, nr);
+  }
+}
+
+void plain_gemm_lanes(const LinearTask& t, int64_t r0, int64_t r1) {
+  const int64_t in = t.w->in, ldw = padded_in(in), steps = ldw / 16;
+  constexpr int64_t kRows = 4 * kPlainVecs;
+  double* wt = thread_scratch(kRows * ldw, 0);
+  double* row = thread_scratch(ldw, 1);
+  for (int64_t rb = r0; rb < r1; rb += kRows) {
+    const int nb = static_cast<int>(std::min(kRows, r1 - rb));
+    for (int jr = 0; jr < kRows; ++jr) {
+      if (jr < nb)
+        decode_range(*t.w, rb + jr, 0, in, row);
+      else
+        std::fill(row, row + ldw, 0.0);
+      double* dst = wt + (jr / 4) * ldw * 4 + jr % 4;
+      for (int64_t k = 0; k < ldw; ++k) dst[((k % 16) * steps + k / 16) * 4] = row[k];
+    }
+    const int nv = (nb + 3) / 4;
+    for (int64_t i = 0; i < t.m; i += kPlainRows) {
+      const int mi = static_cast<int>(std::min<int64_t>(kPlainRows, t.m - i));
+      if (nv == 3)
+        plain_lanes_any<3>(mi, t, wt, steps, i, rb, nb);
+      else if (nv == 2)
+        plain_lanes_any<2>(mi, t, wt, steps, i, rb, nb);
+      else
+        plain_lanes_any<1>(mi, t, wt, steps, i, rb, nb);
+    }
+  }
+}
+
+}  // namespace
+
 void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
   const WeightFormat format = t.w->format;
   const bool quantized = format == WeightFormat::kFP8 || format == WeightFormat::kFP4;
@@ -512,7 +604,8 @@ void linear_rows_avx2(const LinearTask& t, int64_t r0, int64_t r1) {
   }
   if (t.fp4_f32 != nullptr) return fp4_gemm_f32(t, r0, r1);
   if (t.tile > 0 && !t.w->scale_is_f32) return quant_gemm_e8m0(t, r0, r1);
-  // Plain linears and F32-scale quantized ones keep linear_dot_f64's lanes.
+  if (t.tile == 0) return plain_gemm_lanes(t, r0, r1);
+  // F32-scale quantized ones keep linear_dot_f64's lanes per tile.
   const int64_t in = t.w->in;
   const int64_t ldw = padded_in(in);
   const int64_t block_rows = decode_block_rows(in, kNR);
