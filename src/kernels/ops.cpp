@@ -15,14 +15,14 @@
 namespace dsv4::kernels {
 
 void rms_norm(const float* x, int64_t m, int64_t n, const float* weight, float eps, float* y) {
-  for (int64_t i = 0; i < m; ++i) {
+  parallel_for_rows(m, n, [&](int64_t i) {
     const float* xi = x + i * n;
     float* yi = y + i * n;
     double ss = 0;
     for (int64_t k = 0; k < n; ++k) ss += static_cast<double>(xi[k]) * xi[k];
     const float r = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(n)) + eps);
     for (int64_t k = 0; k < n; ++k) yi[k] = bf16_round(weight[k] * (xi[k] * r));
-  }
+  });
 }
 
 void rms_norm_bf16_noweight(float* x, int64_t n, float eps, bool exact_rsqrt) {

@@ -39,7 +39,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   kernels::rms_norm(qr.data(), n, cfg.q_lora_rank, q_norm.data(), ctx.eps(), qr.data());
   ScratchVector<float> q(n * heads * hd);
   kernels::quant_linear(qr.data(), n, weight_ref(w.wq_b), q.data());
-  for (int64_t i = 0; i < n; ++i)
+  parallel_for_rows(n, heads * hd, [&](int64_t i) {
     for (int64_t h = 0; h < heads; ++h) {
       float* qh = q.data() + (i * heads + h) * hd;
       // Which rows the reference computes in torch's vectorised loop: those of
@@ -53,6 +53,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
       kernels::rms_norm_bf16_noweight(qh, hd, ctx.eps(), exact);
       rope.apply(qh + nope, pos + i, false);
     }
+  });
 
   // This chunk's raw KV rows: normalised, rotated (RopeTable::apply rounds to
   // bf16), NoPE dims FP8 fake-quantised per 64: the values the packed window
@@ -61,10 +62,10 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   kernels::quant_linear(x, n, weight_ref(w.wkv), kv.data());
   const std::vector<float> kv_norm = to_f32(w.kv_norm);
   kernels::rms_norm(kv.data(), n, hd, kv_norm.data(), ctx.eps(), kv.data());
-  for (int64_t i = 0; i < n; ++i) {
+  parallel_for_rows(n, hd, [&](int64_t i) {
     rope.apply(kv.data() + i * hd + nope, pos + i, false);
     kernels::fp8_fake_quant(kv.data() + i * hd, nope, 64);
-  }
+  });
 
   // Compressed entries completed in this chunk become visible to its later
   // queries. (Their NoPE dims are fp8_fake_quant'ed per 64 and their RoPE
@@ -147,9 +148,10 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   ScratchVector<float> o(n * heads * hd);
   kernels::sparse_attention(q.data(), n, heads, hd, rows.data(), idx.data(), width, sink.data(),
                             1.0f / std::sqrt(static_cast<float>(hd)), o.data());
-  for (int64_t i = 0; i < n; ++i)  // undo the rotation with the query's position
+  parallel_for_rows(n, heads * hd, [&](int64_t i) {  // undo the rotation with the query's position
     for (int64_t h = 0; h < heads; ++h)
       rope.apply(o.data() + (i * heads + h) * hd + nope, pos + i, true);
+  });
 
   // Grouped low-rank output: wo_a per group (the reference dequantises it to
   // bf16, exactly, and multiplies the bf16 o in a bf16 einsum: fp32

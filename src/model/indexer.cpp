@@ -23,7 +23,7 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
   // the same treatment in the compressor).
   ScratchVector<float> q(n * heads * hd);
   kernels::quant_linear(qr, n, weight_ref(w.wq_b), q.data());
-  for (int64_t i = 0; i < n; ++i)
+  parallel_for_rows(n, heads * hd, [&](int64_t i) {
     for (int64_t h = 0; h < heads; ++h) {
       float* qh = q.data() + (i * heads + h) * hd;
       rope.apply(qh + hd - rd, pos + i, false);
@@ -31,6 +31,7 @@ IndexerSelection indexer_forward(const ModelContext& ctx, const IndexerWeights& 
       kernels::bf16_round_inplace(qh, hd);
       kernels::fp4_fake_quant(qh, hd, 32);
     }
+  });
 
   // The keys come out of the compressor Hadamard-rotated, bf16 and
   // fp4_fake_quant'ed per 32: the FP4 cache holds them exactly.
