@@ -323,7 +323,10 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
   const Isa isa = simd ? active_isa() : Isa::kScalar;
   const int64_t grain = row_grain(w, m, 8);
   ScratchVector<uint16_t> bits;
-  ScratchVector<float> split;
+  const bool split_layout = isa != Isa::kScalar && !(isa == Isa::kAvx512 && bf16_values &&
+                                                     detail::fp8_bf16_dot_available());
+  // Odd/even copies (and for m = 1 the four-tile layout's), every element written below.
+  ScratchBuffer<float> split(split_layout ? (m == 1 ? 4 : 2) * m * (t.ldq / 2) : 0);
   if (isa == Isa::kAvx512 && bf16_values && detail::fp8_bf16_dot_available()) {
     bits.resize(m * t.ldq);  // bf16 values: the high halves of the floats
     parallel_for_rows(m, t.ldq, [&](int64_t i) {
@@ -335,7 +338,6 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
     // Odd and even elements per group of 32, times 2^8 (exact): the FMA kernels decode the
     // weights to value × 2^-8.
     const int64_t half = t.ldq / 2, n = m * half;
-    split.resize(2 * n);
     parallel_for_rows(m, t.ldq, [&](int64_t i) {
       for (int64_t p = 0; p < half; ++p) {
         const int64_t g = p / 16, j = p % 16, odd = 32 * g + 2 * j + 1;
@@ -348,7 +350,6 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
     if (m == 1) {
       // The four-tile step's layout (linear_simd.h): ×2^104 more, pairs in its lane order.
       static constexpr int kPair[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
-      split.resize(4 * n);
       for (int64_t p = 0; p < half; ++p) {
         const int64_t base = p / 16 * 16, from = base + kPair[p % 16];
         split[2 * n + p] = std::ldexp(split[from], 104);
@@ -388,13 +389,18 @@ detail::Fp8Task fp8_task(const WeightRef& w, int64_t m, float* y, int64_t ldy, b
 void fp8_quant_linear(const float* x, int64_t m, const WeightRef& w, float* y, bool round_bf16) {
   const int64_t in = w.in, tiles = (in + kFp8Block - 1) / kFp8Block;
   detail::Fp8Task t = fp8_task(w, m, y, w.out, round_bf16);
-  ScratchVector<float> q(m * t.ldq, 0.0f), scales(m * tiles);
+  ScratchBuffer<float> q(m * t.ldq), scales(m * tiles);
+  std::vector<uint8_t> row_finite(static_cast<size_t>(m));
   parallel_for_rows(m, in, [&](int64_t i) {
-    fp8_quantize(x + i * in, in, kFp8Block, q.data() + i * t.ldq, scales.data() + i * tiles);
+    float* qi = q.data() + i * t.ldq;
+    fp8_quantize(x + i * in, in, kFp8Block, qi, scales.data() + i * tiles);
+    std::fill(qi + in, qi + t.ldq, 0.0f);
+    row_finite[i] = std::all_of(qi, qi + in, [](float v) { return std::isfinite(v); });
   });
   t.scales = scales.data();
   // Non-finite activations (NaN codes, NaN bf16 payloads) are the scalar path's alone.
-  const bool finite = std::all_of(q.begin(), q.end(), [](float v) { return std::isfinite(v); });
+  const bool finite =
+      std::all_of(row_finite.begin(), row_finite.end(), [](uint8_t f) { return f; });
   run_fp8(t, q.data(), 0, w.out, true, finite);
 }
 

@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
+#include <type_traits>
 #include <vector>
 
 namespace dsv4 {
@@ -57,5 +58,29 @@ struct ScratchAllocator {
 // std::vector whose large buffers come from the scratch cache.
 template <class T>
 using ScratchVector = std::vector<T, ScratchAllocator<T>>;
+
+// n elements from the scratch cache, not initialised (a ScratchVector zeroes its elements in
+// one thread first: tens of MB per prefill call that parallel code then overwrites).
+template <class T>
+class ScratchBuffer {
+  static_assert(std::is_trivially_copyable_v<T> && std::is_trivially_destructible_v<T>);
+
+ public:
+  explicit ScratchBuffer(size_t n)
+      : n_(n), p_(n > 0 ? ScratchAllocator<T>().allocate(n) : nullptr) {}
+  ~ScratchBuffer() {
+    if (p_ != nullptr) ScratchAllocator<T>().deallocate(p_, n_);
+  }
+  ScratchBuffer(const ScratchBuffer&) = delete;
+  ScratchBuffer& operator=(const ScratchBuffer&) = delete;
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  size_t size() const { return n_; }
+  T& operator[](size_t i) { return p_[i]; }
+
+ private:
+  size_t n_;
+  T* p_;
+};
 
 }  // namespace dsv4

@@ -23,6 +23,26 @@ class Scratch : public ::testing::Test {
   void TearDown() override { scratch_release(); }
 };
 
+TEST_F(Scratch, BufferLeavesItsBlockUninitialisedAndReturnsIt) {
+  {
+    void* a = scratch_alloc(8 * kMB);
+    std::memset(a, 0x5A, 8 * kMB);
+    scratch_free(a, 8 * kMB);
+  }
+  const ScratchStats before = scratch_stats();
+  {
+    ScratchBuffer<uint8_t> b(8 * kMB);  // the cached block, as it was: no zeroing pass
+    ASSERT_EQ(b.size(), 8 * kMB);
+    EXPECT_EQ(b[0], 0x5A);
+    EXPECT_EQ(b[8 * kMB - 1], 0x5A);
+    EXPECT_EQ(scratch_stats().reused, before.reused + 1);
+    EXPECT_EQ(scratch_stats().cached_blocks, 0u);
+  }
+  EXPECT_EQ(scratch_stats().cached_blocks, 1u);  // back in the cache
+  ScratchBuffer<float> empty(0);
+  EXPECT_EQ(empty.data(), nullptr);
+}
+
 TEST_F(Scratch, ReusesAFreedLargeBlock) {
   const ScratchStats before = scratch_stats();
   void* a = scratch_alloc(8 * kMB);
