@@ -419,8 +419,11 @@ void quant_linear(const float* x, int64_t m, const WeightRef& w, float* y) {
   if (w.format == WeightFormat::kFP8) return fp8_quant_linear(x, m, w, y, true);
   const int64_t in = w.in;
   // Activation fake-quant: FP8 values times their block scale (exact in fp32).
-  ScratchVector<float> xq(x, x + m * in);
-  parallel_for_rows(m, in, [&](int64_t i) { fp8_fake_quant(xq.data() + i * in, in, kFp8Block); });
+  ScratchBuffer<float> xq(m * in);
+  parallel_for_rows(m, in, [&](int64_t i) {
+    std::copy(x + i * in, x + (i + 1) * in, xq.data() + i * in);
+    fp8_fake_quant(xq.data() + i * in, in, kFp8Block);
+  });
   detail::LinearTask t;
   t.w = &w;
   t.x = xq.data();

@@ -37,7 +37,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   kernels::quant_linear(x, n, weight_ref(w.wq_a), qr.data());
   const std::vector<float> q_norm = to_f32(w.q_norm);
   kernels::rms_norm(qr.data(), n, cfg.q_lora_rank, q_norm.data(), ctx.eps(), qr.data());
-  ScratchVector<float> q(n * heads * hd);
+  ScratchBuffer<float> q(n * heads * hd);  // every element written by quant_linear
   kernels::quant_linear(qr.data(), n, weight_ref(w.wq_b), q.data());
   parallel_for_rows(n, heads * hd, [&](int64_t i) {
     for (int64_t h = 0; h < heads; ++h) {
@@ -145,7 +145,7 @@ void attention_forward(const ModelContext& ctx, const AttentionWeights& w, Layer
   }
 
   const std::vector<float> sink = to_f32(w.attn_sink);
-  ScratchVector<float> o(n * heads * hd);
+  ScratchBuffer<float> o(n * heads * hd);  // every element written by sparse_attention
   kernels::sparse_attention(q.data(), n, heads, hd, rows.data(), idx.data(), width, sink.data(),
                             1.0f / std::sqrt(static_cast<float>(hd)), o.data());
   parallel_for_rows(n, heads * hd, [&](int64_t i) {  // undo the rotation with the query's position
