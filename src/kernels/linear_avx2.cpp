@@ -1071,57 +1071,38 @@ void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
 void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
   const WeightRef& w = *t.w;
   const int64_t in = w.in, tiles = (in + 127) / 128, groups = t.ldq / 32;
-  if (t.m == 1 && t.xo_q != nullptr) {
-    // Both block scales of a tile as one double factor, per block of 128 weight rows (× 2^8 for
-    // the four-tile step's sums, which come × 2^-8: exact, as is their conversion to double).
-    double* factor = thread_scratch(2 * tiles, 0);
-    double* factor_q = factor + tiles;
-    const int64_t quads = in / 512;  // whole 4-tile steps
-    for (int64_t r = r0; r < r1; ++r) {
-      if (r == r0 || r % 128 == 0)
-        for (int64_t b = 0; b < tiles; ++b) {
-          factor[b] = static_cast<double>(t.scales[b]) *
-                      static_cast<double>(weight_block_scale(w, (r / 128) * tiles + b));
-          factor_q[b] = factor[b] * 256.0;
-        }
-      const uint8_t* row = static_cast<const uint8_t*>(w.data) + r * in;
-      float acc = 0;
-      for (int64_t qd = 0; qd < quads; ++qd) {
-        const __m128 sums = fp8_quad_sums(row, t.xo_q, t.xe_q, 4 * qd);
-        alignas(16) float f[4];
-        _mm_store_ps(f, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(sums),
-                                                      _mm256_loadu_pd(factor_q + 4 * qd))));
-        acc += f[0];
-        acc += f[1];
-        acc += f[2];
-        acc += f[3];
-      }
-      for (int64_t b = 4 * quads; b < tiles; ++b) {  // the rest, a tile at a time
-        const float sum = fp8_tile_fma(t.xo, t.xe, 4 * b, std::min(groups, 4 * b + 4),
-                                       [&](int64_t g, __m256 wo[2], __m256 we[2]) {
-                                         fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
-                                       });
-        acc += static_cast<float>(static_cast<double>(sum) * factor[b]);
-      }
-      t.y[r - t.row_begin] = t.round_bf16 ? bf16_round(acc) : acc;
-    }
-    return;
-  }
   if (t.m > 1) return fp8_gemm(t, r0, r1);
-  // m = 1 without the four-tile layout: a tile at a time.
+  // m = 1: run_fp8 always lays the activations out for the four-tile step (xo_q, xe_q).
+  // Both block scales of a tile as one double factor, per block of 128 weight rows (× 2^8 for
+  // the four-tile step's sums, which come × 2^-8: exact, as is their conversion to double).
+  double* factor = thread_scratch(2 * tiles, 0);
+  double* factor_q = factor + tiles;
+  const int64_t quads = in / 512;  // whole 4-tile steps
   for (int64_t r = r0; r < r1; ++r) {
+    if (r == r0 || r % 128 == 0)
+      for (int64_t b = 0; b < tiles; ++b) {
+        factor[b] = static_cast<double>(t.scales[b]) *
+                    static_cast<double>(weight_block_scale(w, (r / 128) * tiles + b));
+        factor_q[b] = factor[b] * 256.0;
+      }
     const uint8_t* row = static_cast<const uint8_t*>(w.data) + r * in;
     float acc = 0;
-    for (int64_t b = 0; b < tiles; ++b) {
-      const float sum = fp8_tile_fma(
-          t.xo, t.xe, 4 * b, std::min(groups, 4 * b + 4),
-          [&](int64_t g, __m256 wo[2], __m256 we[2]) {
-            _mm_prefetch(reinterpret_cast<const char*>(row + 32 * g + 2048), _MM_HINT_T0);
-            fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
-          });
-      const double scale = static_cast<double>(t.scales[b]) *
-                           static_cast<double>(weight_block_scale(w, (r / 128) * tiles + b));
-      acc += static_cast<float>(static_cast<double>(sum) * scale);
+    for (int64_t qd = 0; qd < quads; ++qd) {
+      const __m128 sums = fp8_quad_sums(row, t.xo_q, t.xe_q, 4 * qd);
+      alignas(16) float f[4];
+      _mm_store_ps(f, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(sums),
+                                                    _mm256_loadu_pd(factor_q + 4 * qd))));
+      acc += f[0];
+      acc += f[1];
+      acc += f[2];
+      acc += f[3];
+    }
+    for (int64_t b = 4 * quads; b < tiles; ++b) {  // the rest, a tile at a time
+      const float sum = fp8_tile_fma(t.xo, t.xe, 4 * b, std::min(groups, 4 * b + 4),
+                                     [&](int64_t g, __m256 wo[2], __m256 we[2]) {
+                                       fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
+                                     });
+      acc += static_cast<float>(static_cast<double>(sum) * factor[b]);
     }
     t.y[r - t.row_begin] = t.round_bf16 ? bf16_round(acc) : acc;
   }
