@@ -6,6 +6,7 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 
 #include "kernels/isa.h"
 #include "kernels/numerics.h"
@@ -444,53 +445,41 @@ void sparse_attention(const float* q, int64_t m, int64_t heads, int64_t dim,
       }
       for (int64_t b0 = 0; b0 < width; b0 += kTile) {
         const int64_t b1 = std::min(width, b0 + kTile);
+        // The tile's listed rows in passes of R over the group's queries (AVX-512: 4, one pass
+        // per row read the group's 64 KB of packed queries from L2 for every row; AVX2: 2).
+        const auto score_listed = [&](auto rows_per_pass, auto dot) {
+          constexpr int64_t R = decltype(rows_per_pass)::value;
+          int64_t listed[R], n = 0;
+          const auto flush = [&] {
+            const float* rows_r[R];
+            for (int64_t j = 0; j < R; ++j) rows_r[j] = kv_rows[row[listed[j < n ? j : 0]]];
+            double dots[R][kGroup];
+            dot(rows_r, dots);
+            for (int64_t j = 0; j < n; ++j)
+              for (int64_t g = 0; g < nh; ++g)
+                z[g * kTile + listed[j] - b0] = static_cast<float>(dots[j][g]) * scale;
+            n = 0;
+          };
+          for (int64_t e = b0; e < b1; ++e) {
+            if (row[e] < 0) {
+              for (int64_t g = 0; g < nh; ++g) z[g * kTile + e - b0] = kNegInf;
+              continue;
+            }
+            listed[n++] = e;
+            if (n == R) flush();
+          }
+          if (n > 0) flush();
+        };
         if (avx512) {
-          // Four listed rows per pass over the packed queries (one pass per row read the
-          // group's 64 KB of queries from L2 for every row).
-          int64_t listed[kRowsPerPass], n = 0;
-          const auto flush = [&] {
-            const float* rows4[kRowsPerPass];
-            for (int64_t j = 0; j < kRowsPerPass; ++j)
-              rows4[j] = kv_rows[row[listed[j < n ? j : 0]]];
-            double dots[kRowsPerPass][kGroup];
-            dot_f64_head_pairs4(qp.data(), dim, nh, rows4, dots);
-            for (int64_t j = 0; j < n; ++j)
-              for (int64_t g = 0; g < nh; ++g)
-                z[g * kTile + listed[j] - b0] = static_cast<float>(dots[j][g]) * scale;
-            n = 0;
-          };
-          for (int64_t e = b0; e < b1; ++e) {
-            if (row[e] < 0) {
-              for (int64_t g = 0; g < nh; ++g) z[g * kTile + e - b0] = kNegInf;
-              continue;
-            }
-            listed[n++] = e;
-            if (n == kRowsPerPass) flush();
-          }
-          if (n > 0) flush();
+          score_listed(std::integral_constant<int64_t, kRowsPerPass>{},
+                       [&](const float* const* rows_r, double(*dots)[kGroup]) {
+                         dot_f64_head_pairs4(qp.data(), dim, nh, rows_r, dots);
+                       });
         } else if (avx2) {
-          // Two listed rows per pass over the queries (packed as doubles once per task).
-          int64_t listed[kRowsPerPassAvx2], n = 0;
-          const auto flush = [&] {
-            const float* rows2[kRowsPerPassAvx2];
-            for (int64_t j = 0; j < kRowsPerPassAvx2; ++j)
-              rows2[j] = kv_rows[row[listed[j < n ? j : 0]]];
-            double dots[kRowsPerPassAvx2][kGroup];
-            dot_f64_heads2_avx2(qp.data(), dim, nh, rows2, dots);
-            for (int64_t j = 0; j < n; ++j)
-              for (int64_t g = 0; g < nh; ++g)
-                z[g * kTile + listed[j] - b0] = static_cast<float>(dots[j][g]) * scale;
-            n = 0;
-          };
-          for (int64_t e = b0; e < b1; ++e) {
-            if (row[e] < 0) {
-              for (int64_t g = 0; g < nh; ++g) z[g * kTile + e - b0] = kNegInf;
-              continue;
-            }
-            listed[n++] = e;
-            if (n == kRowsPerPassAvx2) flush();
-          }
-          if (n > 0) flush();
+          score_listed(std::integral_constant<int64_t, kRowsPerPassAvx2>{},
+                       [&](const float* const* rows_r, double(*dots)[kGroup]) {
+                         dot_f64_heads2_avx2(qp.data(), dim, nh, rows_r, dots);
+                       });
         } else {
           for (int64_t e = b0; e < b1; ++e) {
             const float* kr = row[e] >= 0 ? kv_rows[row[e]] : nullptr;
