@@ -824,7 +824,8 @@ inline float fp8_tile_fma(const float* xo, const float* xe, int64_t g0, int64_t 
 // Then linear_dot_pairs_f32's two FMAs per lane. The four tiles' chains (8 accumulators) run
 // side by side — one tile at a time left each group behind two dependent FMAs — and their
 // trees reduce together: the tile sums × 2^-8 of tiles b0 .. b0 + 3.
-inline __m128 fp8_quad_sums(const uint8_t* row, const float* xo, const float* xe, int64_t b0) {
+inline __m128 fp8_quad_sums(const uint8_t* row, const float* xo, const float* xe, int64_t b0,
+                            int64_t prefetch = kPrefetchBytes) {
   const __m256i low4 = _mm256_set1_epi8(0x0F),
                 high = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
   // Byte 2 of the float: low nibble << 4; byte 3: sign and exponent bits 3..1 (high nibble).
@@ -842,7 +843,7 @@ inline __m128 fp8_quad_sums(const uint8_t* row, const float* xo, const float* xe
     for (int q = 0; q < 4; ++q) {
       const int64_t gg = 4 * (b0 + q) + g;
       const uint8_t* p = row + 32 * gg;
-      _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(p + prefetch), _MM_HINT_T0);
       const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
       const __m256i b2 = _mm256_shuffle_epi8(byte2, _mm256_and_si256(v, low4));
       const __m256i b3 =
@@ -886,6 +887,10 @@ constexpr int64_t kFp8BlockRows = 64, kFp8ChunkTiles = 2;
 constexpr int64_t kFp8TileFloats = 16 * 4 * 2 * 8;
 
 constexpr int kFp8RowsPerStep = 6;  // activation rows per register block
+
+// m = 1: four-tile steps per K chunk (4096 values: 16 KB of activations, half of Zen 1's L1)
+// and rows per block that meet a chunk in turn.
+constexpr int64_t kFp8ChunkQuads = 8, kFp8BlockRowsM1 = 8;
 
 // The decoded tile of MI activation rows, packed at xp (lane j, group g, h = 0 odd / 1 even,
 // row ii at ((j·4 + g)·2 + h)·kFp8RowsPerStep + ii: one base pointer, and no 4 KB-aliased row
@@ -1078,33 +1083,59 @@ void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
   double* factor = thread_scratch(2 * tiles, 0);
   double* factor_q = factor + tiles;
   const int64_t quads = in / 512;  // whole 4-tile steps
-  for (int64_t r = r0; r < r1; ++r) {
-    if (r == r0 || r % 128 == 0)
+  const uint8_t* data = static_cast<const uint8_t*>(w.data);
+  // Rows wider than kFp8ChunkQuads steps (wo_b: 8192) would stream 32 KB of activations per
+  // row through L1 beside the weights; a block of rows takes them a K chunk at a time instead
+  // (each row's tiles still added in ascending K), so a chunk's activations stay in L1. Each
+  // row chunk prefetches the one read after it.
+  const int64_t chunk = quads > kFp8ChunkQuads ? kFp8ChunkQuads : std::max<int64_t>(quads, 1);
+  for (int64_t rb = r0; rb < r1;) {
+    // A block never straddles a 128-row scale block.
+    const int64_t re = std::min({r1, rb + kFp8BlockRowsM1, (rb / 128 + 1) * 128});
+    if (rb == r0 || rb % 128 == 0)
       for (int64_t b = 0; b < tiles; ++b) {
         factor[b] = static_cast<double>(t.scales[b]) *
-                    static_cast<double>(weight_block_scale(w, (r / 128) * tiles + b));
+                    static_cast<double>(weight_block_scale(w, (rb / 128) * tiles + b));
         factor_q[b] = factor[b] * 256.0;
       }
-    const uint8_t* row = static_cast<const uint8_t*>(w.data) + r * in;
-    float acc = 0;
-    for (int64_t qd = 0; qd < quads; ++qd) {
-      const __m128 sums = fp8_quad_sums(row, t.xo_q, t.xe_q, 4 * qd);
-      alignas(16) float f[4];
-      _mm_store_ps(f, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(sums),
-                                                    _mm256_loadu_pd(factor_q + 4 * qd))));
-      acc += f[0];
-      acc += f[1];
-      acc += f[2];
-      acc += f[3];
+    float acc[kFp8BlockRowsM1] = {};
+    for (int64_t q0 = 0; q0 < quads; q0 += chunk) {
+      const int64_t q1 = std::min(quads, q0 + chunk);
+      for (int64_t r = rb; r < re; ++r) {
+        const uint8_t* row = data + r * in;
+        // The next row chunk read: the next row's, the block's first row's next chunk, or the
+        // next block's first chunk (none past the task).
+        const int64_t next = r + 1 < re      ? in
+                             : q1 < quads    ? (rb - r) * in + 512 * (q1 - q0)
+                             : re < r1       ? (re - r) * in - 512 * q0
+                                             : 0;
+        const int64_t prefetch = chunk == quads ? kPrefetchBytes : next;
+        float& a = acc[r - rb];
+        for (int64_t qd = q0; qd < q1; ++qd) {
+          const __m128 sums = fp8_quad_sums(row, t.xo_q, t.xe_q, 4 * qd, prefetch);
+          alignas(16) float f[4];
+          _mm_store_ps(f, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(sums),
+                                                        _mm256_loadu_pd(factor_q + 4 * qd))));
+          a += f[0];
+          a += f[1];
+          a += f[2];
+          a += f[3];
+        }
+      }
     }
-    for (int64_t b = 4 * quads; b < tiles; ++b) {  // the rest, a tile at a time
-      const float sum = fp8_tile_fma(t.xo, t.xe, 4 * b, std::min(groups, 4 * b + 4),
-                                     [&](int64_t g, __m256 wo[2], __m256 we[2]) {
-                                       fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
-                                     });
-      acc += static_cast<float>(static_cast<double>(sum) * factor[b]);
+    for (int64_t r = rb; r < re; ++r) {
+      const uint8_t* row = data + r * in;
+      float a = acc[r - rb];
+      for (int64_t b = 4 * quads; b < tiles; ++b) {  // the rest, a tile at a time
+        const float sum = fp8_tile_fma(t.xo, t.xe, 4 * b, std::min(groups, 4 * b + 4),
+                                       [&](int64_t g, __m256 wo[2], __m256 we[2]) {
+                                         fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
+                                       });
+        a += static_cast<float>(static_cast<double>(sum) * factor[b]);
+      }
+      t.y[r - t.row_begin] = t.round_bf16 ? bf16_round(a) : a;
     }
-    t.y[r - t.row_begin] = t.round_bf16 ? bf16_round(acc) : acc;
+    rb = re;
   }
 }
 

@@ -659,9 +659,11 @@ TEST(Fp8Linear, PairsOrderIsNotTheExactTileSum) {
 TEST(Fp8Linear, SimdMatchesScalarFp32Accumulators) {
   IsaGuard guard;
   // in = 1700 and 2176: whole blocks of eight and four tiles, single tiles and a partial one
-  // (the matrix-vector kernel's three loops).
-  const int64_t shapes[][2] = {{1, 1},     {3, 100},   {7, 128},  {131, 300},
-                               {260, 257}, {33, 1000}, {9, 1700}, {4, 2176}};
+  // (the matrix-vector kernel's three loops). in = 4736: the AVX2 matrix-vector kernel's K
+  // chunks (8 four-tile steps, then 1, then single tiles) over blocks of rows, 140 rows
+  // crossing a 128-row scale block.
+  const int64_t shapes[][2] = {{1, 1},     {3, 100},   {7, 128},  {131, 300}, {260, 257},
+                               {33, 1000}, {9, 1700},  {4, 2176}, {140, 4736}};
   uint32_t seed = 320;
   for (const auto& s : shapes)
     for (bool f32_scale : {false, true}) {
