@@ -1105,10 +1105,10 @@ void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
         const uint8_t* row = data + r * in;
         // The next row chunk read: the next row's, the block's first row's next chunk, or the
         // next block's first chunk (none past the task).
-        const int64_t next = r + 1 < re      ? in
-                             : q1 < quads    ? (rb - r) * in + 512 * (q1 - q0)
-                             : re < r1       ? (re - r) * in - 512 * q0
-                                             : 0;
+        const int64_t next = r + 1 < re   ? in
+                             : q1 < quads ? (rb - r) * in + 512 * (q1 - q0)
+                             : re < r1    ? (re - r) * in - 512 * q0
+                                          : 0;
         const int64_t prefetch = chunk == quads ? kPrefetchBytes : next;
         float& a = acc[r - rb];
         for (int64_t qd = q0; qd < q1; ++qd) {
