@@ -1080,8 +1080,17 @@ void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
   // m = 1: run_fp8 always lays the activations out for the four-tile step (xo_q, xe_q).
   // Both block scales of a tile as one double factor, per block of 128 weight rows (× 2^8 for
   // the four-tile step's sums, which come × 2^-8: exact, as is their conversion to double).
-  double* factor = thread_scratch(2 * tiles, 0);
+  // Where that factor is a float (always with E8M0 scales inside float's range), one fp32
+  // multiply rounds the same exact product as the double one: T has 24 significant bits and
+  // the factor 24, so double(T) · factor is exact and its rounding to float is the IEEE float
+  // product's rounding (subnormal results included).
+  double* factor = thread_scratch(2 * tiles + tiles / 2 + 1, 0);
   double* factor_q = factor + tiles;
+  float* factor_qf = reinterpret_cast<float*>(factor_q + tiles);
+  bool float_factors = false;
+  // The tile values of a block of rows, [tile][row in block]: each row's tiles are added in
+  // ascending K as the scalar path does, eight rows a vector at a time.
+  float* tile_values = reinterpret_cast<float*>(thread_scratch(tiles * kFp8BlockRowsM1 / 2, 1));
   const int64_t quads = in / 512;  // whole 4-tile steps
   const uint8_t* data = static_cast<const uint8_t*>(w.data);
   // Rows wider than kFp8ChunkQuads steps (wo_b: 8192) would stream 32 KB of activations per
@@ -1092,13 +1101,16 @@ void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
   for (int64_t rb = r0; rb < r1;) {
     // A block never straddles a 128-row scale block.
     const int64_t re = std::min({r1, rb + kFp8BlockRowsM1, (rb / 128 + 1) * 128});
-    if (rb == r0 || rb % 128 == 0)
+    if (rb == r0 || rb % 128 == 0) {
+      float_factors = true;
       for (int64_t b = 0; b < tiles; ++b) {
         factor[b] = static_cast<double>(t.scales[b]) *
                     static_cast<double>(weight_block_scale(w, (rb / 128) * tiles + b));
         factor_q[b] = factor[b] * 256.0;
+        factor_qf[b] = static_cast<float>(factor_q[b]);
+        float_factors = float_factors && static_cast<double>(factor_qf[b]) == factor_q[b];
       }
-    float acc[kFp8BlockRowsM1] = {};
+    }
     for (int64_t q0 = 0; q0 < quads; q0 += chunk) {
       const int64_t q1 = std::min(quads, q0 + chunk);
       for (int64_t r = rb; r < re; ++r) {
@@ -1110,31 +1122,39 @@ void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
                              : re < r1    ? (re - r) * in - 512 * q0
                                           : 0;
         const int64_t prefetch = chunk == quads ? kPrefetchBytes : next;
-        float& a = acc[r - rb];
+        float* tv = tile_values + (r - rb);
         for (int64_t qd = q0; qd < q1; ++qd) {
           const __m128 sums = fp8_quad_sums(row, t.xo_q, t.xe_q, 4 * qd, prefetch);
-          alignas(16) float f[4];
-          _mm_store_ps(f, _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(sums),
-                                                        _mm256_loadu_pd(factor_q + 4 * qd))));
-          a += f[0];
-          a += f[1];
-          a += f[2];
-          a += f[3];
+          const __m128 v = float_factors
+                               ? _mm_mul_ps(sums, _mm_loadu_ps(factor_qf + 4 * qd))
+                               : _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(sums),
+                                                               _mm256_loadu_pd(factor_q + 4 * qd)));
+          float* dst = tv + 4 * qd * kFp8BlockRowsM1;
+          _mm_store_ss(dst, v);
+          dst[kFp8BlockRowsM1] = _mm_cvtss_f32(_mm_movehdup_ps(v));
+          dst[2 * kFp8BlockRowsM1] = _mm_cvtss_f32(_mm_movehl_ps(v, v));
+          dst[3 * kFp8BlockRowsM1] = _mm_cvtss_f32(_mm_shuffle_ps(v, v, 3));
         }
       }
     }
     for (int64_t r = rb; r < re; ++r) {
       const uint8_t* row = data + r * in;
-      float a = acc[r - rb];
       for (int64_t b = 4 * quads; b < tiles; ++b) {  // the rest, a tile at a time
         const float sum = fp8_tile_fma(t.xo, t.xe, 4 * b, std::min(groups, 4 * b + 4),
                                        [&](int64_t g, __m256 wo[2], __m256 we[2]) {
                                          fp8_group_odd_even(row + 32 * g, in - 32 * g, wo, we);
                                        });
-        a += static_cast<float>(static_cast<double>(sum) * factor[b]);
+        tile_values[b * kFp8BlockRowsM1 + (r - rb)] =
+            static_cast<float>(static_cast<double>(sum) * factor[b]);
       }
-      t.y[r - t.row_begin] = t.round_bf16 ? bf16_round(a) : a;
     }
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < tiles; ++b)
+      acc = _mm256_add_ps(acc, _mm256_load_ps(tile_values + b * kFp8BlockRowsM1));
+    alignas(32) float out[kFp8BlockRowsM1];
+    _mm256_store_ps(out, acc);
+    for (int64_t r = rb; r < re; ++r)
+      t.y[r - t.row_begin] = t.round_bf16 ? bf16_round(out[r - rb]) : out[r - rb];
     rb = re;
   }
 }

@@ -662,8 +662,8 @@ TEST(Fp8Linear, SimdMatchesScalarFp32Accumulators) {
   // (the matrix-vector kernel's three loops). in = 4736: the AVX2 matrix-vector kernel's K
   // chunks (8 four-tile steps, then 1, then single tiles) over blocks of rows, 140 rows
   // crossing a 128-row scale block.
-  const int64_t shapes[][2] = {{1, 1},     {3, 100},   {7, 128},  {131, 300}, {260, 257},
-                               {33, 1000}, {9, 1700},  {4, 2176}, {140, 4736}};
+  const int64_t shapes[][2] = {{1, 1},     {3, 100},  {7, 128},  {131, 300}, {260, 257},
+                               {33, 1000}, {9, 1700}, {4, 2176}, {140, 4736}};
   uint32_t seed = 320;
   for (const auto& s : shapes)
     for (bool f32_scale : {false, true}) {
@@ -682,6 +682,36 @@ TEST(Fp8Linear, SimdMatchesScalarFp32Accumulators) {
         }
       }
     }
+}
+
+// A tile's two block scales times 2^8 as one factor past float's range (weight scale 2^127,
+// activations up to 2^12: the factor is 2^139) while the tile value stays finite (tiny weights):
+// a kernel that scaled in fp32 with the factor rounded to float would give inf. (With E8M0
+// scales the factor never falls below 2^-141: activation scales stop at 1e-4 / 448.)
+TEST(Fp8Linear, TileFactorsPastFloatRangeMatchScalar) {
+  IsaGuard guard;
+  const int64_t out = 16, in = 512;
+  TestWeight w = make_weight(WeightFormat::kFP8, out, in, 90);
+  std::mt19937 rng(91);
+  for (int64_t o = 0; o < out; ++o)
+    for (int64_t k = 0; k < in; ++k) {
+      uint8_t code = 0;
+      if (o < 8 && k >= 128 && k < 256 && k != 130) code = 0x01;              // 2^-9
+      if (o >= 8 && k >= 256 && k < 384) code = static_cast<uint8_t>(rng());  // any
+      if ((code & 0x7f) == 0x7f) code = 0x7e;
+      w.data[kMisalign + o * in + k] = code;
+    }
+  const uint8_t scales[4] = {127, 254, 127, 127};  // 1, 2^127, 1, 1
+  for (int b = 0; b < 4; ++b) w.scale[kMisalign + b] = scales[b];
+  std::vector<float> x = make_activations(1, in, 92);
+  for (int64_t k = 128; k < 256; ++k) x[k] = std::ldexp(1.0f, -5);
+  x[130] = std::ldexp(1.0f, 12);
+  const std::vector<float> want = run_fp8_f32(Isa::kScalar, x, 1, w.ref);
+  for (int64_t o = 0; o < 8; ++o) {
+    ASSERT_TRUE(std::isfinite(want[o])) << "row " << o;
+    ASSERT_GT(std::fabs(want[o]), std::ldexp(1.0f, 100)) << "row " << o;
+  }
+  for (Isa isa : simd_isas()) expect_bits_equal(want, run_fp8_f32(isa, x, 1, w.ref), isa_name(isa));
 }
 
 TEST(Fp8Linear, Bf16DotPathIsUsedWhereAvailable) {
