@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kernels/avx2_helpers.h"
+#include "kernels/dispatch.h"
 #include "kernels/linear_simd.h"
 #include "kernels/numerics.h"
 #include "util/threadpool.h"
@@ -184,20 +185,8 @@ inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* 
 template <int NV>
 inline void rows_step_any(int mi, const LinearTask& t, const Fp4F32Acts& acts, const float* wt,
                           int64_t i, int64_t r, int nr, int64_t c0, int64_t nc) {
-  switch (mi) {
-    case 1:
-      return rows_step<1, NV>(t, acts, wt, i, r, nr, c0, nc);
-    case 2:
-      return rows_step<2, NV>(t, acts, wt, i, r, nr, c0, nc);
-    case 3:
-      return rows_step<3, NV>(t, acts, wt, i, r, nr, c0, nc);
-    case 4:
-      return rows_step<4, NV>(t, acts, wt, i, r, nr, c0, nc);
-    case 5:
-      return rows_step<5, NV>(t, acts, wt, i, r, nr, c0, nc);
-    default:
-      return rows_step<6, NV>(t, acts, wt, i, r, nr, c0, nc);
-  }
+  with_block_size<kRowsPerStep>(
+      mi, [&](auto rows) { rows_step<decltype(rows)::value, NV>(t, acts, wt, i, r, nr, c0, nc); });
 }
 
 }  // namespace

@@ -323,11 +323,11 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
   const Isa isa = simd ? active_isa() : Isa::kScalar;
   const int64_t grain = row_grain(w, m, 8);
   ScratchVector<uint16_t> bits;
-  const bool split_layout = isa != Isa::kScalar && !(isa == Isa::kAvx512 && bf16_values &&
-                                                     detail::fp8_bf16_dot_available());
+  const bool bf16_dot = isa == Isa::kAvx512 && bf16_values && detail::fp8_bf16_dot_available();
+  const bool split_layout = isa != Isa::kScalar && !bf16_dot;
   // Odd/even copies (and for m = 1 the four-tile layout's), every element written below.
   ScratchBuffer<float> split(split_layout ? (m == 1 ? 4 : 2) * m * (t.ldq / 2) : 0);
-  if (isa == Isa::kAvx512 && bf16_values && detail::fp8_bf16_dot_available()) {
+  if (bf16_dot) {
     bits.resize(m * t.ldq);  // bf16 values: the high halves of the floats
     parallel_for_rows(m, t.ldq, [&](int64_t i) {
       for (int64_t k = i * t.ldq; k < (i + 1) * t.ldq; ++k)

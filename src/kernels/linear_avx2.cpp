@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "kernels/avx2_helpers.h"
+#include "kernels/dispatch.h"
 #include "kernels/linear_simd.h"
 #include "kernels/numerics.h"
 
@@ -545,14 +546,8 @@ void plain_lanes_block(const LinearTask& t, const double* wt, int64_t steps, int
 template <int NV>
 void plain_lanes_any(int mi, const LinearTask& t, const double* wt, int64_t steps, int64_t i,
                      int64_t r, int nr) {
-  switch (mi) {
-    case 1:
-      return plain_lanes_block<1, NV>(t, wt, steps, i, r, nr);
-    case 2:
-      return plain_lanes_block<2, NV>(t, wt, steps, i, r, nr);
-    default:
-      return plain_lanes_block<3, NV>(t, wt, steps, i, r, nr);
-  }
+  with_block_size<3>(
+      mi, [&](auto rows) { plain_lanes_block<decltype(rows)::value, NV>(t, wt, steps, i, r, nr); });
 }
 
 void plain_gemm_lanes(const LinearTask& t, int64_t r0, int64_t r1) {
@@ -952,20 +947,9 @@ template <int NV>
 inline void fp8_lanes_tile_any(int mi, const float* wt, int64_t vstride, const float* xp,
                                int64_t ng, const double* xs, const double* ws, float* y,
                                int64_t ldy, int nr) {
-  switch (mi) {
-    case 1:
-      return fp8_lanes_tile<1, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
-    case 2:
-      return fp8_lanes_tile<2, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
-    case 3:
-      return fp8_lanes_tile<3, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
-    case 4:
-      return fp8_lanes_tile<4, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
-    case 5:
-      return fp8_lanes_tile<5, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
-    default:
-      return fp8_lanes_tile<6, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
-  }
+  with_block_size<kFp8RowsPerStep>(mi, [&](auto rows) {
+    fp8_lanes_tile<decltype(rows)::value, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
+  });
 }
 
 void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {

@@ -8,6 +8,7 @@
 #include <numeric>
 #include <type_traits>
 
+#include "kernels/dispatch.h"
 #include "kernels/isa.h"
 #include "kernels/numerics.h"
 #include "util/error.h"
@@ -329,26 +330,9 @@ constexpr int64_t kRowsPerPassAvx2 = 2, kHeadsPerBlockAvx2 = 6;
 void dot_f64_heads2_avx2(const double* qd, int64_t dim, int64_t n, const float* const* b,
                          double (*out)[16]) {
   for (int64_t h0 = 0; h0 < n; h0 += kHeadsPerBlockAvx2) {
-    switch (std::min(kHeadsPerBlockAvx2, n - h0)) {
-      case 1:
-        dot_f64_block_avx2<2, 1>(qd, dim, h0, b, out);
-        break;
-      case 2:
-        dot_f64_block_avx2<2, 2>(qd, dim, h0, b, out);
-        break;
-      case 3:
-        dot_f64_block_avx2<2, 3>(qd, dim, h0, b, out);
-        break;
-      case 4:
-        dot_f64_block_avx2<2, 4>(qd, dim, h0, b, out);
-        break;
-      case 5:
-        dot_f64_block_avx2<2, 5>(qd, dim, h0, b, out);
-        break;
-      default:
-        dot_f64_block_avx2<2, 6>(qd, dim, h0, b, out);
-        break;
-    }
+    detail::with_block_size<kHeadsPerBlockAvx2>(static_cast<int>(n - h0), [&](auto heads) {
+      dot_f64_block_avx2<2, decltype(heads)::value>(qd, dim, h0, b, out);
+    });
   }
 }
 
@@ -387,26 +371,9 @@ void pv_block_avx2(double* acc, int64_t g0, int64_t dim, const float* const* row
 void pv_tile_avx2(double* acc, int64_t nh, int64_t dim, const float* const* rows, int64_t n_rows,
                   const double* p, int64_t ldp, const float* rescale, const bool* active) {
   for (int64_t g0 = 0; g0 < nh; g0 += kHeadsPerBlockAvx2) {
-    switch (std::min(kHeadsPerBlockAvx2, nh - g0)) {
-      case 1:
-        pv_block_avx2<1>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
-        break;
-      case 2:
-        pv_block_avx2<2>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
-        break;
-      case 3:
-        pv_block_avx2<3>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
-        break;
-      case 4:
-        pv_block_avx2<4>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
-        break;
-      case 5:
-        pv_block_avx2<5>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
-        break;
-      default:
-        pv_block_avx2<6>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
-        break;
-    }
+    detail::with_block_size<kHeadsPerBlockAvx2>(static_cast<int>(nh - g0), [&](auto heads) {
+      pv_block_avx2<decltype(heads)::value>(acc, g0, dim, rows, n_rows, p, ldp, rescale, active);
+    });
   }
 }
 
