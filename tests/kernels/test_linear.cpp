@@ -466,6 +466,23 @@ TestWeight fp4_equal_rows(int64_t out, const std::vector<uint8_t>& codes, uint8_
   return w;
 }
 
+// One FP4 tile case of the AVX2 matrix-matrix kernel's fp32 bounds: every output row holds
+// `codes` (E8M0 scale byte `scale`), both activation rows are row_x; the scalar path must give
+// `expected` everywhere and every SIMD path its bits.
+namespace {
+void expect_fp4_rows(const std::vector<uint8_t>& codes, const std::vector<float>& row_x,
+                     uint8_t scale, float expected, const std::string& what) {
+  const int64_t out = 3, m = 2;
+  const TestWeight w = fp4_equal_rows(out, codes, scale);
+  std::vector<float> x;
+  for (int64_t i = 0; i < m; ++i) x.insert(x.end(), row_x.begin(), row_x.end());
+  const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+  for (float v : want) ASSERT_EQ(v, expected) << what << ", scalar";
+  for (Isa isa : simd_isas())
+    expect_bits_equal(want, run_quant(isa, x, m, w.ref), what + " " + isa_name(isa));
+}
+}  // namespace
+
 TEST(QuantLinear, Fp4SplitTileIsRoundedOnce) {
   // The AVX2 matrix-matrix kernel sums a tile too wide for fp32 as two parts, each exact in
   // fp32, and must add their sum to the row's running fp32 sum (one rounding of the exact tile
@@ -474,21 +491,13 @@ TEST(QuantLinear, Fp4SplitTileIsRoundedOnce) {
   // so the row is −32640 + 2^16 = 32896, bf16 32768; adding the parts in turn gives
   // 32896 + 2^-8 (exact), bf16 33024.
   IsaGuard guard;
-  const int64_t in = 64, out = 3, m = 2;
-  std::vector<uint8_t> codes(in, 0);
-  std::vector<float> row_x(in, 0.0f);
+  std::vector<uint8_t> codes(64, 0);
+  std::vector<float> row_x(64, 0.0f);
   for (int k = 0; k < 8; ++k) codes[k] = 14, row_x[k] = 256.0f;
   codes[8] = 1, row_x[8] = 64.0f;
   for (int k = 32; k < 48; ++k) codes[k] = 6, row_x[k] = 256.0f;
   codes[48] = 1, row_x[48] = std::ldexp(1.0f, -9);
-  const TestWeight w = fp4_equal_rows(out, codes, 129);
-  std::vector<float> x;
-  for (int64_t i = 0; i < m; ++i) x.insert(x.end(), row_x.begin(), row_x.end());
-  const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
-  for (float v : want) ASSERT_EQ(v, 32768.0f);
-  for (Isa isa : simd_isas())
-    expect_bits_equal(want, run_quant(isa, x, m, w.ref),
-                      std::string("fp4 split tile ") + isa_name(isa));
+  expect_fp4_rows(codes, row_x, 129, 32768.0f, "fp4 split tile");
 }
 
 TEST(QuantLinear, Fp4TileExactInFp32OnlyWithinItsBound) {
@@ -498,20 +507,12 @@ TEST(QuantLinear, Fp4TileExactInFp32OnlyWithinItsBound) {
   // is a float. After tile 0 (128·0.5 = 64) the row is 16448 + 2^-9, bf16 16512; with the
   // units lost 16448, bf16 16384.
   IsaGuard guard;
-  const int64_t in = 64, out = 3, m = 2;
-  std::vector<uint8_t> codes(in, 0);
-  std::vector<float> row_x(in, 0.0f);
+  std::vector<uint8_t> codes(64, 0);
+  std::vector<float> row_x(64, 0.0f);
   codes[0] = 1, row_x[0] = 128.0f;
   for (int k = 32; k < 48; ++k) codes[k] = 6, row_x[k] = 256.0f;
   for (int k : {48, 49}) codes[k] = 1, row_x[k] = std::ldexp(1.0f, -9);
-  const TestWeight w = fp4_equal_rows(out, codes, 127);
-  std::vector<float> x;
-  for (int64_t i = 0; i < m; ++i) x.insert(x.end(), row_x.begin(), row_x.end());
-  const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
-  for (float v : want) ASSERT_EQ(v, 16512.0f);
-  for (Isa isa : simd_isas())
-    expect_bits_equal(want, run_quant(isa, x, m, w.ref),
-                      std::string("fp4 fp32 bound ") + isa_name(isa));
+  expect_fp4_rows(codes, row_x, 127, 16512.0f, "fp4 fp32 bound");
 }
 
 TEST(QuantLinear, Fp4TilesAddInFp32InAscendingK) {
