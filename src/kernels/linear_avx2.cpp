@@ -1075,6 +1075,9 @@ void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
   // The tile values of a block of rows, [tile][row in block]: each row's tiles are added in
   // ascending K as the scalar path does, eight rows a vector at a time.
   float* tile_values = reinterpret_cast<float*>(thread_scratch(tiles * kFp8BlockRowsM1 / 2, 1));
+  // A partial block leaves lanes unwritten; they are added too (and discarded), so they must
+  // hold numbers.
+  std::fill_n(tile_values, tiles * kFp8BlockRowsM1, 0.0f);
   const int64_t quads = in / 512;  // whole 4-tile steps
   const uint8_t* data = static_cast<const uint8_t*>(w.data);
   // Rows wider than kFp8ChunkQuads steps (wo_b: 8192) would stream 32 KB of activations per
