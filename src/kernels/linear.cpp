@@ -361,6 +361,16 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
       t.xe_q = split.data() + 3 * n;
     }
   }
+  // m > 1 on the FMA kernel: the activations packed for its register blocks, once per call.
+  const bool pack = split_layout && m > 1;
+  ScratchBuffer<float> packed(pack ? detail::fp8_pack_floats_avx2(m, w.in) : 0);
+  if (pack) {
+    const int64_t block = detail::fp8_pack_row_block_avx2();
+    parallel_for((m + block - 1) / block,
+                 [&](int64_t a, int64_t b, int) { detail::fp8_pack_avx2(t, a, b, packed.data()); },
+                 1);
+    t.xpack = packed.data();
+  }
   parallel_for(
       row_end - row_begin,
       [&](int64_t a, int64_t b, int) {

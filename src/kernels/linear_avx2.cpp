@@ -882,6 +882,8 @@ constexpr int64_t kFp8BlockRows = 64, kFp8ChunkTiles = 2;
 constexpr int64_t kFp8TileFloats = 16 * 4 * 2 * 8;
 
 constexpr int kFp8RowsPerStep = 6;  // activation rows per register block
+// Floats per packed tile of a block of activation rows.
+constexpr int64_t kFp8PackFloats = 128 * kFp8RowsPerStep;
 
 // m = 1: four-tile steps per K chunk (4096 values: 16 KB of activations, half of Zen 1's L1)
 // and rows per block that meet a chunk in turn.
@@ -954,39 +956,17 @@ inline void fp8_lanes_tile_any(int mi, const float* wt, int64_t vstride, const f
 
 void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
   const WeightRef& w = *t.w;
-  const int64_t in = w.in, tiles = (in + 127) / 128, groups = t.ldq / 32, half = t.ldq / 2;
+  const int64_t in = w.in, tiles = (in + 127) / 128, groups = t.ldq / 32;
   constexpr int64_t kVectors = kFp8BlockRows / 8;
   // [vector of 8 rows][tile c][kFp8TileFloats], then the rows' weight scales [row][c] (double).
   float* wbuf = reinterpret_cast<float*>(thread_scratch(
       kVectors * kFp8ChunkTiles * kFp8TileFloats / 2 + kFp8BlockRows * kFp8ChunkTiles, 0));
   double* ws = reinterpret_cast<double*>(wbuf + kVectors * kFp8ChunkTiles * kFp8TileFloats);
   const int64_t vstride = kFp8ChunkTiles * kFp8TileFloats;
-  constexpr int64_t kFp8PackFloats = 128 * kFp8RowsPerStep;
-  const int64_t row_blocks = (t.m + kFp8RowsPerStep - 1) / kFp8RowsPerStep;
-  float* xpack =
-      reinterpret_cast<float*>(thread_scratch(row_blocks * kFp8ChunkTiles * kFp8PackFloats / 2, 1));
   for (int64_t i = 0; i < t.m; ++i)
     for (int64_t r = r0; r < r1; ++r) t.y[i * t.ldy + (r - t.row_begin)] = 0.0f;
   for (int64_t c0 = 0; c0 < tiles; c0 += kFp8ChunkTiles) {
     const int64_t nc = std::min(kFp8ChunkTiles, tiles - c0);
-    // The chunk's activations packed per block of kFp8RowsPerStep rows and tile (rows past m
-    // are +0): [row block][tile c][lane j][group g][odd, even][row].
-    for (int64_t i = 0; i < t.m; i += kFp8RowsPerStep)
-      for (int64_t c = 0; c < nc; ++c) {
-        float* dst = xpack + ((i / kFp8RowsPerStep) * kFp8ChunkTiles + c) * kFp8PackFloats;
-        for (int64_t ii = 0; ii < kFp8RowsPerStep; ++ii) {
-          const bool real = i + ii < t.m;
-          const float* xo = t.xo + (i + ii) * half + 64 * (c0 + c);
-          const float* xe = t.xe + (i + ii) * half + 64 * (c0 + c);
-          const int64_t ng = std::min(groups, 4 * (c0 + c) + 4) - 4 * (c0 + c);
-          for (int64_t g = 0; g < ng; ++g)
-            for (int j = 0; j < 16; ++j) {
-              const int64_t step = (j * 4 + g) * 2;
-              dst[step * kFp8RowsPerStep + ii] = real ? xo[16 * g + j] : 0.0f;
-              dst[(step + 1) * kFp8RowsPerStep + ii] = real ? xe[16 * g + j] : 0.0f;
-            }
-        }
-      }
     for (int64_t rb = r0; rb < r1; rb += kFp8BlockRows) {
       const int64_t nb = std::min(kFp8BlockRows, r1 - rb);
       for (int64_t c = 0; c < nc; ++c)
@@ -1031,7 +1011,7 @@ void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
           for (int64_t c = 0; c < nc; ++c) {
             const int64_t b = c0 + c, ng = std::min(groups, 4 * b + 4) - 4 * b;
             const float* wt = wbuf + v * vstride + c * kFp8TileFloats;
-            const float* xp = xpack + ((i / kFp8RowsPerStep) * kFp8ChunkTiles + c) * kFp8PackFloats;
+            const float* xp = t.xpack + ((i / kFp8RowsPerStep) * tiles + b) * kFp8PackFloats;
             alignas(32) double xs[kFp8RowsPerStep];
             for (int ii = 0; ii < mi; ++ii)
               xs[ii] = static_cast<double>(t.scales[(i + ii) * tiles + b]);
@@ -1056,6 +1036,39 @@ void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
 }
 
 }  // namespace
+
+int64_t fp8_pack_floats_avx2(int64_t m, int64_t in) {
+  return (m + kFp8RowsPerStep - 1) / kFp8RowsPerStep * ((in + 127) / 128) * kFp8PackFloats;
+}
+
+int64_t fp8_pack_row_block_avx2() {
+  return kFp8RowsPerStep;
+}
+
+// Per block of kFp8RowsPerStep activation rows and tile (rows past m are +0), in the order
+// fp8_lanes_tile reads them: [row block][tile][lane j][group g][odd, even][row]. Done once per
+// call (each task packed its own copy before, in a scalar loop: up to a tenth of a small
+// weight's time at 2 threads).
+void fp8_pack_avx2(const Fp8Task& t, int64_t b0, int64_t b1, float* out) {
+  const int64_t tiles = (t.w->in + 127) / 128, groups = t.ldq / 32, half = t.ldq / 2;
+  for (int64_t blk = b0; blk < b1; ++blk)
+    for (int64_t b = 0; b < tiles; ++b) {
+      float* dst = out + (blk * tiles + b) * kFp8PackFloats;
+      const int64_t ng = std::min(groups, 4 * b + 4) - 4 * b;
+      for (int64_t ii = 0; ii < kFp8RowsPerStep; ++ii) {
+        const int64_t i = blk * kFp8RowsPerStep + ii;
+        const bool real = i < t.m;
+        const float* xo = real ? t.xo + i * half + 64 * b : nullptr;
+        const float* xe = real ? t.xe + i * half + 64 * b : nullptr;
+        for (int64_t g = 0; g < ng; ++g)
+          for (int j = 0; j < 16; ++j) {
+            const int64_t step = (j * 4 + g) * 2;
+            dst[step * kFp8RowsPerStep + ii] = real ? xo[16 * g + j] : 0.0f;
+            dst[(step + 1) * kFp8RowsPerStep + ii] = real ? xe[16 * g + j] : 0.0f;
+          }
+      }
+    }
+}
 
 void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1) {
   const WeightRef& w = *t.w;
