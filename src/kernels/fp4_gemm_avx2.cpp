@@ -181,14 +181,6 @@ inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* 
   }
 }
 
-// rows_step for 1 .. kRowsPerStep activation rows.
-template <int NV>
-inline void rows_step_any(int mi, const LinearTask& t, const Fp4F32Acts& acts, const float* wt,
-                          int64_t i, int64_t r, int nr, int64_t c0, int64_t nc) {
-  with_block_size<kRowsPerStep>(
-      mi, [&](auto rows) { rows_step<decltype(rows)::value, NV>(t, acts, wt, i, r, nr, c0, nc); });
-}
-
 }  // namespace
 
 int64_t fp4_f32_bytes(int64_t m, int64_t in) {
@@ -301,10 +293,12 @@ void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1) {
         for (int64_t jg = 0; jg < nb; jg += 16) {
           const float* wt = wbuf + (jg / 8) * kChunkTiles * 256;
           const int nr = static_cast<int>(std::min<int64_t>(16, nb - jg));
-          if (nr > 8)
-            rows_step_any<2>(mi, t, acts, wt, i, rb + jg, nr, c0, nc);
-          else
-            rows_step_any<1>(mi, t, acts, wt, i, rb + jg, nr, c0, nc);
+          with_block_size<2>((nr + 7) / 8, [&](auto vectors) {
+            with_block_size<kRowsPerStep>(mi, [&](auto rows) {
+              rows_step<decltype(rows)::value, decltype(vectors)::value>(t, acts, wt, i, rb + jg,
+                                                                         nr, c0, nc);
+            });
+          });
         }
       }
     }

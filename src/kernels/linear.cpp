@@ -324,9 +324,11 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
   const int64_t grain = row_grain(w, m, 8);
   ScratchVector<uint16_t> bits;
   const bool bf16_dot = isa == Isa::kAvx512 && bf16_values && detail::fp8_bf16_dot_available();
-  const bool split_layout = isa != Isa::kScalar && !bf16_dot;
-  // Odd/even copies (and for m = 1 the four-tile layout's), every element written below.
-  ScratchBuffer<float> split(split_layout ? (m == 1 ? 4 : 2) * m * (t.ldq / 2) : 0);
+  // m = 1 on the FMA kernel: odd/even copies and the four-tile step's, every element written
+  // below. m > 1 packs the values straight from q for its register blocks instead.
+  const bool fma = isa != Isa::kScalar && !bf16_dot;
+  ScratchBuffer<float> split(fma && m == 1 ? 4 * (t.ldq / 2) : 0);
+  ScratchBuffer<float> packed(fma && m > 1 ? detail::fp8_pack_floats_avx2(m, w.in) : 0);
   if (bf16_dot) {
     bits.resize(m * t.ldq);  // bf16 values: the high halves of the floats
     parallel_for_rows(m, t.ldq, [&](int64_t i) {
@@ -334,41 +336,30 @@ void run_fp8(detail::Fp8Task& t, const float* q, int64_t row_begin, int64_t row_
         bits[k] = static_cast<uint16_t>(float_bits(q[k]) >> 16);
     });
     t.xb = bits.data();
-  } else if (isa != Isa::kScalar) {
+  } else if (fma && m == 1) {
     // Odd and even elements per group of 32, times 2^8 (exact): the FMA kernels decode the
     // weights to value × 2^-8.
-    const int64_t half = t.ldq / 2, n = m * half;
-    parallel_for_rows(m, t.ldq, [&](int64_t i) {
-      for (int64_t p = 0; p < half; ++p) {
-        const int64_t g = p / 16, j = p % 16, odd = 32 * g + 2 * j + 1;
-        split[i * half + p] = q[i * t.ldq + odd] * 256.0f;
-        split[n + i * half + p] = q[i * t.ldq + odd - 1] * 256.0f;
-      }
-    });
+    const int64_t n = t.ldq / 2;
+    for (int64_t p = 0; p < n; ++p) {
+      const int64_t g = p / 16, j = p % 16, odd = 32 * g + 2 * j + 1;
+      split[p] = q[odd] * 256.0f;
+      split[n + p] = q[odd - 1] * 256.0f;
+    }
+    // The four-tile step's layout (linear_simd.h): ×2^104 more, pairs in its lane order.
+    static constexpr int kPair[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
+    for (int64_t p = 0; p < n; ++p) {
+      const int64_t base = p / 16 * 16, from = base + kPair[p % 16];
+      split[2 * n + p] = std::ldexp(split[from], 104);
+      split[3 * n + p] = std::ldexp(split[n + from], 104);
+    }
     t.xo = split.data();
     t.xe = split.data() + n;
-    if (m == 1) {
-      // The four-tile step's layout (linear_simd.h): ×2^104 more, pairs in its lane order.
-      static constexpr int kPair[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
-      for (int64_t p = 0; p < half; ++p) {
-        const int64_t base = p / 16 * 16, from = base + kPair[p % 16];
-        split[2 * n + p] = std::ldexp(split[from], 104);
-        split[3 * n + p] = std::ldexp(split[n + from], 104);
-      }
-      t.xo = split.data();
-      t.xe = split.data() + n;
-      t.xo_q = split.data() + 2 * n;
-      t.xe_q = split.data() + 3 * n;
-    }
-  }
-  // m > 1 on the FMA kernel: the activations packed for its register blocks, once per call.
-  const bool pack = split_layout && m > 1;
-  ScratchBuffer<float> packed(pack ? detail::fp8_pack_floats_avx2(m, w.in) : 0);
-  if (pack) {
-    const int64_t block = detail::fp8_pack_row_block_avx2();
-    parallel_for((m + block - 1) / block,
-                 [&](int64_t a, int64_t b, int) { detail::fp8_pack_avx2(t, a, b, packed.data()); },
-                 1);
+    t.xo_q = split.data() + 2 * n;
+    t.xe_q = split.data() + 3 * n;
+  } else if (fma) {
+    parallel_for(
+        (m + detail::kFp8PackRowBlock - 1) / detail::kFp8PackRowBlock,
+        [&](int64_t a, int64_t b, int) { detail::fp8_pack_avx2(t, q, a, b, packed.data()); }, 1);
     t.xpack = packed.data();
   }
   parallel_for(

@@ -543,13 +543,6 @@ void plain_lanes_block(const LinearTask& t, const double* wt, int64_t steps, int
     }
 }
 
-template <int NV>
-void plain_lanes_any(int mi, const LinearTask& t, const double* wt, int64_t steps, int64_t i,
-                     int64_t r, int nr) {
-  with_block_size<3>(
-      mi, [&](auto rows) { plain_lanes_block<decltype(rows)::value, NV>(t, wt, steps, i, r, nr); });
-}
-
 void plain_gemm_lanes(const LinearTask& t, int64_t r0, int64_t r1) {
   const int64_t in = t.w->in, ldw = padded_in(in), steps = ldw / 16;
   constexpr int64_t kRows = 4 * kPlainVecs;
@@ -568,12 +561,12 @@ void plain_gemm_lanes(const LinearTask& t, int64_t r0, int64_t r1) {
     const int nv = (nb + 3) / 4;
     for (int64_t i = 0; i < t.m; i += kPlainRows) {
       const int mi = static_cast<int>(std::min<int64_t>(kPlainRows, t.m - i));
-      if (nv == 3)
-        plain_lanes_any<3>(mi, t, wt, steps, i, rb, nb);
-      else if (nv == 2)
-        plain_lanes_any<2>(mi, t, wt, steps, i, rb, nb);
-      else
-        plain_lanes_any<1>(mi, t, wt, steps, i, rb, nb);
+      with_block_size<kPlainVecs>(nv, [&](auto vectors) {
+        with_block_size<kPlainRows>(mi, [&](auto rows) {
+          plain_lanes_block<decltype(rows)::value, decltype(vectors)::value>(t, wt, steps, i, rb,
+                                                                             nb);
+        });
+      });
     }
   }
 }
@@ -881,7 +874,7 @@ constexpr int64_t kFp8BlockRows = 64, kFp8ChunkTiles = 2;
 // Floats per decoded tile of 8 weight rows: [lane j][group g][odd, even][8 rows].
 constexpr int64_t kFp8TileFloats = 16 * 4 * 2 * 8;
 
-constexpr int kFp8RowsPerStep = 6;  // activation rows per register block
+constexpr int kFp8RowsPerStep = kFp8PackRowBlock;  // activation rows per register block
 // Floats per packed tile of a block of activation rows.
 constexpr int64_t kFp8PackFloats = 128 * kFp8RowsPerStep;
 
@@ -943,15 +936,6 @@ inline void fp8_lanes_tile(const float* wt, int64_t vstride, const float* xp, in
       }
     }
   }
-}
-
-template <int NV>
-inline void fp8_lanes_tile_any(int mi, const float* wt, int64_t vstride, const float* xp,
-                               int64_t ng, const double* xs, const double* ws, float* y,
-                               int64_t ldy, int nr) {
-  with_block_size<kFp8RowsPerStep>(mi, [&](auto rows) {
-    fp8_lanes_tile<decltype(rows)::value, NV>(wt, vstride, xp, ng, xs, ws, y, ldy, nr);
-  });
 }
 
 void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
@@ -1018,10 +1002,12 @@ void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
             const int nr = static_cast<int>(std::min<int64_t>(8 * nv, nb - 8 * v));
             float* y = t.y + i * t.ldy + (rb + 8 * v - t.row_begin);
             const double* wsv = ws + c * kFp8BlockRows + 8 * v;
-            if (nv == 2)
-              fp8_lanes_tile_any<2>(mi, wt, vstride, xp, ng, xs, wsv, y, t.ldy, nr);
-            else
-              fp8_lanes_tile_any<1>(mi, wt, vstride, xp, ng, xs, wsv, y, t.ldy, nr);
+            with_block_size<2>(nv, [&](auto vectors) {
+              with_block_size<kFp8RowsPerStep>(mi, [&](auto rows) {
+                fp8_lanes_tile<decltype(rows)::value, decltype(vectors)::value>(
+                    wt, vstride, xp, ng, xs, wsv, y, t.ldy, nr);
+              });
+            });
           }
         }
       }
@@ -1041,16 +1027,12 @@ int64_t fp8_pack_floats_avx2(int64_t m, int64_t in) {
   return (m + kFp8RowsPerStep - 1) / kFp8RowsPerStep * ((in + 127) / 128) * kFp8PackFloats;
 }
 
-int64_t fp8_pack_row_block_avx2() {
-  return kFp8RowsPerStep;
-}
-
-// Per block of kFp8RowsPerStep activation rows and tile (rows past m are +0), in the order
+// Per block of kFp8RowsPerStep activation rows and tile (rows past m are +0), the odd and even
+// elements × 2^8 (exact: the kernel decodes the weights to value × 2^-8) in the order
 // fp8_lanes_tile reads them: [row block][tile][lane j][group g][odd, even][row]. Done once per
-// call (each task packed its own copy before, in a scalar loop: up to a tenth of a small
-// weight's time at 2 threads).
-void fp8_pack_avx2(const Fp8Task& t, int64_t b0, int64_t b1, float* out) {
-  const int64_t tiles = (t.w->in + 127) / 128, groups = t.ldq / 32, half = t.ldq / 2;
+// call, straight from the values.
+void fp8_pack_avx2(const Fp8Task& t, const float* q, int64_t b0, int64_t b1, float* out) {
+  const int64_t tiles = (t.w->in + 127) / 128, groups = t.ldq / 32;
   for (int64_t blk = b0; blk < b1; ++blk)
     for (int64_t b = 0; b < tiles; ++b) {
       float* dst = out + (blk * tiles + b) * kFp8PackFloats;
@@ -1058,13 +1040,12 @@ void fp8_pack_avx2(const Fp8Task& t, int64_t b0, int64_t b1, float* out) {
       for (int64_t ii = 0; ii < kFp8RowsPerStep; ++ii) {
         const int64_t i = blk * kFp8RowsPerStep + ii;
         const bool real = i < t.m;
-        const float* xo = real ? t.xo + i * half + 64 * b : nullptr;
-        const float* xe = real ? t.xe + i * half + 64 * b : nullptr;
+        const float* x = real ? q + i * t.ldq + 128 * b : nullptr;
         for (int64_t g = 0; g < ng; ++g)
           for (int j = 0; j < 16; ++j) {
             const int64_t step = (j * 4 + g) * 2;
-            dst[step * kFp8RowsPerStep + ii] = real ? xo[16 * g + j] : 0.0f;
-            dst[(step + 1) * kFp8RowsPerStep + ii] = real ? xe[16 * g + j] : 0.0f;
+            dst[step * kFp8RowsPerStep + ii] = real ? x[32 * g + 2 * j + 1] * 256.0f : 0.0f;
+            dst[(step + 1) * kFp8RowsPerStep + ii] = real ? x[32 * g + 2 * j] * 256.0f : 0.0f;
           }
       }
     }

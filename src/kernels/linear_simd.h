@@ -175,7 +175,7 @@ struct Fp8Task {
   // 0..7 take pairs 0-3 and 8-11, lanes 8..15 pairs 4-7 and 12-15).
   const float* xo_q = nullptr;
   const float* xe_q = nullptr;
-  // m > 1 (FMA kernel): xo / xe packed once per call for its register blocks
+  // m > 1 (FMA kernel): the values × 2^8 packed once per call for its register blocks
   // (fp8_pack_avx2).
   const float* xpack = nullptr;
   const float* scales = nullptr;  // [m][tiles] activation block scales (tiles of 128)
@@ -189,11 +189,11 @@ void fp8_quant_linear_f32(const float* x, int64_t m, const WeightRef& w, float* 
 // The rows [r0, r1) of an FP8 quant_linear: fp8_rows_avx2 with FMAs (AVX2 + FMA + F16C: also
 // the AVX-512 fallback), fp8_rows_avx512 with the AVX512-BF16 dot product (needs VBMI too).
 void fp8_rows_avx2(const Fp8Task& t, int64_t r0, int64_t r1);
-// fp8_rows_avx2's m > 1 activation layout: floats needed, and the packing of the blocks of
-// activation rows [b0, b1) (t.xo, t.xe set) into out.
+// fp8_rows_avx2's m > 1 activation layout: activation rows per packed block, floats needed,
+// and the packing of the blocks [b0, b1) of the values q ([t.m][t.ldq]) into out.
+inline constexpr int64_t kFp8PackRowBlock = 6;
 int64_t fp8_pack_floats_avx2(int64_t m, int64_t in);
-int64_t fp8_pack_row_block_avx2();
-void fp8_pack_avx2(const Fp8Task& t, int64_t b0, int64_t b1, float* out);
+void fp8_pack_avx2(const Fp8Task& t, const float* q, int64_t b0, int64_t b1, float* out);
 void fp8_rows_avx512(const Fp8Task& t, int64_t r0, int64_t r1);
 // Whether fp8_rows_avx512 runs here: AVX512-BF16 and VBMI present, the dot-product instruction
 // verified once to add in linear_dot_pairs_f32's order, and not switched off (tests).
