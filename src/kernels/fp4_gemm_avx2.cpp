@@ -124,11 +124,11 @@ inline uint8_t tile_kind(const float* a, int* cut, int u[2]) {
 // running fp32 sums live in `run` (L1) between tiles.
 template <int MI, int NV>
 inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* wt, int64_t i,
-                      int64_t r, int nr, int64_t c0, int64_t nc) {
+                      float* y0, int64_t ldy, int nr, int64_t c0, int64_t nc) {
   const int64_t tiles = acts.tiles;
   alignas(32) float run[MI][8 * NV];
   for (int ii = 0; ii < MI; ++ii) {
-    const float* y = t.y + (i + ii) * t.ldy + (r - t.row_begin);
+    const float* y = y0 + ii * ldy;
     if (nr == 8 * NV) {  // (a variable-length copy is a slow `rep movs` here)
       for (int v = 0; v < NV; ++v) _mm256_store_ps(run[ii] + 8 * v, _mm256_loadu_ps(y + 8 * v));
     } else {
@@ -172,7 +172,7 @@ inline void rows_step(const LinearTask& t, const Fp4F32Acts& acts, const float* 
     }
   }
   for (int ii = 0; ii < MI; ++ii) {
-    float* y = t.y + (i + ii) * t.ldy + (r - t.row_begin);
+    float* y = y0 + ii * ldy;
     if (nr == 8 * NV) {
       for (int v = 0; v < NV; ++v) _mm256_storeu_ps(y + 8 * v, _mm256_load_ps(run[ii] + 8 * v));
     } else {
@@ -241,8 +241,6 @@ void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1) {
   const int64_t in = w.in, tiles = in / 32;
   const auto* scales = static_cast<const uint8_t*>(w.scale);
   const __m256 magnitudes = _mm256_loadu_ps(fp4_e2m1_table());
-  // [group of 8 rows][tile c of the chunk][32 elements][8 rows]
-  auto* wbuf = reinterpret_cast<float*>(thread_scratch(kBlockRows * kChunkTiles * 32 / 2, 0));
   for (int64_t rb = r0; rb < r1; rb += kBlockRows) {
     const int64_t nb = std::min(kBlockRows, r1 - rb);
     // The block's scales against the call's activation bounds (see the top of the file).
@@ -257,8 +255,14 @@ void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1) {
       quant_gemm_e8m0_avx2(t, rb, rb + nb);
       continue;
     }
-    for (int64_t i = 0; i < t.m; ++i)
-      for (int64_t j = 0; j < nb; ++j) t.y[i * t.ldy + (rb + j - t.row_begin)] = 0.0f;
+    // Fetched per block: the double kernel above takes the same scratch slots, and a larger
+    // request reallocates them.
+    // [group of 8 rows][tile c of the chunk][32 elements][8 rows]
+    auto* wbuf = reinterpret_cast<float*>(thread_scratch(kBlockRows * kChunkTiles * 32 / 2, 0));
+    // The block's outputs, [m][kBlockRows]: y's own rows lie `out` floats apart (a TLB miss
+    // per row and chunk on long batches).
+    auto* ybuf = reinterpret_cast<float*>(thread_scratch(t.m * kBlockRows / 2, 1));
+    std::fill_n(ybuf, t.m * kBlockRows, 0.0f);
     for (int64_t c0 = 0; c0 < tiles; c0 += kChunkTiles) {
       const int64_t nc = std::min(kChunkTiles, tiles - c0);
       // Decode, transposed: per group of 8 rows and tile, element k of the 8 rows at
@@ -295,19 +299,18 @@ void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1) {
           const int nr = static_cast<int>(std::min<int64_t>(16, nb - jg));
           with_block_size<2>((nr + 7) / 8, [&](auto vectors) {
             with_block_size<kRowsPerStep>(mi, [&](auto rows) {
-              rows_step<decltype(rows)::value, decltype(vectors)::value>(t, acts, wt, i, rb + jg,
-                                                                         nr, c0, nc);
+              rows_step<decltype(rows)::value, decltype(vectors)::value>(
+                  t, acts, wt, i, ybuf + i * kBlockRows + jg, kBlockRows, nr, c0, nc);
             });
           });
         }
       }
     }
-    if (t.round_bf16)
-      for (int64_t i = 0; i < t.m; ++i)
-        for (int64_t j = 0; j < nb; ++j) {
-          float& v = t.y[i * t.ldy + (rb + j - t.row_begin)];
-          v = bf16_round(v);
-        }
+    for (int64_t i = 0; i < t.m; ++i) {
+      const float* from = ybuf + i * kBlockRows;
+      float* to = t.y + i * t.ldy + (rb - t.row_begin);
+      for (int64_t j = 0; j < nb; ++j) to[j] = t.round_bf16 ? bf16_round(from[j]) : from[j];
+    }
   }
 }
 

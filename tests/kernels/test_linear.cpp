@@ -11,6 +11,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "isa_guard.h"
@@ -229,6 +230,32 @@ TEST(QuantLinear, SimdMatchesScalarWithHugeScales) {
                                : tw == &w8  ? " fp8 overflowing"
                                             : " fp8"));
     }
+}
+
+// A weight block whose scales leave the fast FP4 path's range takes the double kernel between
+// fast blocks of the same call. Run on a new thread with a one-thread pool, so the kernels'
+// per-thread scratch buffers start empty and the fallback's larger request reallocates them
+// mid-call: a fast block after it must not use a buffer fetched before (under ASan a stale
+// one reads freed memory).
+TEST(QuantLinear, Fp4FallbackBlockBetweenFastBlocks) {
+  IsaGuard guard;
+  const int64_t out = 3 * 64, in = 256, m = 7;
+  TestWeight w = make_weight(WeightFormat::kFP4, out, in, 84);
+  std::mt19937 rng(85);
+  for (size_t i = kMisalign; i < w.scale.size(); ++i)
+    w.scale[i] = static_cast<uint8_t>(120 + rng() % 8);
+  w.scale[kMisalign + 100 * (in / 32) + 3] = 253;  // one huge scale in rows 64..127
+  const std::vector<float> x = make_activations(m, in, 86);
+  const std::vector<float> want = run_quant(Isa::kScalar, x, m, w.ref);
+  const int threads = ThreadPool::global().num_threads();
+  ThreadPool::set_global_threads(1);
+  for (Isa isa : simd_isas()) {
+    std::vector<float> got;
+    std::thread fresh([&] { got = run_quant(isa, x, m, w.ref); });
+    fresh.join();
+    expect_bits_equal(want, got, std::string("fallback block between fast ones ") + isa_name(isa));
+  }
+  ThreadPool::set_global_threads(threads);
 }
 
 // Checkpoint tensors start at any byte offset. Weights placed at every offset within a cache
