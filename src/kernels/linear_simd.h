@@ -168,7 +168,7 @@ struct Fp8Task {
   int64_t m = 0;
   int64_t ldq = 0;               // values per activation row: in rounded up to 32
   const uint16_t* xb = nullptr;  // [m][ldq] bf16 bits (AVX512-BF16 kernel)
-  const float* xo = nullptr;     // [m][ldq / 2] odd elements × 2^8 (FMA kernels: the FP8
+  const float* xo = nullptr;     // m = 1 (FMA kernel): [ldq / 2] odd elements × 2^8 (the FP8
   const float* xe = nullptr;     // decode yields value × 2^-8), xe the even ones
   // m = 1 (FMA kernel): the same odd and even elements × 2^112 in the lane order of its
   // four-tile step, which decodes weights to value × 2^-120 (per group of 32, lanes
