@@ -306,11 +306,7 @@ void fp4_gemm_f32(const LinearTask& t, int64_t r0, int64_t r1) {
         }
       }
     }
-    for (int64_t i = 0; i < t.m; ++i) {
-      const float* from = ybuf + i * kBlockRows;
-      float* to = t.y + i * t.ldy + (rb - t.row_begin);
-      for (int64_t j = 0; j < nb; ++j) to[j] = t.round_bf16 ? bf16_round(from[j]) : from[j];
-    }
+    store_block_outputs(ybuf, kBlockRows, t.m, nb, t.y + (rb - t.row_begin), t.ldy, t.round_bf16);
   }
 }
 

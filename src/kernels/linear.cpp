@@ -226,6 +226,15 @@ double* thread_scratch(int64_t n, int slot) {
   return buffer[slot].get();
 }
 
+void store_block_outputs(const float* from, int64_t ld, int64_t m, int64_t n, float* y, int64_t ldy,
+                         bool round_bf16) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = from[i * ld + j];
+      y[i * ldy + j] = round_bf16 ? bf16_round(v) : v;
+    }
+}
+
 float weight_block_scale(const WeightRef& w, int64_t index) {
   if (w.scale_is_f32) {  // checkpoint data need not be 4-byte aligned
     float s;

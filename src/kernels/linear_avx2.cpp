@@ -1018,11 +1018,8 @@ void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
         }
       }
     }
-    for (int64_t i = 0; i < t.m; ++i) {
-      const float* from = ybuf + i * kFp8BlockRows;
-      float* to = t.y + i * t.ldy + (rb - t.row_begin);
-      for (int64_t r = 0; r < nb; ++r) to[r] = t.round_bf16 ? bf16_round(from[r]) : from[r];
-    }
+    store_block_outputs(ybuf, kFp8BlockRows, t.m, nb, t.y + (rb - t.row_begin), t.ldy,
+                        t.round_bf16);
   }
 }
 

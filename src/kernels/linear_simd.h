@@ -101,10 +101,18 @@ inline int64_t padded_in(int64_t in) {
 int64_t decode_block_rows(int64_t in, int64_t row_multiple);
 
 // Per-thread scratch buffer `slot` of at least n doubles (64-byte aligned,
-// reused across calls). Slots: 0 decoded weights, 1 fp32 accumulators or
-// scaled activations of the matrix-vector paths, 2 scaled activations of the
-// small-batch path (which may fall back to a path using 0 and 1).
+// reused across calls). Slots: 0 decoded weights, 1 fp32 accumulators (a
+// matrix-matrix kernel's block outputs) or scaled activations of the
+// matrix-vector paths, 2 scaled activations of the small-batch path (which may
+// fall back to a path using 0 and 1). A larger request reallocates: a kernel
+// that hands part of its rows to another fetches its buffers after that call.
 double* thread_scratch(int64_t n, int slot);
+
+// m rows of n outputs, `ld` apart at `from`, into y (rows ldy apart), rounded to bf16 if
+// asked: the matrix-matrix kernels gather a weight block's outputs contiguously, as y's rows
+// lie `out` floats apart.
+void store_block_outputs(const float* from, int64_t ld, int64_t m, int64_t n, float* y, int64_t ldy,
+                         bool round_bf16);
 
 // The FP8 or FP4 block scale `index` as the scalar path decodes it.
 float weight_block_scale(const WeightRef& w, int64_t index);
