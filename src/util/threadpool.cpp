@@ -1,6 +1,7 @@
 #include "util/threadpool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <memory>
 
@@ -12,6 +13,27 @@ namespace {
 // Index of the pool thread running the current job on this thread, or -1.
 // A parallel_for issued from inside a job runs inline on that thread.
 thread_local int tls_job_index = -1;
+
+// A thread that has run out of work polls for the next job (workers) or for the others to
+// finish (the caller) for this long before it sleeps on a condition variable. Decoding one
+// token issues a few hundred parallel_for calls with short serial steps between them, and
+// waking a sleeping thread costs tens of microseconds (a futex wake; in a VM an interrupt to
+// an idle vCPU): bench_threadpool measured 24 µs per 100 µs step at 2 threads with sleeping
+// alone, 11 µs with polling first. Timed rather than counted: a pause lasts ~3 cycles on
+// Zen 1 and ~140 on Skylake.
+constexpr auto kSpinTime = std::chrono::microseconds(100);
+
+template <typename Ready>
+bool spin_until(Ready ready) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 1;; ++i) {
+    if (ready()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpinTime) return ready();
+  }
+}
 
 struct JobScope {
   int saved;
@@ -37,6 +59,10 @@ ThreadPool::~ThreadPool() {
 void ThreadPool::worker_loop(int index) {
   uint64_t seen = 0;
   for (;;) {
+    spin_until([&] {
+      return stop_.load(std::memory_order_acquire) ||
+             generation_.load(std::memory_order_acquire) != seen;
+    });
     std::unique_lock<std::mutex> lock(mu_);
     cv_work_.wait(lock, [&] { return stop_ || generation_ != seen; });
     if (stop_) return;
@@ -102,6 +128,9 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     }
     lock.lock();
   }
+  lock.unlock();
+  spin_until([&] { return pending_.load(std::memory_order_acquire) == 0; });
+  lock.lock();
   cv_done_.wait(lock, [&] { return pending_ == 0; });
   job_ = nullptr;
   if (error_) {
