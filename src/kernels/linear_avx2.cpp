@@ -5,6 +5,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -867,6 +868,27 @@ inline __m128 fp8_quad_sums(const uint8_t* row, const float* xo, const float* xe
 // and the finished lane sums go to L1 until the tree adds them, vector by vector as the scalar
 // tree adds numbers.
 
+// Whether a set of scales are all positive powers of two (E8M0 block scales and the
+// activations' power-of-two scales are), and their exponent range.
+struct Pow2Range {
+  bool all_pow2 = true;
+  int lo = INT_MAX, hi = INT_MIN;
+  void add(float x) {
+    int e = 0;
+    if (std::frexp(x, &e) != 0.5f) {  // zero, negative, non-finite, or not a power of two
+      all_pow2 = false;
+      return;
+    }
+    lo = std::min(lo, e - 1);
+    hi = std::max(hi, e - 1);
+  }
+  // Whether every product of one of these by one of `other`'s is a float (2^-149 .. 2^127).
+  bool product_is_float(const Pow2Range& other) const {
+    return all_pow2 && other.all_pow2 && lo <= hi && other.lo <= other.hi &&
+           lo + other.lo >= -149 && hi + other.hi <= 127;
+  }
+};
+
 // Weight rows per decoded block and tiles per K chunk: 64 rows × 2 tiles of floats (64 KB)
 // stay in L2 while every activation row meets them; one chunk of all activation rows
 // (2048 × 256 × 4 B = 2 MB) stays in the last-level cache while every block is decoded once.
@@ -886,10 +908,15 @@ constexpr int64_t kFp8ChunkQuads = 8, kFp8BlockRowsM1 = 8;
 // row ii at ((j·4 + g)·2 + h)·kFp8RowsPerStep + ii: one base pointer, and no 4 KB-aliased row
 // strides in L1), against NV vectors of 8 weight rows (wt, vectors vstride floats apart), ng
 // groups; then per pair y += float(tile sum · (xs[ii] · ws[8v + lane])) as the scalar path
-// rounds it, into y (rows ldy apart; only nr weight rows are real).
+// rounds it, into y (rows ldy apart; only nr weight rows are real). With float_factors the
+// caller has checked that every xs[ii] · ws[lane] is a power of two inside float's range: the
+// factor is then exact in fp32 (xsf, wsf: the same scales as floats), and the fp32 product of
+// the tile sum (24 significant bits) by it rounds the exact product once, as the double
+// product's rounding to float does (subnormal results included).
 template <int MI, int NV>
 inline void fp8_lanes_tile(const float* wt, int64_t vstride, const float* xp, int64_t ng,
-                           const double* xs, const double* ws, float* y, int64_t ldy, int nr) {
+                           const double* xs, const double* ws, const float* xsf, const float* wsf,
+                           bool float_factors, float* y, int64_t ldy, int nr) {
   alignas(32) float lane[16][MI * NV * 8];
   for (int j = 0; j < 16; ++j) {
     __m256 acc[MI][NV];
@@ -919,13 +946,19 @@ inline void fp8_lanes_tile(const float* wt, int64_t vstride, const float* xp, in
       const __m256 sum =
           _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(s[0], s[4]), _mm256_add_ps(s[2], s[6])),
                         _mm256_add_ps(_mm256_add_ps(s[1], s[5]), _mm256_add_ps(s[3], s[7])));
-      const __m128 lo =
-          _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(sum)),
-                                        _mm256_mul_pd(xsv, _mm256_load_pd(ws + 8 * v))));
-      const __m128 hi =
-          _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(sum, 1)),
-                                        _mm256_mul_pd(xsv, _mm256_load_pd(ws + 8 * v + 4))));
-      const __m256 add = _mm256_set_m128(hi, lo);
+      __m256 add;
+      if (float_factors) {
+        add = _mm256_mul_ps(sum,
+                            _mm256_mul_ps(_mm256_set1_ps(xsf[ii]), _mm256_loadu_ps(wsf + 8 * v)));
+      } else {
+        const __m128 lo =
+            _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(sum)),
+                                          _mm256_mul_pd(xsv, _mm256_load_pd(ws + 8 * v))));
+        const __m128 hi =
+            _mm256_cvtpd_ps(_mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(sum, 1)),
+                                          _mm256_mul_pd(xsv, _mm256_load_pd(ws + 8 * v + 4))));
+        add = _mm256_set_m128(hi, lo);
+      }
       float* yv = y + ii * ldy + 8 * v;
       if (v < NV - 1 || nr == 8 * NV) {
         _mm256_storeu_ps(yv, _mm256_add_ps(_mm256_loadu_ps(yv), add));
@@ -952,6 +985,10 @@ void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
   float* wbuf = reinterpret_cast<float*>(thread_scratch(
       kVectors * kFp8ChunkTiles * kFp8TileFloats / 2 + kFp8BlockRows * kFp8ChunkTiles, 0));
   double* ws = reinterpret_cast<double*>(wbuf + kVectors * kFp8ChunkTiles * kFp8TileFloats);
+  // The same scales as floats, and per tile of the chunk whether they are all powers of two
+  // (E8M0 scales always are) with their exponent range, for the fp32 epilogue.
+  alignas(32) float wsf[kFp8ChunkTiles * kFp8BlockRows];
+  Pow2Range wrange[kFp8ChunkTiles];
   float* ybuf = reinterpret_cast<float*>(thread_scratch(t.m * kFp8BlockRows / 2, 1));
   const int64_t vstride = kFp8ChunkTiles * kFp8TileFloats;
   for (int64_t rb = r0; rb < r1; rb += kFp8BlockRows) {
@@ -959,11 +996,16 @@ void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
     std::fill_n(ybuf, t.m * kFp8BlockRows, 0.0f);
     for (int64_t c0 = 0; c0 < tiles; c0 += kFp8ChunkTiles) {
       const int64_t nc = std::min(kFp8ChunkTiles, tiles - c0);
-      for (int64_t c = 0; c < nc; ++c)
-        for (int64_t j = 0; j < kFp8BlockRows; ++j)
-          ws[c * kFp8BlockRows + j] =
-              j < nb ? static_cast<double>(weight_block_scale(w, ((rb + j) / 128) * tiles + c0 + c))
-                     : 0.0;
+      for (int64_t c = 0; c < nc; ++c) {
+        wrange[c] = Pow2Range();
+        for (int64_t j = 0; j < kFp8BlockRows; ++j) {
+          const float scale =
+              j < nb ? weight_block_scale(w, ((rb + j) / 128) * tiles + c0 + c) : 0.0f;
+          ws[c * kFp8BlockRows + j] = static_cast<double>(scale);
+          wsf[c * kFp8BlockRows + j] = scale;
+          if (j < nb) wrange[c].add(scale);
+        }
+      }
       // Decode, transposed (rows past the block are +0).
       for (int64_t v = 0; v * 8 < nb; ++v)
         for (int64_t c = 0; c < nc; ++c) {
@@ -996,22 +1038,32 @@ void fp8_gemm(const Fp8Task& t, int64_t r0, int64_t r1) {
         }
       for (int64_t i = 0; i < t.m; i += kFp8RowsPerStep) {
         const int mi = static_cast<int>(std::min<int64_t>(kFp8RowsPerStep, t.m - i));
+        alignas(32) double xs[kFp8ChunkTiles][kFp8RowsPerStep];
+        float xsf[kFp8ChunkTiles][kFp8RowsPerStep];
+        bool float_factors[kFp8ChunkTiles];
+        for (int64_t c = 0; c < nc; ++c) {
+          Pow2Range xrange;
+          for (int ii = 0; ii < mi; ++ii) {
+            xsf[c][ii] = t.scales[(i + ii) * tiles + c0 + c];
+            xs[c][ii] = static_cast<double>(xsf[c][ii]);
+            xrange.add(xsf[c][ii]);
+          }
+          float_factors[c] = xrange.product_is_float(wrange[c]);
+        }
         for (int64_t v = 0; v * 8 < nb; v += 2) {
           const int nv = (v + 1) * 8 < nb ? 2 : 1;
           for (int64_t c = 0; c < nc; ++c) {
             const int64_t b = c0 + c, ng = std::min(groups, 4 * b + 4) - 4 * b;
             const float* wt = wbuf + v * vstride + c * kFp8TileFloats;
             const float* xp = t.xpack + (b * row_blocks + i / kFp8RowsPerStep) * kFp8PackFloats;
-            alignas(32) double xs[kFp8RowsPerStep];
-            for (int ii = 0; ii < mi; ++ii)
-              xs[ii] = static_cast<double>(t.scales[(i + ii) * tiles + b]);
             const int nr = static_cast<int>(std::min<int64_t>(8 * nv, nb - 8 * v));
             float* y = ybuf + i * kFp8BlockRows + 8 * v;
-            const double* wsv = ws + c * kFp8BlockRows + 8 * v;
+            const int64_t wo = c * kFp8BlockRows + 8 * v;
             with_block_size<2>(nv, [&](auto vectors) {
               with_block_size<kFp8RowsPerStep>(mi, [&](auto rows) {
                 fp8_lanes_tile<decltype(rows)::value, decltype(vectors)::value>(
-                    wt, vstride, xp, ng, xs, wsv, y, kFp8BlockRows, nr);
+                    wt, vstride, xp, ng, xs[c], ws + wo, xsf[c], wsf + wo, float_factors[c], y,
+                    kFp8BlockRows, nr);
               });
             });
           }
