@@ -731,15 +731,45 @@ TEST(Fp8Linear, TileFactorsPastFloatRangeMatchScalar) {
     }
   const uint8_t scales[4] = {127, 254, 127, 127};  // 1, 2^127, 1, 1
   for (int b = 0; b < 4; ++b) w.scale[kMisalign + b] = scales[b];
-  std::vector<float> x = make_activations(1, in, 92);
-  for (int64_t k = 128; k < 256; ++k) x[k] = std::ldexp(1.0f, -5);
-  x[130] = std::ldexp(1.0f, 12);
-  const std::vector<float> want = run_fp8_f32(Isa::kScalar, x, 1, w.ref);
-  for (int64_t o = 0; o < 8; ++o) {
-    ASSERT_TRUE(std::isfinite(want[o])) << "row " << o;
-    ASSERT_GT(std::fabs(want[o]), std::ldexp(1.0f, 100)) << "row " << o;
+  // m = 1 (matrix-vector) and m > 1 (the matrix-matrix kernels), every row alike.
+  for (int64_t m : {1, 3, 7}) {
+    std::vector<float> x = make_activations(m, in, 92);
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t k = 128; k < 256; ++k) x[i * in + k] = std::ldexp(1.0f, -5);
+      x[i * in + 130] = std::ldexp(1.0f, 12);
+    }
+    const std::vector<float> want = run_fp8_f32(Isa::kScalar, x, m, w.ref);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t o = 0; o < 8; ++o) {
+        ASSERT_TRUE(std::isfinite(want[i * out + o])) << "m " << m << " row " << o;
+        ASSERT_GT(std::fabs(want[i * out + o]), std::ldexp(1.0f, 100)) << "m " << m << " row " << o;
+      }
+    for (Isa isa : simd_isas())
+      expect_bits_equal(want, run_fp8_f32(isa, x, m, w.ref),
+                        std::string(isa_name(isa)) + " m=" + std::to_string(m));
   }
-  for (Isa isa : simd_isas()) expect_bits_equal(want, run_fp8_f32(isa, x, 1, w.ref), isa_name(isa));
+}
+
+// The other end: F32 weight scales that are powers of two (a Base checkpoint may hold any
+// float) below E8M0's 2^-127, times an activation scale, give a factor under float's smallest
+// subnormal 2^-149, while the tile value itself is a float (a normal or subnormal one).
+TEST(Fp8Linear, TileFactorsBelowFloatRangeMatchScalar) {
+  IsaGuard guard;
+  const int64_t out = 16, in = 128;
+  TestWeight w = make_weight(WeightFormat::kFP8, out, in, 93, /*f32_scale=*/true);
+  const float scale = std::ldexp(1.0f, -140);
+  std::memcpy(w.scale.data() + kMisalign, &scale, 4);
+  for (int64_t m : {1, 3, 7}) {
+    std::vector<float> x = make_activations(m, in, 94);
+    for (float& v : x) v *= 1e-3f;  // an activation scale near 2^-17
+    const std::vector<float> want = run_fp8_f32(Isa::kScalar, x, m, w.ref);
+    int64_t nonzero = 0;
+    for (float v : want) nonzero += v != 0.0f;
+    ASSERT_GT(nonzero, m * out / 2) << "the tile values must be subnormal floats, not zero";
+    for (Isa isa : simd_isas())
+      expect_bits_equal(want, run_fp8_f32(isa, x, m, w.ref),
+                        std::string(isa_name(isa)) + " m=" + std::to_string(m));
+  }
 }
 
 TEST(Fp8Linear, Bf16DotPathIsUsedWhereAvailable) {
