@@ -874,13 +874,20 @@ struct Pow2Range {
   bool all_pow2 = true;
   int lo = INT_MAX, hi = INT_MIN;
   void add(float x) {
-    int e = 0;
-    if (std::frexp(x, &e) != 0.5f) {  // zero, negative, non-finite, or not a power of two
+    uint32_t bits;
+    std::memcpy(&bits, &x, 4);
+    const uint32_t field = bits >> 23, mantissa = bits & 0x7FFFFF;  // field: sign and exponent
+    int e;
+    if (field >= 1 && field <= 254 && mantissa == 0) {
+      e = static_cast<int>(field) - 127;
+    } else if (field == 0 && mantissa != 0 && (mantissa & (mantissa - 1)) == 0) {
+      e = __builtin_ctz(mantissa) - 149;  // a subnormal power of two
+    } else {                              // zero, negative, non-finite, or not a power of two
       all_pow2 = false;
       return;
     }
-    lo = std::min(lo, e - 1);
-    hi = std::max(hi, e - 1);
+    lo = std::min(lo, e);
+    hi = std::max(hi, e);
   }
   // Whether every product of one of these by one of `other`'s is a float (2^-149 .. 2^127).
   bool product_is_float(const Pow2Range& other) const {
