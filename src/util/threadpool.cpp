@@ -18,20 +18,21 @@ thread_local int tls_job_index = -1;
 // finish (the caller) for this long before it sleeps on a condition variable. Decoding one
 // token issues a few hundred parallel_for calls with short serial steps between them, and
 // waking a sleeping thread costs tens of microseconds (a futex wake; in a VM an interrupt to
-// an idle vCPU): bench_threadpool measured 24 µs per 100 µs step at 2 threads with sleeping
-// alone, 11 µs with polling first. Timed rather than counted: a pause lasts ~3 cycles on
-// Zen 1 and ~140 on Skylake.
+// an idle vCPU): bench_threadpool lost 17-29 µs per 100 µs step at 2 threads with sleeping
+// alone, 8-12 µs with polling first (docs/performance.md, session 13). Timed rather than
+// counted: a pause lasts ~3 cycles on Zen 1 and ~140 on Skylake.
 constexpr auto kSpinTime = std::chrono::microseconds(100);
 
+// Polls `ready` until it holds or kSpinTime has passed; the caller then waits on its
+// condition variable, whose predicate decides.
 template <typename Ready>
-bool spin_until(Ready ready) {
+void spin_until(Ready ready) {
   const auto start = std::chrono::steady_clock::now();
-  for (int i = 1;; ++i) {
-    if (ready()) return true;
+  for (int i = 1; !ready(); ++i) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
-    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpinTime) return ready();
+    if (i % 64 == 0 && std::chrono::steady_clock::now() - start > kSpinTime) return;
   }
 }
 

@@ -43,7 +43,7 @@ class ThreadPool {
   int64_t job_n_ = 0, job_chunk_ = 0;
   int64_t next_chunk_ = 0, num_chunks_ = 0;
   // Written under mu_; atomic so that a thread may spin on them without the lock before it
-  // sleeps on a condition variable (see kSpinIterations in threadpool.cpp).
+  // sleeps on a condition variable (see kSpinTime in threadpool.cpp).
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> stop_{false};
